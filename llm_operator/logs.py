@@ -1,0 +1,53 @@
+"""Logging set-up: readable lines for people, or one JSON object per line for log pipelines.
+
+Guarantees: structured fields passed as ``extra={...}`` (cluster, namespace, name, event_id, plan_id, epoch)
+appear in both formats; noisy third-party loggers are kept at WARNING.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+# "object" is namespace/name: LogRecord reserves `name` for the logger.
+FIELDS = ("cluster", "object", "event_id", "plan_id", "epoch", "component")
+_NOISY = ("aiohttp", "asyncio", "nats", "kubernetes_asyncio", "alembic", "sqlalchemy", "pgserver")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)-22s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = [f"{f}={getattr(record, f)}" for f in FIELDS if getattr(record, f, None) is not None]
+        return f"{text} [{' '.join(extras)}]" if extras else text
+
+
+def configure(*, level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)

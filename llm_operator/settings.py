@@ -1,0 +1,81 @@
+"""Configuration: one pydantic `Settings`, from flags and ``LLMOP_*`` environment variables.
+
+Guarantees: every knob has a default that runs the local fleet with embedded NATS and Postgres; invalid values
+fail at start-up with the variable's name in the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from store.subjects import valid_cluster_name
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "llm-operator"
+
+
+class Settings(BaseSettings):
+    """Settings shared by every command. Environment variables are LLMOP_<NAME> (e.g. LLMOP_NATS_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOP_", extra="ignore")
+
+    nats_url: str | None = None
+    """NATS server URL, e.g. nats://hub:4222. Unset: start an embedded NATS with JetStream in data_dir."""
+    nats_credentials: Path | None = None
+    """NATS credentials file (.creds) for the connection, if the server requires one."""
+    database_url: str | None = None
+    """Postgres URL (postgresql://user:pass@host/db). Unset: start an embedded Postgres in data_dir."""
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Where embedded NATS and Postgres keep their data."""
+    subject_prefix: str = "fleet"
+    """Prefix of NATS subjects and stream names (isolates several installations on one NATS)."""
+    kubeconfig: Path | None = None
+    """Kubeconfig file with the member clusters' contexts (default: $KUBECONFIG or ~/.kube/config)."""
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces whose LLMModels/LLMDeployments are watched; empty: all namespaces."""
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    """How often each watcher heartbeats its cluster."""
+    heartbeat_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Silence after which the planner marks a cluster Unhealthy and fails its deployments over."""
+    recovery_hold_seconds: float = Field(default=5.0, ge=0)
+    """How long an Unhealthy cluster stays Unhealthy at least, even if heartbeats resume (no flapping)."""
+    resync_seconds: float = Field(default=600.0, gt=0)
+    """Full relist period of every watch."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of /metrics, /healthz and /readyz (0: off)."""
+    log_format: str = "text"
+    """text or json."""
+    log_level: str = "INFO"
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        return value
+
+
+def parse_cluster(value: str) -> tuple[str, str]:
+    """'name=context' or 'context' (the name is then derived from the context)."""
+    name, sep, context = value.partition("=")
+    if not sep:
+        context = value
+        name = context.removeprefix("kwok-").lower().replace("_", "-").replace(".", "-")
+    if not valid_cluster_name(name):
+        raise ValueError(f"invalid cluster name {name!r}: use a DNS label (lowercase letters, digits, '-')")
+    return name, context
+
+
+def parse_labels(value: str) -> dict[str, str]:
+    """'k=v,k2=v2' -> dict."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        key, sep, val = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"invalid label {part!r}: expected key=value")
+        out[key] = val
+    return out

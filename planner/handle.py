@@ -1,0 +1,472 @@
+"""One planner step, in ONE database transaction: record, fold, check cluster health, decide, write the outbox.
+
+Guarantees:
+- Everything a step does commits together or not at all: new events, projection rows, dead letters, decision
+  and plan events, outbox rows, and the consumer position (the last JetStream sequence handled). A redelivered
+  message at or below that position changes nothing; a repeated event id is not appended again.
+- Fencing: the step aborts with `LostLeadership` if a newer planner epoch exists, so a deposed leader can never
+  commit a plan after its successor started.
+- Decisions are level-based: every affected deployment is reconciled from the projections (after this step's
+  events are folded), in a deterministic order, with capacity carried from one decision to the next so two
+  deployments never receive the same GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
+from planner.placement import ClusterInfo
+from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
+from store import queries, recorder
+from store.events import (
+    ApplyReported,
+    ClusterHealthChanged,
+    ClusterHeartbeat,
+    ClusterJoined,
+    ClusterLabelsChanged,
+    Event,
+    MalformedEvent,
+    PlacementDecided,
+    PlanIssued,
+    ResourceDeleted,
+    ResourceObserved,
+    ResyncCompleted,
+    decode_event,
+    deterministic_id,
+    encode_event,
+)
+from store.plans import DeploymentRef, WorkloadPlan
+from store.projections import fold
+from store.subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+DeploymentKey = tuple[str, str, str]
+_PLANNER_ONLY = (ClusterJoined, ClusterLabelsChanged, ClusterHealthChanged, PlacementDecided, PlanIssued)
+
+
+class LostLeadership(Exception):
+    """A newer planner epoch exists: this planner must stop planning."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    subject: str
+    stream_sequence: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    consumer: str
+    subjects: Subjects
+    heartbeat_timeout: timedelta
+    recovery_hold: timedelta
+    """A cluster that went unhealthy is trusted again only after this long (hysteresis against flapping)."""
+
+
+@dataclass
+class StepResult:
+    recorded: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    plans: int = 0
+    decisions: int = 0
+    position: int = 0
+    subjects: list[str] = field(default_factory=list)
+
+
+async def step(
+    conn: AsyncConnection,
+    *,
+    deliveries: Sequence[Delivery],
+    epoch: int,
+    now: datetime,
+    config: StepConfig,
+    health_grace_until: datetime,
+    mode: Literal["normal", "catch-up", "full"] = "normal",
+) -> StepResult:
+    """Run one step inside the caller's transaction (the caller commits, then relays the outbox).
+
+    `mode`: "catch-up" records and folds without deciding (a new leader first reads the whole backlog);
+    "full" reconciles every deployment (once, when the backlog is read).
+    """
+    result = StepResult()
+    await recorder.lock_writers(conn)
+    latest = await queries.latest_epoch(conn)
+    if latest != epoch:
+        raise LostLeadership(f"planner epoch {epoch} was superseded by {latest}")
+    position = await recorder.consumer_position(conn, config.consumer)
+    result.position = position
+
+    incoming: list[tuple[Event, dict[str, Any]]] = []
+    heartbeats: dict[str, ClusterHeartbeat] = {}
+    for delivery in deliveries:
+        if delivery.stream_sequence <= position:
+            result.duplicates += 1
+            continue
+        result.position = max(result.position, delivery.stream_sequence)
+        try:
+            event = decode_event(delivery.data)
+            _check_origin(event, delivery.subject, config.subjects)
+        except MalformedEvent as exc:
+            await recorder.dead_letter(
+                conn,
+                consumer=config.consumer,
+                subject=delivery.subject,
+                stream_sequence=delivery.stream_sequence,
+                reason=exc.reason,
+                raw=delivery.data,
+            )
+            result.dead_letters += 1
+            logger.warning("dead-lettered message %s on %s: %s", delivery.stream_sequence, delivery.subject, exc.reason)
+            continue
+        if isinstance(event, ClusterHeartbeat):
+            heartbeats[event.cluster] = event
+            continue
+        incoming.append(
+            (event, {"subject": delivery.subject, "stream_sequence": delivery.stream_sequence, "epoch": epoch})
+        )
+
+    clusters = {c["name"]: c for c in await queries.clusters(conn)}
+    generated = _cluster_events(heartbeats.values(), clusters, now, config)
+    recorded = await recorder.append(conn, incoming + [(e, {"epoch": epoch}) for e in generated])
+    result.recorded = len(recorded)
+    result.duplicates += len(incoming) + len(generated) - len(recorded)
+    await recorder.apply_ops(conn, [op for r in recorded for op in fold(r.event)])
+    for cluster in heartbeats:
+        await recorder.touch_heartbeat(conn, cluster, now)
+
+    # Silence: clusters whose heartbeats stopped become unhealthy.
+    clusters = {c["name"]: c for c in await queries.clusters(conn)}
+    silent = [] if mode == "catch-up" else _silent_clusters(clusters.values(), now, config, health_grace_until)
+    if silent:
+        lost = await recorder.append(conn, [(e, {"epoch": epoch}) for e in silent])
+        await recorder.apply_ops(conn, [op for r in lost for op in fold(r.event)])
+        recorded += lost
+
+    if mode == "catch-up":
+        await recorder.record_position(conn, config.consumer, result.position)
+        return result
+    affected = await _affected(conn, [r.event for r in recorded])
+    if mode == "full":
+        affected = sorted(set(affected) | set(await queries.all_deployment_keys(conn)))
+    if affected:
+        result.decisions, result.plans = await _decide(conn, affected, recorded, epoch, now, config)
+    await recorder.record_position(conn, config.consumer, result.position)
+    return result
+
+
+def _check_origin(event: Event, subject: str, subjects: Subjects) -> None:
+    if isinstance(event, _PLANNER_ONLY):
+        raise MalformedEvent(f"{event.type} events are recorded by the planner only, not published by clusters")
+    claimed = subjects.cluster_of(subject)
+    if claimed != event.cluster:
+        raise MalformedEvent(f"event says cluster {event.cluster!r} but arrived on {subject!r}")
+
+
+def _cluster_events(
+    heartbeats: Sequence[ClusterHeartbeat] | Any,
+    clusters: dict[str, dict[str, Any]],
+    now: datetime,
+    config: StepConfig,
+) -> list[Event]:
+    out: list[Event] = []
+    for hb in heartbeats:
+        row = clusters.get(hb.cluster)
+        if row is None:
+            out.append(
+                ClusterJoined(
+                    event_id=deterministic_id("joined", hb.cluster, hb.watcher_id, str(hb.sequence)),
+                    cluster=hb.cluster,
+                    labels=hb.labels,
+                    at=now,
+                )
+            )
+            continue
+        if dict(row["labels"]) != hb.labels:
+            out.append(
+                ClusterLabelsChanged(
+                    event_id=deterministic_id("labels", hb.cluster, hb.watcher_id, str(hb.sequence)),
+                    cluster=hb.cluster,
+                    labels=hb.labels,
+                    at=now,
+                )
+            )
+        if not row["healthy"] and now - row["health_changed_at"] >= config.recovery_hold:
+            out.append(
+                ClusterHealthChanged(
+                    event_id=deterministic_id("healthy", hb.cluster, hb.watcher_id, str(hb.sequence)),
+                    cluster=hb.cluster,
+                    healthy=True,
+                    reason="HeartbeatsResumed",
+                    last_heartbeat_at=now,
+                    at=now,
+                )
+            )
+    return out
+
+
+def _silent_clusters(clusters: Any, now: datetime, config: StepConfig, grace_until: datetime) -> list[Event]:
+    out: list[Event] = []
+    for row in clusters:
+        if not row["healthy"]:
+            continue
+        # A planner that just took over has not heard anyone yet: give every cluster one timeout from then.
+        last = max(row["last_heartbeat_at"] or row["joined_at"], grace_until - config.heartbeat_timeout)
+        if now - last > config.heartbeat_timeout:
+            out.append(
+                ClusterHealthChanged(
+                    event_id=deterministic_id("unhealthy", row["name"], last.isoformat()),
+                    cluster=row["name"],
+                    healthy=False,
+                    reason="HeartbeatsStopped",
+                    last_heartbeat_at=row["last_heartbeat_at"],
+                    at=now,
+                )
+            )
+    return out
+
+
+async def _affected(conn: AsyncConnection, events: Sequence[Event]) -> list[DeploymentKey]:
+    keys: set[DeploymentKey] = set()
+    models: set[tuple[str, str, str]] = set()
+    capacity_changed = False
+    health_changed: list[str] = []
+    removals = False
+    for event in events:
+        match event:
+            case ResourceObserved() | ResourceDeleted() if event.kind == "LLMDeployment":
+                keys.add((event.cluster, event.namespace or "", event.name))
+                removals = removals or isinstance(event, ResourceDeleted)
+            case ResourceObserved() | ResourceDeleted() if event.kind == "LLMModel":
+                models.add((event.cluster, event.namespace or "", event.name))
+            case ResourceObserved() | ResourceDeleted() if event.kind == "Deployment":
+                labels = event.object.get("labels", {})
+                origin = labels.get("llm.example.com/origin-cluster")
+                if origin:
+                    keys.add(
+                        (
+                            origin,
+                            labels.get("llm.example.com/namespace", ""),
+                            labels.get("llm.example.com/deployment", ""),
+                        )
+                    )
+                removals = removals or isinstance(event, ResourceDeleted)
+            case ResourceObserved() | ResourceDeleted():
+                capacity_changed = True
+            case ResyncCompleted():
+                removals = True
+                capacity_changed = True
+            case ApplyReported():
+                keys.add((event.origin_cluster, event.namespace, event.name))
+            case ClusterHealthChanged():
+                health_changed.append(event.cluster)
+                capacity_changed = True
+            case ClusterJoined() | ClusterLabelsChanged():
+                capacity_changed = True
+    keys.update(await queries.deployment_keys_using_models(conn, models))
+    if capacity_changed:
+        keys.update(await queries.pending_deployment_keys(conn))
+    if health_changed:
+        keys.update(await queries.deployment_keys_on_clusters(conn, health_changed))
+    if removals:
+        keys.update(await queries.orphan_keys(conn))
+    return sorted(k for k in keys if all(k))
+
+
+async def _capacity(conn: AsyncConnection) -> FleetCapacity:
+    nodes = [
+        NodeFacts(
+            cluster=n["cluster"],
+            name=n["name"],
+            gpu_product=n["gpu_product"],
+            gpu_memory_bytes=n["gpu_memory_bytes"],
+            gpu_allocatable=n["gpu_allocatable"],
+            cpu_allocatable_m=n["cpu_allocatable_m"],
+            memory_allocatable_bytes=n["memory_allocatable_bytes"],
+            ready=n["ready"],
+            schedulable=n["schedulable"],
+            taints=tuple((t.get("key", ""), t.get("effect", "")) for t in n["taints"]),
+        )
+        for n in await queries.nodes(conn)
+    ]
+    pods = [
+        PodUsage(
+            cluster=p["cluster"],
+            node=p["node_name"],
+            gpus=p["gpu_request"],
+            cpu_m=p["cpu_request_m"],
+            memory_bytes=p["memory_request_bytes"],
+            deployment_key=p["deployment_key"],
+        )
+        for p in await queries.bound_pods(conn)
+    ]
+    reservations = [
+        Reservation(
+            deployment_key=f"{p['origin_cluster']}/{p['namespace']}/{p['name']}",
+            cluster=p["cluster"],
+            replicas=p["replicas"],
+            expected_nodes=p["nodes"],
+            gpus=p["replica_gpus"],
+            cpu_m=p["replica_cpu_m"],
+            memory_bytes=p["replica_memory_bytes"],
+        )
+        for p in await queries.all_placements(conn)
+        if p["replicas"] > 0
+    ]
+    return free_capacity(nodes, pods, reservations)
+
+
+async def _decide(
+    conn: AsyncConnection,
+    keys: Sequence[DeploymentKey],
+    recorded: Sequence[recorder.Recorded],
+    epoch: int,
+    now: datetime,
+    config: StepConfig,
+) -> tuple[int, int]:
+    capacity = await _capacity(conn)
+    cluster_infos = [
+        ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in await queries.clusters(conn)
+    ]
+    rows = await queries.deployments(conn, keys)
+    reports: dict[DeploymentKey, list[ApplyReported]] = {}
+    for r in recorded:
+        if isinstance(r.event, ApplyReported):
+            reports.setdefault((r.event.origin_cluster, r.event.namespace, r.event.name), []).append(r.event)
+    # First come, first served: older deployments get capacity first, whatever order events arrived in.
+    ordered = sorted(keys, key=lambda k: (rows[k]["created_at"] if k in rows else now, k))
+    decisions = plans = 0
+    for key in ordered:
+        inputs = await _inputs(conn, key, rows.get(key), cluster_infos, capacity, epoch, now, reports.get(key, []))
+        if inputs is None:
+            continue
+        outcome = reconcile(inputs)
+        capacity = outcome.capacity
+        new_events: list[Event] = []
+        if outcome.decided is not None:
+            new_events.append(outcome.decided)
+            decisions += 1
+        new_events.extend(outcome.issued)
+        stored = await recorder.append(conn, [(e, {"epoch": epoch}) for e in new_events])
+        await recorder.apply_ops(conn, [op for s in stored for op in fold(s.event)])
+        for plan in outcome.plans:
+            await recorder.outbox_put(
+                conn,
+                plan_id=plan.plan_id,
+                subject=config.subjects.plans(plan.cluster),
+                payload=plan.model_dump_json().encode(),
+            )
+            plans += 1
+    return decisions, plans
+
+
+async def _inputs(
+    conn: AsyncConnection,
+    key: DeploymentKey,
+    row: dict[str, Any] | None,
+    clusters: list[ClusterInfo],
+    capacity: FleetCapacity,
+    epoch: int,
+    now: datetime,
+    reports: list[ApplyReported],
+) -> Inputs | None:
+    placements = await queries.placements_for(conn, key)
+    last_plans = {
+        p["cluster"]: WorkloadPlan.model_validate(p["payload"]) for p in await queries.last_workload_plans(conn, key)
+    }
+    workloads = await queries.workloads_for(conn, key)
+    if row is None and not placements and not workloads:
+        return None
+    if row is not None:
+        uid = row["uid"]
+    elif last_plans:
+        uid = next(iter(last_plans.values())).deployment.uid
+    else:
+        uid = "unknown"
+    ref = DeploymentRef(origin_cluster=key[0], namespace=key[1], name=key[2], uid=uid)
+    if row is None and workloads and not placements:
+        # Workloads nobody planned any more (their placements were lost): plan their removal explicitly.
+        placements = [
+            {
+                "cluster": w["cluster"],
+                "replicas": 0,
+                "role": "removing",
+                "gpu_type": None,
+                "nodes": {},
+                "plan_id": None,
+                "apply_outcome": None,
+                "apply_message": None,
+                "applied_plan_id": None,
+            }
+            for w in workloads
+        ]
+    deployment = None
+    model_spec = None
+    if row is not None:
+        deployment = DeploymentState(
+            origin=key[0],
+            namespace=key[1],
+            name=key[2],
+            uid=row["uid"],
+            generation=row["generation"],
+            spec=row["spec"],
+            deleting=row["deleting"],
+            has_finalizer=row["has_finalizer"],
+            plan_sequence=row["plan_sequence"],
+            last_status=row["last_status"],
+            last_outcome=row["last_outcome"],
+        )
+        model_ref = row["spec"].get("modelRef")
+        if isinstance(model_ref, str):
+            found = await queries.model(conn, key[0], key[1], model_ref)
+            model_spec = found["spec"] if found else None
+    return Inputs(
+        ref=ref,
+        deployment=deployment,
+        model_spec=model_spec,
+        placements=[
+            PlacementState(
+                cluster=p["cluster"],
+                replicas=p["replicas"],
+                role=p["role"],
+                gpu_type=p["gpu_type"],
+                nodes=p["nodes"],
+                plan_id=p["plan_id"],
+                apply_outcome=p["apply_outcome"],
+                apply_message=p["apply_message"],
+                applied_plan_id=p["applied_plan_id"],
+            )
+            for p in placements
+        ],
+        workloads=[
+            WorkloadState(
+                cluster=w["cluster"],
+                plan_id=w["plan_id"],
+                replicas=w["replicas"],
+                ready_replicas=w["ready_replicas"],
+                available_replicas=w["available_replicas"],
+                updated_replicas=w["updated_replicas"],
+                observed_generation=w["observed_generation"],
+                generation=w["generation"],
+            )
+            for w in workloads
+        ],
+        last_plans=last_plans,
+        clusters=clusters,
+        capacity=capacity,
+        epoch=epoch,
+        now=now,
+        reports=reports,
+    )
+
+
+__all__ = ["Delivery", "LostLeadership", "StepConfig", "StepResult", "encode_event", "step"]

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the planner (exposed by the composition root's /metrics endpoint)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("llmop_planner_events_total", "Events handled by the planner", ["result"])
+STEP_SECONDS = Histogram(
+    "llmop_planner_step_seconds",
+    "Duration of one planner step (one transaction)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PLANS = Counter("llmop_planner_plans_total", "Plans written to the outbox")
+DECISIONS = Counter("llmop_planner_decisions_total", "Placement decisions recorded")
+POSITION = Gauge("llmop_planner_position", "Last events-stream sequence committed by the planner")
+LEADER = Gauge("llmop_planner_leader", "1 while this planner leads")
+EPOCH = Gauge("llmop_planner_epoch", "The epoch this planner leads with (0: standby)")
+ERRORS = Counter("llmop_planner_errors_total", "Planner step failures by kind", ["kind"])
+
+
+def observe_step(result: Any, seconds: float, delivered: int) -> None:
+    STEP_SECONDS.observe(seconds)
+    EVENTS.labels(result="recorded").inc(result.recorded)
+    EVENTS.labels(result="duplicate").inc(result.duplicates)
+    EVENTS.labels(result="dead_letter").inc(result.dead_letters)
+    PLANS.inc(result.plans)
+    DECISIONS.inc(result.decisions)
+    POSITION.set(result.position)

@@ -1,0 +1,33 @@
+"""Outbox relay: plans committed in Postgres are published to JetStream after the commit.
+
+Guarantees: a plan reaches NATS only after the transaction that decided it committed; every committed plan is
+published at least once (unsent rows are retried, including after a restart); duplicates are absorbed by the
+stream's de-duplication (``Nats-Msg-Id`` = plan id) and by the applier's (epoch, sequence) check.
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store import recorder
+from store.bus import publish_many
+from store.errors import translated
+
+
+async def relay(engine: AsyncEngine, js: JetStreamContext, *, limit: int = 500) -> int:
+    """Publish unsent plans (oldest first); returns how many were sent. Raises BusUnavailable/StoreError."""
+    sent = 0
+    while True:
+        with translated("read outbox"):
+            async with engine.connect() as conn:
+                rows = await recorder.outbox_pending(conn, limit)
+        if not rows:
+            return sent
+        await publish_many(js, [(subject, payload, plan_id) for _, plan_id, subject, payload in rows])
+        with translated("mark outbox sent"):
+            async with engine.begin() as conn:
+                await recorder.outbox_mark_sent(conn, [row_id for row_id, _, _, _ in rows])
+        sent += len(rows)
+        if len(rows) < limit:
+            return sent

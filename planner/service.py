@@ -1,0 +1,145 @@
+"""The planner service: campaign for leadership, then read the event stream in order and run planner steps.
+
+Guarantees:
+- Only the leader reads and plans. It reads the events stream from the position committed in Postgres, so a crash
+  anywhere resumes exactly after the last committed step: no event lost, none applied twice.
+- A new leader first catches up on the backlog (recording and folding without deciding), then reconciles every
+  deployment once, then plans step by step.
+- Plans are relayed to NATS after each committing step; a failed relay is retried on the next step.
+- A step that fails transiently (database or NATS gone) is rolled back and retried from the same position after
+  a backoff; losing the leader lock stops planning and the service campaigns again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import anyio
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from planner import metrics
+from planner.handle import Delivery, LostLeadership, StepConfig, step
+from planner.leader import Lease, LeaseLost, campaign
+from planner.outbox import relay
+from store import recorder
+from store.bus import BusUnavailable, SequenceReader
+from store.errors import StoreError, TransientStoreError, translated
+from store.subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    holder: str
+    batch_size: int = 512
+    tick_seconds: float = 0.5
+    heartbeat_timeout_seconds: float = 10.0
+    recovery_hold_seconds: float = 5.0
+    retry_seconds: float = 1.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def run_planner(
+    *, engine: AsyncEngine, js: JetStreamContext, subjects: Subjects, settings: PlannerSettings
+) -> None:
+    """Run forever (until cancelled): campaign, lead, and campaign again after losing the lease."""
+    while True:
+        lease = await campaign(engine, holder=settings.holder, retry_interval=settings.retry_seconds)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_guard_lease, lease, settings.retry_seconds)
+                await _lead(engine=engine, js=js, subjects=subjects, settings=settings, epoch=lease.epoch)
+        except* (LeaseLost, LostLeadership) as group:
+            logger.warning("planner %s stopped leading: %s", settings.holder, group.exceptions[0])
+        finally:
+            await lease.release()
+        metrics.LEADER.set(0)
+
+
+async def _guard_lease(lease: Lease, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        await lease.check()
+
+
+async def _lead(
+    *, engine: AsyncEngine, js: JetStreamContext, subjects: Subjects, settings: PlannerSettings, epoch: int
+) -> None:
+    metrics.LEADER.set(1)
+    metrics.EPOCH.set(epoch)
+    config = StepConfig(
+        consumer="planner",
+        subjects=subjects,
+        heartbeat_timeout=timedelta(seconds=settings.heartbeat_timeout_seconds),
+        recovery_hold=timedelta(seconds=settings.recovery_hold_seconds),
+    )
+    with translated("read planner position"):
+        async with engine.connect() as conn:
+            position = await recorder.consumer_position(conn, config.consumer)
+    backlog_end = await _stream_end(js, subjects)
+    logger.info(
+        "planner epoch %d: reading %s from %d (backlog ends at %d)",
+        epoch,
+        subjects.events_stream,
+        position + 1,
+        backlog_end,
+    )
+    grace_until = _now() + config.heartbeat_timeout
+    reader = SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1)
+    mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
+    outbox_dirty = True  # a previous leader may have left committed plans unsent
+    try:
+        while True:
+            try:
+                received = await reader.fetch(settings.batch_size, timeout=settings.tick_seconds)
+                caught_up = not received or received[-1].stream_sequence >= backlog_end
+                deliveries = [Delivery(r.subject, r.stream_sequence, r.data) for r in received]
+                started = time.perf_counter()
+                with translated("planner step"):
+                    async with engine.begin() as conn:
+                        result = await step(
+                            conn,
+                            deliveries=deliveries,
+                            epoch=epoch,
+                            now=_now(),
+                            config=config,
+                            health_grace_until=grace_until,
+                            mode=mode,
+                        )
+                metrics.observe_step(result, time.perf_counter() - started, len(deliveries))
+                position = result.position
+                if mode == "full":
+                    logger.info("planner epoch %d caught up at %d and reconciled every deployment", epoch, position)
+                mode = "full" if mode == "catch-up" and caught_up else ("normal" if mode == "full" else mode)
+                if result.plans or outbox_dirty:
+                    await relay(engine, js)
+                    outbox_dirty = False
+            except (TransientStoreError, BusUnavailable) as exc:
+                metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+                logger.warning("planner step failed, retrying from %d: %s", position + 1, exc)
+                outbox_dirty = True
+                await reader.rewind(position + 1)
+                await anyio.sleep(settings.retry_seconds)
+            except StoreError:
+                metrics.ERRORS.labels(kind="PermanentStoreError").inc()
+                raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await reader.close()
+
+
+async def _stream_end(js: JetStreamContext, subjects: Subjects) -> int:
+    try:
+        info = await js.stream_info(subjects.events_stream)
+    except Exception as exc:  # translated: any client error means the bus is not usable yet
+        raise BusUnavailable(f"cannot read {subjects.events_stream} info: {exc}") from exc
+    return int(info.state.last_seq)

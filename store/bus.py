@@ -1,0 +1,164 @@
+"""JetStream plumbing shared by every component: streams, de-duplicated publishing, and readers.
+
+Guarantees:
+- `ensure_streams` creates (or updates) the events, plans and dead-letter streams with file storage and a
+  de-duplication window, so a message published twice with the same ``Nats-Msg-Id`` is stored once.
+- `publish` waits for the stream's acknowledgement: when it returns, the message is durable in JetStream.
+- `SequenceReader` reads a stream strictly in order from a sequence the caller chooses (the planner passes the
+  position it committed in Postgres), so after any crash reading resumes exactly where the committed effects end.
+- NATS client errors leave this module as `BusUnavailable` (transient: retry after a pause).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from store.subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+DAY = 86400.0
+
+
+class BusUnavailable(Exception):
+    """NATS/JetStream could not be reached or did not confirm in time."""
+
+
+_NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
+
+
+async def ensure_streams(
+    js: JetStreamContext, subjects: Subjects, *, max_age_days: float = 7.0, duplicate_window: float = 120.0
+) -> None:
+    configs = [
+        StreamConfig(
+            name=subjects.events_stream,
+            subjects=[subjects.all_events],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=max_age_days * DAY,
+            duplicate_window=duplicate_window,
+        ),
+        StreamConfig(
+            name=subjects.plans_stream,
+            subjects=[subjects.all_plans],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=max_age_days * DAY,
+            duplicate_window=duplicate_window,
+        ),
+        StreamConfig(
+            name=subjects.dead_letters_stream,
+            subjects=[subjects.all_dead_letters],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=30 * DAY,
+        ),
+    ]
+    try:
+        for config in configs:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await js.update_stream(config)
+    except _NATS_ERRORS as exc:
+        raise BusUnavailable(f"cannot create JetStream streams: {exc or type(exc).__name__}") from exc
+
+
+async def publish(js: JetStreamContext, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
+    """Publish durably; True if JetStream stored it, False if it was a duplicate of an earlier message."""
+    try:
+        ack = await js.publish(subject, data, timeout=timeout, headers={MSG_ID: msg_id})
+    except _NATS_ERRORS as exc:
+        raise BusUnavailable(f"publish to {subject} failed: {exc or type(exc).__name__}") from exc
+    return not ack.duplicate
+
+
+async def publish_many(js: JetStreamContext, items: Sequence[tuple[str, bytes, str]], *, timeout: float = 10.0) -> int:
+    """Publish (subject, data, msg_id) items pipelined; returns how many were new. All-or-error."""
+    try:
+        futures = [await js.publish_async(s, d, headers={MSG_ID: i}) for s, d, i in items]
+        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+    except _NATS_ERRORS as exc:
+        raise BusUnavailable(f"publish failed: {exc or type(exc).__name__}") from exc
+    return sum(1 for ack in acks if not ack.duplicate)
+
+
+@dataclass(frozen=True)
+class Received:
+    subject: str
+    stream_sequence: int
+    data: bytes
+
+
+class SequenceReader:
+    """An ephemeral, unacknowledged, ordered reader of one stream from a given sequence."""
+
+    def __init__(self, js: JetStreamContext, *, stream: str, subject: str, start_sequence: int) -> None:
+        self._js = js
+        self._stream = stream
+        self._subject = subject
+        self._next = max(1, start_sequence)
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def _open(self) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._next,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=120.0,
+            max_waiting=1,
+        )
+        try:
+            return await self._js.pull_subscribe(self._subject, durable=None, stream=self._stream, config=config)
+        except _NATS_ERRORS as exc:
+            raise BusUnavailable(f"cannot read {self._stream}: {exc or type(exc).__name__}") from exc
+
+    async def fetch(self, batch: int, timeout: float) -> list[Received]:
+        """Up to `batch` messages in stream order; [] after `timeout` seconds with none."""
+        if self._sub is None:
+            self._sub = await self._open()
+        try:
+            msgs: list[Msg] = await self._sub.fetch(batch, timeout=timeout)
+        except nats.errors.TimeoutError:
+            return []
+        except _NATS_ERRORS as exc:
+            await self.close()
+            raise BusUnavailable(f"reading {self._stream} failed: {exc or type(exc).__name__}") from exc
+        out = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            if seq < self._next:
+                continue  # already handed out (a re-created consumer may overlap)
+            if seq > self._next:
+                logger.error(
+                    "stream %s skipped from %d to %d: messages expired before they were read",
+                    self._stream,
+                    self._next,
+                    seq,
+                )
+            self._next = seq + 1
+            out.append(Received(msg.subject, seq, msg.data))
+        return out
+
+    async def rewind(self, sequence: int) -> None:
+        """Read again from `sequence` (after a failed step whose effects were rolled back)."""
+        await self.close()
+        self._next = max(1, sequence)
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await sub.unsubscribe()

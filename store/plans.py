@@ -1,0 +1,95 @@
+"""Plans: what the planner asks one cluster's applier to make true.
+
+Guarantees:
+- A plan is self-contained: it carries the model and deployment specs, so the target cluster needs nothing from
+  the origin cluster. Appliers render it with a pure function.
+- Every plan carries the issuing leader's ``epoch`` and a per-(deployment, cluster) ``sequence`` that only grows;
+  an applier ignores a plan whose (epoch, sequence) is not newer than what it last applied for that deployment.
+- ``plan_id`` is unique and deterministic for (deployment, cluster, epoch, sequence): it is the JetStream
+  ``Nats-Msg-Id`` and the marker written on applied objects, so a redelivered plan is recognised.
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.api import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
+
+_PLAN_NAMESPACE = uuid.UUID("9d3f1e22-7c55-4a0e-b7a1-6f2c8e4d0a19")
+
+
+class DeploymentRef(BaseModel):
+    """Identity of an LLMDeployment: where it was applied, and its namespace/name/uid there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    origin_cluster: str
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.origin_cluster}/{self.namespace}/{self.name}"
+
+
+class KubeEvent(BaseModel):
+    """A Kubernetes Event to record on the origin LLMDeployment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def plan_id(deployment: DeploymentRef, cluster: str, kind: str, epoch: int, sequence: int) -> str:
+    return str(uuid.uuid5(_PLAN_NAMESPACE, f"{deployment.key}|{deployment.uid}|{cluster}|{kind}|{epoch}|{sequence}"))
+
+
+class _Plan(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plan_id: str
+    epoch: int = Field(ge=1)
+    sequence: int = Field(ge=1)
+    cluster: str
+    """The cluster whose applier executes this plan."""
+    deployment: DeploymentRef
+    generation: int = Field(ge=0)
+    issued_at: datetime
+
+
+class WorkloadPlan(_Plan):
+    """Run `replicas` instances of the model in `cluster` (0: remove this deployment's workload there)."""
+
+    kind: Literal["Workload"] = "Workload"
+    replicas: int = Field(ge=0)
+    model_name: str
+    model: LLMModelSpec | None = None
+    spec: LLMDeploymentSpec | None = None
+    is_origin: bool = False
+    """The origin cluster also hosts fleet-level objects (the autoscaler for the LLMDeployment)."""
+    gpu_type: str | None = None
+    """The GPU product the planner expects the replicas to use in this cluster (preferred node affinity)."""
+
+    @property
+    def removes_everything(self) -> bool:
+        return self.spec is None or (self.replicas == 0 and not (self.is_origin and self.spec.autoscaling))
+
+
+class StatusPlan(_Plan):
+    """Write this status (and events, and the cleanup finalizer) on the origin LLMDeployment."""
+
+    kind: Literal["Status"] = "Status"
+    status: LLMDeploymentStatus
+    finalizer: Literal["ensure", "remove"] = "ensure"
+    events: list[KubeEvent] = Field(default_factory=list)
+
+
+Plan = Annotated[WorkloadPlan | StatusPlan, Field(discriminator="kind")]

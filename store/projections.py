@@ -1,0 +1,342 @@
+"""Projections as a pure fold: each event becomes a list of row operations on the projection tables.
+
+Guarantees:
+- `fold(event)` reads no state, clock or database: the same event always yields the same operations, so folding
+  the log in position order rebuilds every projection (`store.replay`), and live folding (`store.recorder`) and
+  rebuilds cannot disagree.
+- Operations are idempotent under repetition of the same event (upserts and keyed deletes), which is what makes a
+  redelivered batch harmless even before the consumer-position check.
+- Observations carry full snapshots, so a later observation of an object supersedes every earlier one
+  (`supersedes_earlier` marks those events; replay relies on it to skip superseded snapshots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from store.events import (
+    ANNOTATION_PLAN,
+    LABEL_DEPLOYMENT,
+    LABEL_NAMESPACE,
+    LABEL_ORIGIN,
+    ApplyReported,
+    ClusterHealthChanged,
+    ClusterJoined,
+    ClusterLabelsChanged,
+    Event,
+    PlacementDecided,
+    PlanIssued,
+    ResourceDeleted,
+    ResourceObserved,
+    ResyncCompleted,
+)
+from store.plans import StatusPlan, WorkloadPlan
+from store.quantity import bytes_of, millicores
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as GPU feature discovery writes it
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """Insert the row, or update exactly these columns of the existing row with the same key."""
+
+    table: str
+    key: dict[str, Any]
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Update:
+    """Update rows matching every equality in `where`; no row is created."""
+
+    table: str
+    where: dict[str, Any]
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete rows matching every equality in `where`."""
+
+    table: str
+    where: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteMissing:
+    """Delete rows matching `where` whose `column` is not among `keep`."""
+
+    table: str
+    where: dict[str, Any]
+    column: str
+    keep: tuple[str, ...] = field(default_factory=tuple)
+
+
+Op = Upsert | Update | Delete | DeleteMissing
+
+KIND_TABLES = {
+    "LLMModel": "models",
+    "LLMDeployment": "deployments",
+    "Node": "nodes",
+    "Pod": "pods",
+    "Deployment": "workloads",
+}
+
+
+def supersedes_earlier(event: Event) -> bool:
+    """True for events whose effect replaces that of every earlier event about the same object."""
+    return isinstance(event, ResourceObserved | ResourceDeleted)
+
+
+def fold(event: Event) -> list[Op]:
+    match event:
+        case ResourceObserved():
+            return _observed(event)
+        case ResourceDeleted():
+            table = KIND_TABLES[event.kind]
+            where: dict[str, Any] = {"uid": event.uid}
+            if event.kind == "LLMDeployment":
+                where["origin_cluster"] = event.cluster
+            else:
+                where["cluster"] = event.cluster
+            return [Delete(table, where)]
+        case ResyncCompleted():
+            cluster_col = "origin_cluster" if event.kind == "LLMDeployment" else "cluster"
+            scope: dict[str, Any] = {cluster_col: event.cluster}
+            if event.namespace is not None and event.kind != "Node":
+                scope["namespace"] = event.namespace
+            return [DeleteMissing(KIND_TABLES[event.kind], scope, "uid", tuple(event.uids))]
+        case ClusterJoined():
+            return [
+                Upsert(
+                    "clusters",
+                    {"name": event.cluster},
+                    {
+                        "labels": event.labels,
+                        "healthy": True,
+                        "health_reason": "Joined",
+                        "joined_at": event.at,
+                        "health_changed_at": event.at,
+                    },
+                )
+            ]
+        case ClusterLabelsChanged():
+            return [Update("clusters", {"name": event.cluster}, {"labels": event.labels})]
+        case ClusterHealthChanged():
+            return [
+                Update(
+                    "clusters",
+                    {"name": event.cluster},
+                    {"healthy": event.healthy, "health_reason": event.reason, "health_changed_at": event.at},
+                )
+            ]
+        case PlacementDecided():
+            return _decided(event)
+        case PlanIssued():
+            return _plan_issued(event)
+        case ApplyReported():
+            return _apply_reported(event)
+        case _:
+            return []
+
+
+def _deployment_key(origin: str, namespace: str, name: str) -> dict[str, Any]:
+    return {"origin_cluster": origin, "namespace": namespace, "name": name}
+
+
+def _observed(event: ResourceObserved) -> list[Op]:
+    obj = event.object
+    at = event.observed_at
+    match event.kind:
+        case "LLMModel":
+            key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
+            values = {
+                "uid": event.uid,
+                "generation": event.generation or 0,
+                "spec": obj.get("spec", {}),
+                "updated_at": at,
+            }
+            return [Upsert("models", key, values)]
+        case "LLMDeployment":
+            key = _deployment_key(event.cluster, event.namespace or "", event.name)
+            values = {
+                "uid": event.uid,
+                "generation": event.generation or 0,
+                "spec": obj.get("spec", {}),
+                "labels": obj.get("labels", {}),
+                "deleting": bool(obj.get("deletionTimestamp")),
+                "has_finalizer": bool(obj.get("finalizers")),
+                "observed_status": obj.get("status", {}),
+                "created_at": _parse_time(obj.get("creationTimestamp")) or at,
+                "updated_at": at,
+            }
+            return [Upsert("deployments", key, values)]
+        case "Node":
+            return [Upsert("nodes", {"cluster": event.cluster, "name": event.name}, node_row(event.uid, obj, at))]
+        case "Pod":
+            key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
+            return [Upsert("pods", key, pod_row(event.uid, obj, at))]
+        case "Deployment":
+            key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
+            return [Upsert("workloads", key, workload_row(event.uid, obj, at))]
+    return []
+
+
+def node_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """Projection row of a compact Node snapshot (see watcher.translate)."""
+    labels: dict[str, str] = obj.get("labels", {})
+    allocatable: dict[str, Any] = obj.get("allocatable", {})
+    gpu_memory_mib = labels.get(GPU_MEMORY_LABEL, "0")
+    return {
+        "uid": uid,
+        "labels": labels,
+        "gpu_product": labels.get(GPU_PRODUCT_LABEL),
+        "gpu_memory_bytes": int(gpu_memory_mib) * 2**20 if gpu_memory_mib.isdigit() else 0,
+        "gpu_allocatable": int(bytes_of(allocatable.get(GPU_RESOURCE))),
+        "cpu_allocatable_m": millicores(allocatable.get("cpu")),
+        "memory_allocatable_bytes": bytes_of(allocatable.get("memory")),
+        "ready": bool(obj.get("ready", False)),
+        "schedulable": not obj.get("unschedulable", False),
+        "taints": obj.get("taints", []),
+        "updated_at": at,
+    }
+
+
+def pod_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """Projection row of a compact Pod snapshot (see watcher.translate)."""
+    labels: dict[str, str] = obj.get("labels", {})
+    requests: dict[str, Any] = obj.get("requests", {})
+    deployment_key = None
+    if LABEL_ORIGIN in labels and LABEL_DEPLOYMENT in labels:
+        deployment_key = f"{labels[LABEL_ORIGIN]}/{labels.get(LABEL_NAMESPACE, '')}/{labels[LABEL_DEPLOYMENT]}"
+    return {
+        "uid": uid,
+        "node_name": obj.get("nodeName"),
+        "phase": obj.get("phase", "Pending"),
+        "ready": bool(obj.get("ready", False)),
+        "gpu_request": int(bytes_of(requests.get(GPU_RESOURCE))),
+        "cpu_request_m": millicores(requests.get("cpu")),
+        "memory_request_bytes": bytes_of(requests.get("memory")),
+        "deployment_key": deployment_key,
+        "updated_at": at,
+    }
+
+
+def workload_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """Projection row of a compact managed-Deployment snapshot (see watcher.translate)."""
+    labels: dict[str, str] = obj.get("labels", {})
+    status: dict[str, Any] = obj.get("status", {})
+    return {
+        "uid": uid,
+        "origin_cluster": labels.get(LABEL_ORIGIN),
+        "deployment_namespace": labels.get(LABEL_NAMESPACE),
+        "deployment_name": labels.get(LABEL_DEPLOYMENT),
+        "plan_id": obj.get("annotations", {}).get(ANNOTATION_PLAN),
+        "replicas": int(obj.get("replicas", 0)),
+        "ready_replicas": int(status.get("readyReplicas", 0)),
+        "available_replicas": int(status.get("availableReplicas", 0)),
+        "updated_replicas": int(status.get("updatedReplicas", 0)),
+        "observed_generation": int(status.get("observedGeneration", 0)),
+        "generation": int(obj.get("generation", 0)),
+        "updated_at": at,
+    }
+
+
+def _decided(event: PlacementDecided) -> list[Op]:
+    key = _deployment_key(event.origin_cluster, event.namespace, event.name)
+    ops: list[Op] = [Update("deployments", key, {"last_outcome": event.outcome, "last_decision_at": event.decided_at})]
+    for share in event.shares:
+        ops.append(
+            Upsert(
+                "placements",
+                {**key, "cluster": share.cluster},
+                {
+                    "replicas": share.replicas,
+                    "role": share.role,
+                    "gpu_type": share.gpu_type,
+                    "nodes": share.nodes,
+                    "replica_gpus": event.replica_gpus,
+                    "replica_cpu_m": event.replica_cpu_m,
+                    "replica_memory_bytes": event.replica_memory_bytes,
+                    "planned_at": event.decided_at,
+                },
+            )
+        )
+    return ops
+
+
+def _plan_issued(event: PlanIssued) -> list[Op]:
+    plan = event.plan
+    ref = plan.deployment
+    key = _deployment_key(ref.origin_cluster, ref.namespace, ref.name)
+    row = {
+        "kind": plan.kind,
+        "cluster": plan.cluster,
+        **key,
+        "epoch": plan.epoch,
+        "sequence": plan.sequence,
+        "replicas": plan.replicas if isinstance(plan, WorkloadPlan) else None,
+        "payload": plan.model_dump(mode="json"),
+        "issued_at": plan.issued_at,
+    }
+    ops: list[Op] = [
+        Upsert("plans", {"plan_id": plan.plan_id}, row),
+        Update("deployments", key, {"plan_sequence": plan.sequence}),
+    ]
+    if isinstance(plan, WorkloadPlan):
+        ops.append(
+            Update(
+                "placements",
+                {**key, "cluster": plan.cluster},
+                {"plan_id": plan.plan_id, "epoch": plan.epoch, "sequence": plan.sequence},
+            )
+        )
+    elif isinstance(plan, StatusPlan):
+        ops.append(Update("deployments", key, {"last_status": plan.status.wire()}))
+    return ops
+
+
+def _apply_reported(event: ApplyReported) -> list[Op]:
+    key = _deployment_key(event.origin_cluster, event.namespace, event.name)
+    ops: list[Op] = [
+        Upsert(
+            "apply_results",
+            {"plan_id": event.plan_id, "cluster": event.cluster},
+            {
+                **key,
+                "outcome": event.outcome,
+                "message": event.message,
+                "objects": event.objects,
+                "finished_at": event.finished_at,
+            },
+        ),
+    ]
+    if event.outcome in ("Applied", "Failed", "Deleted", "Duplicate"):
+        # A Duplicate report means an earlier delivery applied the plan but its report was lost.
+        outcome = "Applied" if event.outcome == "Duplicate" else event.outcome
+        ops.append(
+            Update(
+                "placements",
+                {**key, "cluster": event.cluster, "plan_id": event.plan_id},
+                {
+                    "applied_plan_id": event.plan_id,
+                    "apply_outcome": outcome,
+                    "apply_message": event.message,
+                    "applied_at": event.finished_at,
+                },
+            )
+        )
+    if event.outcome == "Deleted":
+        # The workload is gone from that cluster; a share with no replicas left has nothing more to track.
+        ops.append(Delete("placements", {**key, "cluster": event.cluster, "plan_id": event.plan_id, "replicas": 0}))
+    return ops
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,186 @@
+"""Reads of the projections that the planner and the CLI need, returned as plain rows (dicts).
+
+Guarantees: read-only; every query runs on the caller's connection, so inside the planner's transaction it sees
+the projections exactly as folded so far in that transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store import tables
+
+DeploymentKey = tuple[str, str, str]  # (origin cluster, namespace, name)
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    return [dict(r) for r in result.mappings().all()]
+
+
+async def clusters(conn: AsyncConnection) -> list[dict[str, Any]]:
+    return _rows(await conn.execute(select(tables.clusters).order_by(tables.clusters.c.name)))
+
+
+async def nodes(conn: AsyncConnection) -> list[dict[str, Any]]:
+    t = tables.nodes
+    return _rows(await conn.execute(select(t).order_by(t.c.cluster, t.c.name)))
+
+
+async def bound_pods(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Pods holding resources on a node: bound and not terminated."""
+    t = tables.pods
+    return _rows(
+        await conn.execute(
+            select(
+                t.c.cluster,
+                t.c.node_name,
+                t.c.gpu_request,
+                t.c.cpu_request_m,
+                t.c.memory_request_bytes,
+                t.c.deployment_key,
+            ).where(t.c.node_name.is_not(None), t.c.phase.not_in(["Succeeded", "Failed"]))
+        )
+    )
+
+
+async def all_placements(conn: AsyncConnection) -> list[dict[str, Any]]:
+    t = tables.placements
+    return _rows(await conn.execute(select(t).order_by(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster)))
+
+
+async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> dict[DeploymentKey, dict[str, Any]]:
+    keys = list(keys)
+    if not keys:
+        return {}
+    t = tables.deployments
+    rows = _rows(await conn.execute(select(t).where(tuple_(t.c.origin_cluster, t.c.namespace, t.c.name).in_(keys))))
+    return {(r["origin_cluster"], r["namespace"], r["name"]): r for r in rows}
+
+
+async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
+    """Deployments waiting for capacity or holding replicas that may need to move (re-evaluated on any change)."""
+    d = tables.deployments
+    p = tables.placements
+    waiting = select(d.c.origin_cluster, d.c.namespace, d.c.name).where(
+        d.c.last_outcome.in_(["InsufficientGPU", "PartiallyPlaced", "NoEligibleCluster"])
+    )
+    moving = select(p.c.origin_cluster, p.c.namespace, p.c.name).where(p.c.role != "active")
+    rows = (await conn.execute(waiting.union(moving))).all()
+    return [(a, b, c) for a, b, c in rows]
+
+
+async def deployment_keys_on_clusters(conn: AsyncConnection, clusters_: Sequence[str]) -> list[DeploymentKey]:
+    p = tables.placements
+    rows = (
+        (
+            await conn.execute(
+                select(p.c.origin_cluster, p.c.namespace, p.c.name).where(p.c.cluster.in_(list(clusters_))).distinct()
+            )
+        )
+        .all()
+    )
+    return [(a, b, c) for a, b, c in rows]
+
+
+async def deployment_keys_using_models(
+    conn: AsyncConnection, models_: Iterable[tuple[str, str, str]]
+) -> list[DeploymentKey]:
+    """Deployments in (cluster, namespace) whose spec.modelRef names one of the models."""
+    models_ = list(models_)
+    if not models_:
+        return []
+    d = tables.deployments
+    cond = or_(
+        *(
+            and_(d.c.origin_cluster == c, d.c.namespace == ns, d.c.spec["modelRef"].astext == name)
+            for c, ns, name in models_
+        )
+    )
+    rows = (await conn.execute(select(d.c.origin_cluster, d.c.namespace, d.c.name).where(cond))).all()
+    return [(a, b, c) for a, b, c in rows]
+
+
+async def orphan_keys(conn: AsyncConnection) -> list[DeploymentKey]:
+    """Placements or observed workloads whose LLMDeployment is gone: their workloads must be removed."""
+    d = tables.deployments
+    p = tables.placements
+    w = tables.workloads
+    orphan_placements = select(p.c.origin_cluster, p.c.namespace, p.c.name).where(
+        ~select(d.c.name)
+        .where(d.c.origin_cluster == p.c.origin_cluster, d.c.namespace == p.c.namespace, d.c.name == p.c.name)
+        .exists()
+    )
+    orphan_workloads = select(w.c.origin_cluster, w.c.deployment_namespace, w.c.deployment_name).where(
+        w.c.origin_cluster.is_not(None),
+        ~select(d.c.name)
+        .where(
+            d.c.origin_cluster == w.c.origin_cluster,
+            d.c.namespace == w.c.deployment_namespace,
+            d.c.name == w.c.deployment_name,
+        )
+        .exists(),
+    )
+    rows = (await conn.execute(orphan_placements.union(orphan_workloads))).all()
+    return [(a, b, c) for a, b, c in rows]
+
+
+async def model(conn: AsyncConnection, cluster: str, namespace: str, name: str) -> dict[str, Any] | None:
+    t = tables.models
+    row = (
+        (await conn.execute(select(t).where(t.c.cluster == cluster, t.c.namespace == namespace, t.c.name == name)))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def placements_for(conn: AsyncConnection, key: DeploymentKey) -> list[dict[str, Any]]:
+    t = tables.placements
+    return _rows(
+        await conn.execute(
+            select(t)
+            .where(t.c.origin_cluster == key[0], t.c.namespace == key[1], t.c.name == key[2])
+            .order_by(t.c.cluster)
+        )
+    )
+
+
+async def workloads_for(conn: AsyncConnection, key: DeploymentKey) -> list[dict[str, Any]]:
+    t = tables.workloads
+    return _rows(
+        await conn.execute(
+            select(t).where(
+                t.c.origin_cluster == key[0], t.c.deployment_namespace == key[1], t.c.deployment_name == key[2]
+            )
+        )
+    )
+
+
+async def last_workload_plans(conn: AsyncConnection, key: DeploymentKey) -> list[dict[str, Any]]:
+    """The newest workload plan per cluster for one deployment."""
+    t = tables.plans
+    mine = (t.c.origin_cluster == key[0], t.c.namespace == key[1], t.c.name == key[2], t.c.kind == "Workload")
+    newest = select(t.c.cluster, func.max(t.c.sequence).label("sequence")).where(*mine).group_by(t.c.cluster).subquery()
+    return _rows(
+        await conn.execute(
+            select(t)
+            .join(newest, and_(t.c.cluster == newest.c.cluster, t.c.sequence == newest.c.sequence))
+            .where(*mine)
+            .order_by(t.c.cluster)
+        )
+    )
+
+
+async def latest_epoch(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(select(func.coalesce(func.max(tables.planner_epochs.c.epoch), 0))) or 0)
+
+
+async def all_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
+    """Every deployment, plus every orphaned placement or workload."""
+    d = tables.deployments
+    rows = (await conn.execute(select(d.c.origin_cluster, d.c.namespace, d.c.name))).all()
+    return [(a, b, c) for a, b, c in rows] + await orphan_keys(conn)

@@ -1,0 +1,278 @@
+"""SQLAlchemy table definitions: the event log, projections, the outbox and bookkeeping.
+
+Guarantees: these tables mirror exactly what the alembic migrations create (a test compares them); nothing here
+creates or alters the schema at runtime. Projections are disposable: every row in them can be rebuilt by folding
+``events`` in position order (`store.replay`), except ``clusters.last_heartbeat_at``, which heartbeats refresh
+without logging (their meaning is logged as ClusterJoined/ClusterHealthChanged).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+TZ = DateTime(timezone=True)
+
+# ------------------------------------------------------------------------------------------------ the event log
+
+events = Table(
+    "events",
+    metadata,
+    # Position is assigned inside a transaction that holds the writers' advisory lock, so position order is
+    # commit order and a reader tailing `position > last` never skips a row committed later with a smaller one.
+    Column("position", BigInteger, Identity(always=False), primary_key=True),
+    Column("event_id", Text, nullable=False, unique=True),
+    Column("stream_id", Text, nullable=False),
+    Column("stream_version", Integer, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("schema_version", SmallInteger, nullable=False),
+    Column("cluster", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("metadata", JSONB, nullable=False),
+    Column("occurred_at", TZ, nullable=False),
+    Column("recorded_at", TZ, nullable=False, server_default=func.now()),
+    UniqueConstraint("stream_id", "stream_version"),
+    Index("ix_events_type_occurred_at", "type", "occurred_at"),
+    Index("ix_events_occurred_at", "occurred_at"),
+)
+
+# -------------------------------------------------------------------------------------------------- projections
+
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("labels", JSONB, nullable=False),
+    Column("healthy", Boolean, nullable=False),
+    Column("health_reason", Text, nullable=False),
+    Column("joined_at", TZ, nullable=False),
+    Column("health_changed_at", TZ, nullable=False),
+    Column("last_heartbeat_at", TZ),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("cluster", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("uid", Text, nullable=False),
+    Column("labels", JSONB, nullable=False),
+    Column("gpu_product", Text),
+    Column("gpu_memory_bytes", BigInteger, nullable=False),
+    Column("gpu_allocatable", Integer, nullable=False),
+    Column("cpu_allocatable_m", BigInteger, nullable=False),
+    Column("memory_allocatable_bytes", BigInteger, nullable=False),
+    Column("ready", Boolean, nullable=False),
+    Column("schedulable", Boolean, nullable=False),
+    Column("taints", JSONB, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    PrimaryKeyConstraint("cluster", "name"),
+)
+
+pods = Table(
+    "pods",
+    metadata,
+    Column("cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("uid", Text, nullable=False),
+    Column("node_name", Text),
+    Column("phase", Text, nullable=False),
+    Column("ready", Boolean, nullable=False),
+    Column("gpu_request", Integer, nullable=False),
+    Column("cpu_request_m", BigInteger, nullable=False),
+    Column("memory_request_bytes", BigInteger, nullable=False),
+    Column("deployment_key", Text),
+    Column("updated_at", TZ, nullable=False),
+    PrimaryKeyConstraint("cluster", "namespace", "name"),
+    Index("ix_pods_deployment_key", "deployment_key"),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("uid", Text, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("spec", JSONB, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    PrimaryKeyConstraint("cluster", "namespace", "name"),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("origin_cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("uid", Text, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("spec", JSONB, nullable=False),
+    Column("labels", JSONB, nullable=False),
+    Column("deleting", Boolean, nullable=False),
+    Column("has_finalizer", Boolean, nullable=False),
+    Column("observed_status", JSONB, nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    # Planner bookkeeping, folded from its own events so it survives restarts and rebuilds.
+    Column("plan_sequence", Integer, nullable=False, server_default="0"),
+    Column("last_status", JSONB),
+    Column("last_outcome", Text),
+    Column("last_decision_at", TZ),
+    PrimaryKeyConstraint("origin_cluster", "namespace", "name"),
+)
+
+placements = Table(
+    "placements",
+    metadata,
+    Column("origin_cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("cluster", Text, nullable=False),
+    Column("replicas", Integer, nullable=False),
+    # active: part of the current placement; retiring: kept running until its replacement is Available (a lost
+    # cluster, or a cluster the policy no longer selects); removing: a removal plan was issued.
+    Column("role", Text, nullable=False),
+    Column("gpu_type", Text),
+    Column("nodes", JSONB, nullable=False),
+    Column("replica_gpus", Integer, nullable=False),
+    Column("replica_cpu_m", BigInteger, nullable=False),
+    Column("replica_memory_bytes", BigInteger, nullable=False),
+    Column("plan_id", Text),
+    Column("epoch", BigInteger),
+    Column("sequence", Integer),
+    Column("planned_at", TZ, nullable=False),
+    Column("applied_plan_id", Text),
+    Column("apply_outcome", Text),
+    Column("apply_message", Text),
+    Column("applied_at", TZ),
+    PrimaryKeyConstraint("origin_cluster", "namespace", "name", "cluster"),
+    Index("ix_placements_cluster", "cluster"),
+)
+
+workloads = Table(
+    "workloads",
+    metadata,
+    Column("cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("uid", Text, nullable=False),
+    Column("origin_cluster", Text),
+    Column("deployment_namespace", Text),
+    Column("deployment_name", Text),
+    Column("plan_id", Text),
+    Column("replicas", Integer, nullable=False),
+    Column("ready_replicas", Integer, nullable=False),
+    Column("available_replicas", Integer, nullable=False),
+    Column("updated_replicas", Integer, nullable=False),
+    Column("observed_generation", BigInteger, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    PrimaryKeyConstraint("cluster", "namespace", "name"),
+    Index("ix_workloads_origin", "origin_cluster", "deployment_namespace", "deployment_name"),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("plan_id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("cluster", Text, nullable=False),
+    Column("origin_cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("replicas", Integer),
+    Column("payload", JSONB, nullable=False),
+    Column("issued_at", TZ, nullable=False),
+    Index("ix_plans_deployment", "origin_cluster", "namespace", "name"),
+)
+
+apply_results = Table(
+    "apply_results",
+    metadata,
+    Column("plan_id", Text, nullable=False),
+    Column("cluster", Text, nullable=False),
+    Column("origin_cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("objects", JSONB, nullable=False),
+    Column("finished_at", TZ, nullable=False),
+    PrimaryKeyConstraint("plan_id", "cluster"),
+)
+
+# ------------------------------------------------------------------------------------------------- bookkeeping
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("plan_id", Text, nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Column("sent_at", TZ),
+)
+Index("ix_outbox_unsent", outbox.c.id, postgresql_where=outbox.c.sent_at.is_(None))
+
+consumer_positions = Table(
+    "consumer_positions",
+    metadata,
+    # The last JetStream stream sequence whose effects are committed, per consumer: a redelivered message at or
+    # below it is acknowledged and skipped.
+    Column("consumer", Text, primary_key=True),
+    Column("stream_sequence", BigInteger, nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("consumer", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("stream_sequence", BigInteger),
+    Column("reason", Text, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("received_at", TZ, nullable=False, server_default=func.now()),
+    UniqueConstraint("consumer", "stream_sequence"),
+)
+
+planner_epochs = Table(
+    "planner_epochs",
+    metadata,
+    Column("epoch", BigInteger, Identity(always=False), primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("acquired_at", TZ, nullable=False, server_default=func.now()),
+)
+
+PROJECTION_TABLES = (clusters, nodes, pods, models, deployments, placements, workloads, plans, apply_results)

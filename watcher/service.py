@@ -1,0 +1,118 @@
+"""The watcher of one member cluster: observe every kind the planner needs, publish, and heartbeat.
+
+Guarantees: one task per (kind, namespace scope) plus the heartbeat, all in one anyio task group; each task
+survives its own errors (see watcher.stream); the service ends only when cancelled. Read-only towards Kubernetes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from functools import partial
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+from nats.js import JetStreamContext
+
+from kubeapi import RESOURCES, Kube
+from store.bus import BusUnavailable, publish
+from store.events import (
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    ClusterHeartbeat,
+    ObservedKind,
+    deterministic_id,
+    encode_event,
+)
+from store.subjects import Subjects
+from watcher import metrics
+from watcher.publish import KindPublisher
+from watcher.stream import observe
+
+logger = logging.getLogger(__name__)
+
+# Pods holding resources are the ones not yet terminated; the apiserver reports a pod that stops matching as
+# DELETED, which is exactly "its requests no longer count".
+_LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+
+
+@dataclass(frozen=True)
+class WatcherSettings:
+    cluster: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    namespaces: Sequence[str] = ()
+    """Namespaces whose LLM resources are watched; empty means all. Nodes and pods are always cluster-wide."""
+    heartbeat_seconds: float = 2.0
+    resync_seconds: float = 600.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def run_watcher(*, kube: Kube, js: JetStreamContext, subjects: Subjects, settings: WatcherSettings) -> None:
+    scopes: list[str | None] = list(settings.namespaces) or [None]
+    plan: list[tuple[ObservedKind, str | None, str | None, str | None]] = [
+        ("Node", None, None, None),
+        ("Pod", None, None, _LIVE_PODS),
+    ]
+    for namespace in scopes:
+        plan += [
+            ("LLMModel", namespace, None, None),
+            ("LLMDeployment", namespace, None, None),
+            ("Deployment", namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}", None),
+        ]
+    logger.info(
+        "watcher for cluster %s starting (%s)",
+        settings.cluster,
+        "all namespaces" if scopes == [None] else ", ".join(settings.namespaces),
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_heartbeat, js, subjects, settings)
+        for kind, namespace, labels, fields in plan:
+            sink = KindPublisher(
+                js=js, subjects=subjects, cluster=settings.cluster, kind=kind, namespace=namespace, clock=_now
+            )
+            tg.start_soon(
+                partial(
+                    observe,
+                    kube=kube,
+                    resource=RESOURCES[kind],
+                    sink=sink,
+                    namespace=namespace,
+                    label_selector=labels,
+                    field_selector=fields,
+                    resync_seconds=settings.resync_seconds,
+                )
+            )
+
+
+async def _heartbeat(js: JetStreamContext, subjects: Subjects, settings: WatcherSettings) -> None:
+    watcher_id = str(uuid.uuid4())
+    sequence = 0
+    while True:
+        beat = ClusterHeartbeat(
+            event_id=deterministic_id("heartbeat", watcher_id, str(sequence)),
+            cluster=settings.cluster,
+            labels=dict(settings.labels),
+            watcher_id=watcher_id,
+            sent_at=_now(),
+            sequence=sequence,
+        )
+        try:
+            await publish(
+                js,
+                subjects.events(settings.cluster),
+                encode_event(beat),
+                msg_id=beat.event_id,
+                timeout=settings.heartbeat_seconds,
+            )
+            metrics.HEARTBEATS.inc()
+            metrics.LAST_HEARTBEAT.set(beat.sent_at.timestamp())
+            sequence += 1
+        except BusUnavailable as exc:
+            metrics.ERRORS.labels(kind="heartbeat").inc()
+            logger.warning("cluster %s: heartbeat not delivered: %s", settings.cluster, exc)
+        await anyio.sleep(settings.heartbeat_seconds)
