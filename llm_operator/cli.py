@@ -393,5 +393,14 @@ def install_crds_command(
     run_async(run)
 
 
+def _register_audit() -> None:
+    from llm_operator import audit
+
+    audit.register(app, settings_for=settings_from, run_async=run_async)
+
+
+_register_audit()
+
+
 def main() -> None:
     app()

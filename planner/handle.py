@@ -466,6 +466,7 @@ async def _inputs(
         epoch=epoch,
         now=now,
         reports=reports,
+        plan_sequence=row["plan_sequence"] if row is not None else await queries.plan_sequence(conn, key),
     )
 
 

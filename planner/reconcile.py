@@ -87,6 +87,8 @@ class Inputs:
     now: datetime
     reports: Sequence[ApplyReported] = ()
     """Apply results that arrived in this batch (they become Kubernetes Events)."""
+    plan_sequence: int = 0
+    """The last plan sequence issued for this deployment (kept even after the LLMDeployment is gone)."""
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,7 @@ def _hold(inputs: Inputs, outcome_name: str, message: str) -> Outcome:
 
 def _teardown(inputs: Inputs) -> Outcome:
     dep = inputs.deployment
-    sequence = dep.plan_sequence if dep else max((p.sequence for p in inputs.last_plans.values()), default=0)
+    sequence = max(dep.plan_sequence if dep else 0, inputs.plan_sequence)
     shares = [
         ClusterShare(cluster=p.cluster, replicas=0, role="removing", gpu_type=p.gpu_type, nodes={})
         for p in inputs.placements

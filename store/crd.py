@@ -13,7 +13,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from store.api import CATEGORY, GROUP, VERSION, LLMDeployment, LLMModel
+from store.api import (
+    CATEGORY,
+    DNS_1035_LABEL,
+    DNS_SUBDOMAIN,
+    GROUP,
+    VERSION,
+    LLMDeployment,
+    LLMModel,
+    cel,
+    cel_string,
+)
 
 HEADER = "# Generated from store/api.py by `llm-operator crds --write`. Do not edit by hand.\n"
 
@@ -72,7 +82,22 @@ def _clean_defaults(node: Any) -> Any:
     return out
 
 
-def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+def _name_schema(pattern: str, message: str) -> dict[str, Any]:
+    """metadata.name restrictions: the only part of metadata a CRD schema may constrain. The name ends up in
+    label values and object names in member clusters, so it must fit those at admission, not fail at apply time."""
+    return {
+        "type": "object",
+        "properties": {
+            "name": {
+                "type": "string",
+                "maxLength": 63,
+                "x-kubernetes-validations": [cel(f"self.matches({cel_string(pattern)})", message)],
+            }
+        },
+    }
+
+
+def openapi_schema(model: type[BaseModel], *, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
     schema = _clean_defaults(_inline(raw, defs))
@@ -80,24 +105,10 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     # apiVersion/kind/metadata belong to the apiserver; the schema only declares their types.
     props["apiVersion"] = {"type": "string", "description": "APIVersion of this object."}
     props["kind"] = {"type": "string", "description": "Kind of this object."}
-    props["metadata"] = {"type": "object"}
+    props["metadata"] = metadata or {"type": "object"}
     schema.pop("x-kubernetes-preserve-unknown-fields", None)
     schema["required"] = ["spec"]
-    status = props.get("status")
-    if status is not None:
-        _map_list(status["properties"]["conditions"], key="type")
-        if "placements" in status["properties"]:
-            _map_list(status["properties"]["placements"], key="cluster")
-            _map_list(status["properties"]["endpoints"], key="cluster")
     return dict(schema)
-
-
-def _map_list(node: dict[str, Any], *, key: str) -> None:
-    node["x-kubernetes-list-type"] = "map"
-    node["x-kubernetes-list-map-keys"] = [key]
-    node["items"].setdefault("required", [])
-    if key not in node["items"]["required"]:
-        node["items"]["required"].append(key)
 
 
 def _crd(
@@ -108,6 +119,7 @@ def _crd(
     model: type[BaseModel],
     columns: list[dict[str, Any]],
     scale: bool,
+    metadata: dict[str, Any],
 ) -> dict[str, Any]:
     subresources: dict[str, Any] = {"status": {}}
     if scale:
@@ -139,13 +151,28 @@ def _crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema(model)},
+                    "schema": {"openAPIV3Schema": openapi_schema(model, metadata=metadata)},
                     "subresources": subresources,
                     "additionalPrinterColumns": columns,
                 }
             ],
         },
     }
+
+
+def _column(name: str, type_: str, path: str, description: str, *, priority: int = 0) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path, "description": description}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+_AGE = _column("Age", "date", ".metadata.creationTimestamp", "Time since the object was created.")
+
+# The READY condition's reason, read with a JSONPath filter (the apiserver's table printer evaluates filters).
+# A list of clusters cannot be read that way: for `[*]` the printer shows only the first match, hence the
+# comma-separated status.clusters field.
+READY_REASON = '.status.conditions[?(@.type=="Ready")].reason'
 
 
 def llmmodel_crd() -> dict[str, Any]:
@@ -155,13 +182,18 @@ def llmmodel_crd() -> dict[str, Any]:
         short_names=["llmm"],
         model=LLMModel,
         scale=False,
+        metadata=_name_schema(
+            DNS_SUBDOMAIN,
+            "an LLMModel's name must be at most 63 lowercase letters, digits, '-' and '.', starting and ending with "
+            "a letter or digit (deployments carry it in a label)",
+        ),
         columns=[
-            {"name": "Model", "type": "string", "jsonPath": ".spec.modelName"},
-            {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
-            {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpu.count"},
-            {"name": "GPU-Types", "type": "string", "jsonPath": ".spec.resources.gpu.types", "priority": 1},
-            {"name": "Source", "type": "string", "jsonPath": ".spec.source.uri", "priority": 1},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            _column("Model", "string", ".spec.modelName", "Name of the LLM model."),
+            _column("Image", "string", ".spec.image", "Container image of the model server."),
+            _column("GPUs", "integer", ".spec.resources.gpu.count", "GPUs per instance."),
+            _column("GPU-Types", "string", ".spec.resources.gpu.types", "Acceptable GPU products.", priority=1),
+            _column("Source", "string", ".spec.source.uri", "Where the weights come from.", priority=1),
+            _AGE,
         ],
     )
 
@@ -173,14 +205,19 @@ def llmdeployment_crd() -> dict[str, Any]:
         short_names=["llmd"],
         model=LLMDeployment,
         scale=True,
+        metadata=_name_schema(
+            DNS_1035_LABEL,
+            "an LLMDeployment's name must be at most 63 lowercase letters, digits and '-', starting with a letter "
+            "and ending with a letter or digit (it names the Service in each cluster)",
+        ),
         columns=[
-            {"name": "Model", "type": "string", "jsonPath": ".spec.modelRef"},
-            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
-            {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-            {"name": "Clusters", "type": "string", "jsonPath": ".status.clusters"},
-            {"name": "Status", "type": "string", "jsonPath": ".status.ready"},
-            {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoints[0].url", "priority": 1},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            _column("Model", "string", ".spec.modelRef", "The LLMModel deployed."),
+            _column("Replicas", "integer", ".spec.replicas", "Replicas asked for across the fleet."),
+            _column("Ready", "integer", ".status.readyReplicas", "Replicas ready across the fleet."),
+            _column("Clusters", "string", ".status.clusters", "Member clusters that run replicas."),
+            _column("Status", "string", READY_REASON, "Reason of the Ready condition."),
+            _column("Endpoint", "string", ".status.endpoints[0].url", "URL of the Service.", priority=1),
+            _AGE,
         ],
     )
 

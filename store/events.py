@@ -182,6 +182,7 @@ class PlacementDecided(_Event):
     """The planner's decision for one deployment, with its reasons: `explain` and audits read these."""
 
     type: Literal["PlacementDecided"] = "PlacementDecided"
+    schema_version: int = 2
     origin_cluster: str
     namespace: str
     name: str

@@ -248,7 +248,9 @@ def workload_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
 
 def _decided(event: PlacementDecided) -> list[Op]:
     key = _deployment_key(event.origin_cluster, event.namespace, event.name)
-    ops: list[Op] = [Update("deployments", key, {"last_outcome": event.outcome, "last_decision_at": event.decided_at})]
+    ops: list[Op] = [
+        Upsert("deployment_plans", key, {"last_outcome": event.outcome, "last_decision_at": event.decided_at})
+    ]
     for share in event.shares:
         ops.append(
             Upsert(
@@ -285,7 +287,7 @@ def _plan_issued(event: PlanIssued) -> list[Op]:
     }
     ops: list[Op] = [
         Upsert("plans", {"plan_id": plan.plan_id}, row),
-        Update("deployments", key, {"plan_sequence": plan.sequence}),
+        Upsert("deployment_plans", key, {"plan_sequence": plan.sequence}),
     ]
     if isinstance(plan, WorkloadPlan):
         ops.append(
@@ -296,7 +298,7 @@ def _plan_issued(event: PlanIssued) -> list[Op]:
             )
         )
     elif isinstance(plan, StatusPlan):
-        ops.append(Update("deployments", key, {"last_status": plan.status.wire()}))
+        ops.append(Upsert("deployment_plans", key, {"last_status": plan.status.wire()}))
     return ops
 
 

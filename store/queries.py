@@ -53,20 +53,33 @@ async def all_placements(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 
 async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> dict[DeploymentKey, dict[str, Any]]:
+    """Deployment rows with the planner's bookkeeping (plan_sequence, last_status, last_outcome) joined in."""
     keys = list(keys)
     if not keys:
         return {}
-    t = tables.deployments
-    rows = _rows(await conn.execute(select(t).where(tuple_(t.c.origin_cluster, t.c.namespace, t.c.name).in_(keys))))
+    d, b = tables.deployments, tables.deployment_plans
+    joined = d.outerjoin(b, and_(b.c.origin_cluster == d.c.origin_cluster, b.c.namespace == d.c.namespace,
+                                 b.c.name == d.c.name))
+    query = select(d, func.coalesce(b.c.plan_sequence, 0).label("plan_sequence"), b.c.last_status,
+                   b.c.last_outcome, b.c.last_decision_at).select_from(joined)
+    rows = _rows(await conn.execute(query.where(tuple_(d.c.origin_cluster, d.c.namespace, d.c.name).in_(keys))))
     return {(r["origin_cluster"], r["namespace"], r["name"]): r for r in rows}
+
+
+async def plan_sequence(conn: AsyncConnection, key: DeploymentKey) -> int:
+    b = tables.deployment_plans
+    found = await conn.scalar(
+        select(b.c.plan_sequence).where(b.c.origin_cluster == key[0], b.c.namespace == key[1], b.c.name == key[2])
+    )
+    return int(found or 0)
 
 
 async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     """Deployments waiting for capacity or holding replicas that may need to move (re-evaluated on any change)."""
-    d = tables.deployments
+    b = tables.deployment_plans
     p = tables.placements
-    waiting = select(d.c.origin_cluster, d.c.namespace, d.c.name).where(
-        d.c.last_outcome.in_(["InsufficientGPU", "PartiallyPlaced", "NoEligibleCluster"])
+    waiting = select(b.c.origin_cluster, b.c.namespace, b.c.name).where(
+        b.c.last_outcome.in_(["InsufficientGPU", "PartiallyPlaced", "NoEligibleCluster"])
     )
     moving = select(p.c.origin_cluster, p.c.namespace, p.c.name).where(p.c.role != "active")
     rows = (await conn.execute(waiting.union(moving))).all()
@@ -76,13 +89,10 @@ async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
 async def deployment_keys_on_clusters(conn: AsyncConnection, clusters_: Sequence[str]) -> list[DeploymentKey]:
     p = tables.placements
     rows = (
-        (
-            await conn.execute(
-                select(p.c.origin_cluster, p.c.namespace, p.c.name).where(p.c.cluster.in_(list(clusters_))).distinct()
-            )
+        await conn.execute(
+            select(p.c.origin_cluster, p.c.namespace, p.c.name).where(p.c.cluster.in_(list(clusters_))).distinct()
         )
-        .all()
-    )
+    ).all()
     return [(a, b, c) for a, b, c in rows]
 
 

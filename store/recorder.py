@@ -97,8 +97,7 @@ async def append(conn: AsyncConnection, items: Sequence[tuple[Event, dict[str, A
                 .where(tables.events.c.stream_id.in_(streams))
                 .group_by(tables.events.c.stream_id)
             )
-        )
-        .all()
+        ).all()
     )
     rows = []
     versions: list[int] = []

@@ -140,7 +140,18 @@ deployments = Table(
     Column("observed_status", JSONB, nullable=False),
     Column("created_at", TZ, nullable=False),
     Column("updated_at", TZ, nullable=False),
-    # Planner bookkeeping, folded from its own events so it survives restarts and rebuilds.
+    PrimaryKeyConstraint("origin_cluster", "namespace", "name"),
+)
+
+# The planner's own bookkeeping per deployment, folded only from the planner's events (never from observations),
+# so it survives the LLMDeployment being deleted and recreated (plan sequences keep growing) and a rebuild that
+# skips superseded observations cannot lose it.
+deployment_plans = Table(
+    "deployment_plans",
+    metadata,
+    Column("origin_cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
     Column("plan_sequence", Integer, nullable=False, server_default="0"),
     Column("last_status", JSONB),
     Column("last_outcome", Text),
@@ -275,4 +286,6 @@ planner_epochs = Table(
     Column("acquired_at", TZ, nullable=False, server_default=func.now()),
 )
 
-PROJECTION_TABLES = (clusters, nodes, pods, models, deployments, placements, workloads, plans, apply_results)
+PROJECTION_TABLES = (
+    clusters, nodes, pods, models, deployments, deployment_plans, placements, workloads, plans, apply_results,
+)

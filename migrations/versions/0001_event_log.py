@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 09:59:09.718672
+Create Date: 2026-11-27 10:17:52.233922
 """
 
 from __future__ import annotations
@@ -62,6 +62,17 @@ def upgrade() -> None:
         sa.UniqueConstraint("consumer", "stream_sequence", name=op.f("uq_dead_letters_consumer_stream_sequence")),
     )
     op.create_table(
+        "deployment_plans",
+        sa.Column("origin_cluster", sa.Text(), nullable=False),
+        sa.Column("namespace", sa.Text(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("plan_sequence", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_status", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("last_outcome", sa.Text(), nullable=True),
+        sa.Column("last_decision_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("origin_cluster", "namespace", "name", name=op.f("pk_deployment_plans")),
+    )
+    op.create_table(
         "deployments",
         sa.Column("origin_cluster", sa.Text(), nullable=False),
         sa.Column("namespace", sa.Text(), nullable=False),
@@ -75,10 +86,6 @@ def upgrade() -> None:
         sa.Column("observed_status", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("plan_sequence", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("last_status", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-        sa.Column("last_outcome", sa.Text(), nullable=True),
-        sa.Column("last_decision_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("origin_cluster", "namespace", "name", name=op.f("pk_deployments")),
     )
     op.create_table(
@@ -246,6 +253,7 @@ def downgrade() -> None:
     op.drop_index("ix_events_occurred_at", table_name="events")
     op.drop_table("events")
     op.drop_table("deployments")
+    op.drop_table("deployment_plans")
     op.drop_table("dead_letters")
     op.drop_table("consumer_positions")
     op.drop_table("clusters")

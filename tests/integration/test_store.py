@@ -1,0 +1,358 @@
+"""The event store on real Postgres: ordering, idempotency, exactly-once steps, dead letters, upcasting,
+migrations, rebuild and as-of."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from planner.handle import StepConfig, step
+from planner.leader import campaign
+from store import reader, recorder, replay, schema, tables
+from store.events import ClusterHeartbeat, deterministic_id
+from store.projections import fold
+from tests import builders
+from tests.builders import Feed
+from tests.fixtures.services import Hub
+
+pytestmark = [pytest.mark.anyio, pytest.mark.services]
+
+SEED_MODEL = {"modelName": "GPT-Small", "image": "your-registry/gpt-small:v1",
+              "resources": {"cpu": "2", "memory": "4Gi"}}
+GPU_MODEL = {"modelName": "Llama-70B", "image": "registry/vllm:1", "resources": {
+    "cpu": "8", "memory": "80Gi", "gpu": {"count": 4, "types": ["NVIDIA-A100-SXM4-80GB"]}}}
+
+
+def config(hub: Hub) -> StepConfig:
+    return StepConfig(consumer="planner", subjects=hub.subjects, heartbeat_timeout=timedelta(seconds=10),
+                      recovery_hold=timedelta(seconds=2))
+
+
+async def epoch_of(engine: AsyncEngine) -> int:
+    lease = await campaign(engine, holder="test")
+    await lease.release()
+    return lease.epoch
+
+
+def heartbeat(cluster: str, seq: int, at: Any) -> ClusterHeartbeat:
+    return ClusterHeartbeat(event_id=deterministic_id("hb", cluster, str(seq)), cluster=cluster,
+                            labels={"region": "eu"}, watcher_id="w1", sent_at=at, sequence=seq)
+
+
+async def run(engine: AsyncEngine, hub: Hub, feed: Feed, deliveries: list[Any], epoch: int) -> Any:
+    async with engine.begin() as conn:
+        return await step(conn, deliveries=deliveries, epoch=epoch, now=feed.clock, config=config(hub),
+                          health_grace_until=feed.clock)
+
+
+async def count(engine: AsyncEngine, table: Any) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+
+
+# ------------------------------------------------------------------------------------------------ the log
+
+
+async def test_append_is_idempotent_and_numbers_each_stream_from_one(engine: AsyncEngine) -> None:
+    node = builders.gpu_node("gpu-1")
+    events = [builders.observed("a100", "Node", node), builders.observed("a100", "Node", builders.gpu_node("gpu-2"))]
+    async with engine.begin() as conn:
+        await recorder.lock_writers(conn)
+        first = await recorder.append(conn, [(e, {}) for e in events + events])  # repeated inside the batch too
+    async with engine.begin() as conn:
+        await recorder.lock_writers(conn)
+        again = await recorder.append(conn, [(e, {}) for e in events])
+    assert [r.stream_version for r in first] == [1, 1]
+    assert [r.stream_id for r in first] == ["Node/a100/gpu-1", "Node/a100/gpu-2"]
+    assert again == []
+    assert await count(engine, tables.events) == 2
+
+
+async def test_concurrent_writers_never_make_a_tailing_reader_skip_a_row(engine: AsyncEngine) -> None:
+    """Writers hold their transactions open for random times after inserting; a reader tails `position > last`.
+    Because writers serialise on the advisory lock, positions become visible in order and nothing is skipped."""
+    writers, batches = 4, 25
+    done = anyio.Event()
+    seen: list[int] = []
+
+    async def writer(w: int) -> None:
+        rng = random.Random(w)
+        for b in range(batches):
+            node = builders.gpu_node(f"w{w}-b{b}")
+            async with engine.begin() as conn:
+                await recorder.lock_writers(conn)
+                await recorder.append(conn, [(builders.observed(f"c{w}", "Node", node), {})])
+                await anyio.sleep(rng.random() * 0.01)  # work inside the transaction, after the position is taken
+
+    async def tail() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            async with engine.connect() as conn:
+                rows = (await conn.execute(select(tables.events.c.position).where(tables.events.c.position > last)
+                                           .order_by(tables.events.c.position))).scalars().all()
+            seen.extend(rows)
+            last = rows[-1] if rows else last
+            if finished and not rows:
+                return
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tail)
+        async with anyio.create_task_group() as writing:
+            for w in range(writers):
+                writing.start_soon(writer, w)
+        done.set()
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(tables.events.c.position).order_by(tables.events.c.position))).scalars()
+        all_positions = list(stored)
+    assert len(all_positions) == writers * batches
+    assert seen == all_positions, "the tailing reader skipped or reordered rows"
+
+
+async def test_stream_versions_are_unique_per_stream(engine: AsyncEngine) -> None:
+    event = builders.observed("a100", "Node", builders.gpu_node("n"))
+    async with engine.begin() as conn:
+        await recorder.lock_writers(conn)
+        await recorder.append(conn, [(event, {})])
+    with pytest.raises(Exception, match="uq_events_stream_id_stream_version"):
+        async with engine.begin() as conn:
+            await conn.execute(insert(tables.events).values(
+                event_id="other", stream_id="Node/a100/n", stream_version=1, type="ResourceObserved",
+                schema_version=1, cluster="a100", payload={}, metadata={}, occurred_at=builders.T0))
+
+
+# ---------------------------------------------------------------------------------------------- planner step
+
+
+async def test_a_redelivered_batch_changes_nothing(engine: AsyncEngine, hub: Hub) -> None:
+    epoch = await epoch_of(engine)
+    feed = Feed(hub.subjects)
+    batch = feed.deliver(
+        heartbeat("a100", 0, feed.clock),
+        builders.observed("a100", "Node", builders.gpu_node("gpu-1")),
+        builders.observed("a100", "LLMModel", builders.llm_model("gpt-small", "team", SEED_MODEL)),
+        builders.observed("a100", "LLMDeployment", builders.llm_deployment(
+            "chat", "team", {"modelRef": "gpt-small", "replicas": 2, "port": 8080})),
+    )
+    first = await run(engine, hub, feed, batch, epoch)
+    async with engine.connect() as conn:
+        before = await replay.snapshot(conn)
+        events_before = await count(engine, tables.events)
+    second = await run(engine, hub, feed, batch, epoch)
+    async with engine.connect() as conn:
+        after = await replay.snapshot(conn)
+    assert first.recorded >= 3 and first.plans >= 1
+    assert (second.recorded, second.plans, second.duplicates) == (0, 0, len(batch))
+    assert after == before
+    assert await count(engine, tables.events) == events_before
+    assert await count(engine, tables.outbox) == first.plans
+
+
+async def test_malformed_and_foreign_messages_go_to_dead_letters_and_the_rest_is_recorded(
+    engine: AsyncEngine, hub: Hub
+) -> None:
+    epoch = await epoch_of(engine)
+    feed = Feed(hub.subjects)
+    good = builders.observed("a100", "Node", builders.gpu_node("gpu-1"))
+    liar = builders.observed("mixed", "Node", builders.gpu_node("gpu-9"))
+    deliveries = [
+        feed.raw("a100", b"{not json"),
+        feed.raw("a100", b'{"type": "Teleported", "event_id": "x", "cluster": "a100"}'),
+        feed.raw("a100", b'{"type": "ResourceObserved", "event_id": "y", "cluster": "a100"}'),
+        *feed.deliver(good),
+        # an event that claims another cluster than the subject it was published on
+        feed.raw("a100", liar.model_dump_json().encode()),
+        # only the planner may record decisions
+        feed.raw("a100", b'{"type": "ClusterJoined", "event_id": "z", "cluster": "a100", "at": "2026-11-27T09:00:00Z"}'),
+    ]
+    result = await run(engine, hub, feed, deliveries, epoch)
+    async with engine.connect() as conn:
+        reasons = (await conn.execute(select(tables.dead_letters.c.reason).order_by(tables.dead_letters.c.id)))
+        letters = list(reasons.scalars())
+        nodes = (await conn.execute(select(tables.nodes.c.name))).scalars().all()
+    assert result.dead_letters == 5
+    assert "Invalid JSON" in letters[0]
+    assert "does not match any of the expected tags" in letters[1]
+    assert "Field required" in letters[2]
+    assert "says cluster 'mixed'" in letters[3]
+    assert "recorded by the planner only" in letters[4]
+    assert nodes == ["gpu-1"]
+    assert result.position == feed.sequence  # consumption went past the bad messages
+
+
+async def test_a_step_from_a_deposed_leader_is_refused(engine: AsyncEngine, hub: Hub) -> None:
+    old = await epoch_of(engine)
+    await epoch_of(engine)  # a new leader took over
+    feed = Feed(hub.subjects)
+    with pytest.raises(Exception, match="superseded"):
+        await run(engine, hub, feed, feed.deliver(builders.observed("a100", "Node", builders.gpu_node("g"))), old)
+    assert await count(engine, tables.events) == 0
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+async def test_old_payloads_are_upcast_when_read(engine: AsyncEngine) -> None:
+    v1 = {"origin_cluster": "a100", "namespace": "team", "name": "chat", "generation": 1, "desired_replicas": 2,
+          "outcome": "Placed", "shares": [{"cluster": "a100", "replicas": 2, "gpu_type": None, "nodes": {}}],
+          "reasons": [], "message": "placed a100=2", "inputs": {}, "epoch": 1,
+          "decided_at": "2026-11-27T09:00:00+00:00"}
+    async with engine.begin() as conn:
+        await conn.execute(insert(tables.events).values(
+            event_id="old-decision", stream_id="LLMDeployment/a100/team/chat", stream_version=1,
+            type="PlacementDecided", schema_version=1, cluster="a100", payload=v1, metadata={},
+            occurred_at=builders.T0))
+    async with engine.connect() as conn:
+        stored = [e async for e in reader.read(conn)]
+    decision = stored[0].event
+    assert decision.type == "PlacementDecided"
+    assert decision.schema_version == 2
+    assert [s.role for s in decision.shares] == ["active"]
+    assert decision.replica_gpus == 0
+
+
+# --------------------------------------------------------------------------------------- migrations, replay
+
+
+async def test_migrations_upgrade_downgrade_upgrade_and_match_the_models(hub: Hub) -> None:
+    database = f"{hub.database}_mig"
+    hub.postgres.psql(f"CREATE DATABASE {database}")
+    engine = create_async_engine(hub.postgres.url(database))
+    try:
+        await schema.upgrade(engine)
+        assert await schema.current_revision(engine) == schema.head_revision()
+        await schema.downgrade(engine, "base")
+        async with engine.connect() as conn:
+            left = await conn.scalar(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
+                                          "AND tablename <> 'alembic_version'"))
+        assert left == 0
+        await schema.upgrade(engine)
+
+        def diff(connection: Connection) -> list[Any]:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, tables.metadata))
+
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(diff)
+        assert differences == []
+    finally:
+        await engine.dispose()
+        hub.postgres.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+async def realistic_history(engine: AsyncEngine, hub: Hub) -> Feed:
+    """Clusters join, nodes and models appear, deployments are created, scaled, applied, deleted, and a node
+    disappears during a resync."""
+    epoch = await epoch_of(engine)
+    feed = Feed(hub.subjects)
+    a100_1, a100_2 = builders.gpu_node("gpu-1"), builders.gpu_node("gpu-2")
+    steps: list[list[Any]] = [
+        [heartbeat("a100", 0, feed.clock), heartbeat("cpu", 0, feed.clock)],
+        [builders.observed("a100", "Node", a100_1), builders.observed("a100", "Node", a100_2),
+         builders.observed("cpu", "Node", builders.cpu_node("cpu-1"))],
+        [builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
+         builders.observed("cpu", "LLMModel", builders.llm_model("gpt-small", "team", SEED_MODEL))],
+        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
+            "big", "team", {"modelRef": "llama", "replicas": 2, "port": 8080}, uid="big-uid"))],
+        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
+            "chat", "team", {"modelRef": "gpt-small", "replicas": 2}, uid="chat-uid"))],
+        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
+            "big", "team", {"modelRef": "llama", "replicas": 3, "port": 8080}, uid="big-uid", generation=2))],
+        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
+            "chat", "team", {"modelRef": "gpt-small", "replicas": 2}, uid="chat-uid", deleting=True,
+            finalizers=["llm.example.com/cleanup"]))],
+    ]
+    for events in steps:
+        feed.tick(5)
+        await run(engine, hub, feed, feed.deliver(*events), epoch)
+    # A resync in which gpu-2 is gone.
+    from store.events import ResyncCompleted
+
+    feed.tick(5)
+    resync = ResyncCompleted(event_id="resync-1", cluster="a100", kind="Node",
+                             uids=[a100_1["metadata"]["uid"]], resource_version="9999", observed_at=feed.clock)
+    await run(engine, hub, feed, feed.deliver(resync), epoch)
+    return feed
+
+
+async def test_rebuilt_projections_equal_the_live_ones(engine: AsyncEngine, hub: Hub) -> None:
+    await realistic_history(engine, hub)
+    async with engine.connect() as conn:
+        live = await replay.snapshot(conn)
+    async with engine.begin() as conn:
+        stats = await replay.rebuild(conn)
+    async with engine.connect() as conn:
+        rebuilt = await replay.snapshot(conn)
+    assert stats.events_in_log > 10
+    assert sorted(n["name"] for n in live["nodes"]) == ["cpu-1", "gpu-1"]  # gpu-2 vanished in the resync
+    assert len(live["placements"]) >= 1
+    for name in live:
+        differing = [
+            (i, k, before.get(k), after.get(k))
+            for i, (before, after) in enumerate(zip(live[name], rebuilt[name], strict=False))
+            for k in before.keys() | after.keys()
+            if before.get(k) != after.get(k)
+        ]
+        assert len(rebuilt[name]) == len(live[name]) and not differing, (name, differing)
+
+
+async def test_folding_in_memory_gives_the_same_rows_as_the_database(engine: AsyncEngine, hub: Hub) -> None:
+    feed = await realistic_history(engine, hub)
+    async with engine.connect() as conn:
+        live = await replay.snapshot(conn)
+        memory = await replay.as_of(conn, feed.clock + timedelta(days=1))
+    for name, rows in live.items():
+        in_memory = [{k: v for k, v in r.items() if k != "last_heartbeat_at"} for r in memory.rows(name)]
+        key = [c.name for c in tables.metadata.tables[name].primary_key.columns]
+        assert sorted(in_memory, key=lambda r: [r[k] for k in key]) == rows, name
+
+
+async def test_as_of_shows_the_state_at_that_time(engine: AsyncEngine, hub: Hub) -> None:
+    await realistic_history(engine, hub)
+    async with engine.connect() as conn:
+        times = (await conn.execute(
+            select(tables.events.c.recorded_at, tables.events.c.type, tables.events.c.payload["generation"].astext)
+            .where(tables.events.c.stream_id == "LLMDeployment/cpu/team/big", tables.events.c.type == "ResourceObserved")
+            .order_by(tables.events.c.position))).all()
+        first_generation_time = times[0][0]
+        state = await replay.as_of(conn, first_generation_time)
+        later = await replay.as_of(conn, times[-1][0])
+    big_then = [d for d in state.rows("deployments") if d["name"] == "big"]
+    big_later = [d for d in later.rows("deployments") if d["name"] == "big"]
+    assert big_then[0]["spec"]["replicas"] == 2 and big_then[0]["generation"] == 1
+    assert big_later[0]["spec"]["replicas"] == 3 and big_later[0]["generation"] == 2
+
+
+async def test_reporting_views_answer_from_the_projections(engine: AsyncEngine, hub: Hub) -> None:
+    await realistic_history(engine, hub)
+    async with engine.connect() as conn:
+        capacity = (await conn.execute(text("SELECT * FROM report_gpu_capacity"))).mappings().all()
+        placements = (await conn.execute(text("SELECT * FROM report_current_placements WHERE name = 'big'")))
+        current = placements.mappings().all()
+        history = (await conn.execute(text("SELECT * FROM report_placement_history WHERE name = 'big' "
+                                           "ORDER BY position"))).mappings().all()
+        hours = (await conn.execute(text("SELECT * FROM report_gpu_hours WHERE name = 'big'"))).mappings().all()
+        churn = (await conn.execute(text("SELECT * FROM report_placement_churn WHERE name = 'big'"))).mappings().all()
+    assert [(c["cluster"], c["gpu_product"], c["total"]) for c in capacity] == [("a100", "NVIDIA-A100-SXM4-80GB", 8)]
+    # 3 replicas × 4 GPUs were planned on two nodes; gpu-2 vanished in the resync, so what is planned there
+    # over-reserves the one node left, and nothing is free.
+    assert (capacity[0]["reserved"], capacity[0]["free"]) == (12, 0)
+    assert [(p["cluster"], p["replicas"], p["replica_gpus"]) for p in current] == [("a100", 3, 4)]
+    assert [h["outcome"] for h in history][:2] == ["Placed", "Placed"]
+    assert history[0]["placement"] == "a100=2" and history[1]["placement"] == "a100=3"
+    assert len(hours) == 1 and float(hours[0]["gpu_hours"]) > 0
+    assert churn[0]["replicas_added"] == 3 and churn[0]["replicas_removed"] == 0
+
+
+async def test_fold_is_pure(engine: AsyncEngine) -> None:
+    event = builders.observed("a100", "Node", builders.gpu_node("gpu-1"))
+    assert fold(event) == fold(event)
