@@ -20,10 +20,23 @@ _rv = itertools.count(1000)
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
 
-def meta(name: str, namespace: str | None = None, *, uid: str | None = None, generation: int | None = None,
-         labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, "uid": uid or str(uuid.uuid4()), "resourceVersion": str(next(_rv)),
-                           "labels": labels or {}, "creationTimestamp": "2026-11-27T09:00:00Z", **extra}
+def meta(
+    name: str,
+    namespace: str | None = None,
+    *,
+    uid: str | None = None,
+    generation: int | None = None,
+    labels: dict[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name,
+        "uid": uid or str(uuid.uuid4()),
+        "resourceVersion": str(next(_rv)),
+        "labels": labels or {},
+        "creationTimestamp": "2026-11-27T09:00:00Z",
+        **extra,
+    }
     if namespace:
         out["namespace"] = namespace
     if generation is not None:
@@ -31,41 +44,78 @@ def meta(name: str, namespace: str | None = None, *, uid: str | None = None, gen
     return out
 
 
-def gpu_node(name: str, *, product: str = "NVIDIA-A100-SXM4-80GB", memory_mib: int = 81920, gpus: int = 8,
-             cpu: str = "96", memory: str = "1Ti", uid: str | None = None) -> dict[str, Any]:
-    labels = {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(memory_mib),
-              "kubernetes.io/hostname": name}
+def gpu_node(
+    name: str,
+    *,
+    product: str = "NVIDIA-A100-SXM4-80GB",
+    memory_mib: int = 81920,
+    gpus: int = 8,
+    cpu: str = "96",
+    memory: str = "1Ti",
+    uid: str | None = None,
+) -> dict[str, Any]:
+    labels = {
+        "nvidia.com/gpu.product": product,
+        "nvidia.com/gpu.memory": str(memory_mib),
+        "kubernetes.io/hostname": name,
+    }
     allocatable = {"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": str(gpus)}
     return {
-        "apiVersion": "v1", "kind": "Node", "metadata": meta(name, uid=uid, labels=labels),
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": meta(name, uid=uid, labels=labels),
         "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {"allocatable": allocatable, "capacity": allocatable,
-                   "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-11-27T09:00:00Z"}]},
+        "status": {
+            "allocatable": allocatable,
+            "capacity": allocatable,
+            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-11-27T09:00:00Z"}],
+        },
     }
 
 
 def cpu_node(name: str, *, cpu: str = "32", memory: str = "128Gi") -> dict[str, Any]:
     allocatable = {"cpu": cpu, "memory": memory, "pods": "110"}
-    return {"apiVersion": "v1", "kind": "Node", "metadata": meta(name, labels={"kubernetes.io/hostname": name}),
-            "spec": {}, "status": {"allocatable": allocatable, "capacity": allocatable,
-                                   "conditions": [{"type": "Ready", "status": "True"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": meta(name, labels={"kubernetes.io/hostname": name}),
+        "spec": {},
+        "status": {
+            "allocatable": allocatable,
+            "capacity": allocatable,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
 
 
 def llm_model(name: str, namespace: str, spec: dict[str, Any], *, generation: int = 1) -> dict[str, Any]:
-    return {"apiVersion": "llm.example.com/v1alpha1", "kind": "LLMModel",
-            "metadata": meta(name, namespace, generation=generation), "spec": spec}
+    return {
+        "apiVersion": "llm.example.com/v1alpha1",
+        "kind": "LLMModel",
+        "metadata": meta(name, namespace, generation=generation),
+        "spec": spec,
+    }
 
 
-def llm_deployment(name: str, namespace: str, spec: dict[str, Any], *, generation: int = 1, uid: str | None = None,
-                   deleting: bool = False, finalizers: list[str] | None = None) -> dict[str, Any]:
+def llm_deployment(
+    name: str,
+    namespace: str,
+    spec: dict[str, Any],
+    *,
+    generation: int = 1,
+    uid: str | None = None,
+    deleting: bool = False,
+    finalizers: list[str] | None = None,
+) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if deleting:
         extra["deletionTimestamp"] = "2026-11-27T09:30:00Z"
     if finalizers is not None:
         extra["finalizers"] = finalizers
     m = meta(name, namespace, generation=generation, uid=uid, **extra)
-    m["managedFields"] = [{"manager": "kubectl-client-side-apply", "operation": "Update",
-                           "time": "2026-11-27T09:00:00Z"}]
+    m["managedFields"] = [
+        {"manager": "kubectl-client-side-apply", "operation": "Update", "time": "2026-11-27T09:00:00Z"}
+    ]
     return {"apiVersion": "llm.example.com/v1alpha1", "kind": "LLMDeployment", "metadata": m, "spec": spec}
 
 

@@ -25,15 +25,25 @@ from tests.fixtures.services import Hub
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 
-SEED_MODEL = {"modelName": "GPT-Small", "image": "your-registry/gpt-small:v1",
-              "resources": {"cpu": "2", "memory": "4Gi"}}
-GPU_MODEL = {"modelName": "Llama-70B", "image": "registry/vllm:1", "resources": {
-    "cpu": "8", "memory": "80Gi", "gpu": {"count": 4, "types": ["NVIDIA-A100-SXM4-80GB"]}}}
+SEED_MODEL = {
+    "modelName": "GPT-Small",
+    "image": "your-registry/gpt-small:v1",
+    "resources": {"cpu": "2", "memory": "4Gi"},
+}
+GPU_MODEL = {
+    "modelName": "Llama-70B",
+    "image": "registry/vllm:1",
+    "resources": {"cpu": "8", "memory": "80Gi", "gpu": {"count": 4, "types": ["NVIDIA-A100-SXM4-80GB"]}},
+}
 
 
 def config(hub: Hub) -> StepConfig:
-    return StepConfig(consumer="planner", subjects=hub.subjects, heartbeat_timeout=timedelta(seconds=10),
-                      recovery_hold=timedelta(seconds=2))
+    return StepConfig(
+        consumer="planner",
+        subjects=hub.subjects,
+        heartbeat_timeout=timedelta(seconds=10),
+        recovery_hold=timedelta(seconds=2),
+    )
 
 
 async def epoch_of(engine: AsyncEngine) -> int:
@@ -43,14 +53,21 @@ async def epoch_of(engine: AsyncEngine) -> int:
 
 
 def heartbeat(cluster: str, seq: int, at: Any) -> ClusterHeartbeat:
-    return ClusterHeartbeat(event_id=deterministic_id("hb", cluster, str(seq)), cluster=cluster,
-                            labels={"region": "eu"}, watcher_id="w1", sent_at=at, sequence=seq)
+    return ClusterHeartbeat(
+        event_id=deterministic_id("hb", cluster, str(seq)),
+        cluster=cluster,
+        labels={"region": "eu"},
+        watcher_id="w1",
+        sent_at=at,
+        sequence=seq,
+    )
 
 
 async def run(engine: AsyncEngine, hub: Hub, feed: Feed, deliveries: list[Any], epoch: int) -> Any:
     async with engine.begin() as conn:
-        return await step(conn, deliveries=deliveries, epoch=epoch, now=feed.clock, config=config(hub),
-                          health_grace_until=feed.clock)
+        return await step(
+            conn, deliveries=deliveries, epoch=epoch, now=feed.clock, config=config(hub), health_grace_until=feed.clock
+        )
 
 
 async def count(engine: AsyncEngine, table: Any) -> int:
@@ -97,8 +114,17 @@ async def test_concurrent_writers_never_make_a_tailing_reader_skip_a_row(engine:
         while True:
             finished = done.is_set()
             async with engine.connect() as conn:
-                rows = (await conn.execute(select(tables.events.c.position).where(tables.events.c.position > last)
-                                           .order_by(tables.events.c.position))).scalars().all()
+                rows = (
+                    (
+                        await conn.execute(
+                            select(tables.events.c.position)
+                            .where(tables.events.c.position > last)
+                            .order_by(tables.events.c.position)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
             seen.extend(rows)
             last = rows[-1] if rows else last
             if finished and not rows:
@@ -125,9 +151,19 @@ async def test_stream_versions_are_unique_per_stream(engine: AsyncEngine) -> Non
         await recorder.append(conn, [(event, {})])
     with pytest.raises(Exception, match="uq_events_stream_id_stream_version"):
         async with engine.begin() as conn:
-            await conn.execute(insert(tables.events).values(
-                event_id="other", stream_id="Node/a100/n", stream_version=1, type="ResourceObserved",
-                schema_version=1, cluster="a100", payload={}, metadata={}, occurred_at=builders.T0))
+            await conn.execute(
+                insert(tables.events).values(
+                    event_id="other",
+                    stream_id="Node/a100/n",
+                    stream_version=1,
+                    type="ResourceObserved",
+                    schema_version=1,
+                    cluster="a100",
+                    payload={},
+                    metadata={},
+                    occurred_at=builders.T0,
+                )
+            )
 
 
 # ---------------------------------------------------------------------------------------------- planner step
@@ -140,8 +176,11 @@ async def test_a_redelivered_batch_changes_nothing(engine: AsyncEngine, hub: Hub
         heartbeat("a100", 0, feed.clock),
         builders.observed("a100", "Node", builders.gpu_node("gpu-1")),
         builders.observed("a100", "LLMModel", builders.llm_model("gpt-small", "team", SEED_MODEL)),
-        builders.observed("a100", "LLMDeployment", builders.llm_deployment(
-            "chat", "team", {"modelRef": "gpt-small", "replicas": 2, "port": 8080})),
+        builders.observed(
+            "a100",
+            "LLMDeployment",
+            builders.llm_deployment("chat", "team", {"modelRef": "gpt-small", "replicas": 2, "port": 8080}),
+        ),
     )
     first = await run(engine, hub, feed, batch, epoch)
     async with engine.connect() as conn:
@@ -150,7 +189,8 @@ async def test_a_redelivered_batch_changes_nothing(engine: AsyncEngine, hub: Hub
     second = await run(engine, hub, feed, batch, epoch)
     async with engine.connect() as conn:
         after = await replay.snapshot(conn)
-    assert first.recorded >= 3 and first.plans >= 1
+    assert first.recorded >= 3
+    assert first.plans >= 1
     assert (second.recorded, second.plans, second.duplicates) == (0, 0, len(batch))
     assert after == before
     assert await count(engine, tables.events) == events_before
@@ -172,11 +212,13 @@ async def test_malformed_and_foreign_messages_go_to_dead_letters_and_the_rest_is
         # an event that claims another cluster than the subject it was published on
         feed.raw("a100", liar.model_dump_json().encode()),
         # only the planner may record decisions
-        feed.raw("a100", b'{"type": "ClusterJoined", "event_id": "z", "cluster": "a100", "at": "2026-11-27T09:00:00Z"}'),
+        feed.raw(
+            "a100", b'{"type": "ClusterJoined", "event_id": "z", "cluster": "a100", "at": "2026-11-27T09:00:00Z"}'
+        ),
     ]
     result = await run(engine, hub, feed, deliveries, epoch)
     async with engine.connect() as conn:
-        reasons = (await conn.execute(select(tables.dead_letters.c.reason).order_by(tables.dead_letters.c.id)))
+        reasons = await conn.execute(select(tables.dead_letters.c.reason).order_by(tables.dead_letters.c.id))
         letters = list(reasons.scalars())
         nodes = (await conn.execute(select(tables.nodes.c.name))).scalars().all()
     assert result.dead_letters == 5
@@ -202,15 +244,34 @@ async def test_a_step_from_a_deposed_leader_is_refused(engine: AsyncEngine, hub:
 
 
 async def test_old_payloads_are_upcast_when_read(engine: AsyncEngine) -> None:
-    v1 = {"origin_cluster": "a100", "namespace": "team", "name": "chat", "generation": 1, "desired_replicas": 2,
-          "outcome": "Placed", "shares": [{"cluster": "a100", "replicas": 2, "gpu_type": None, "nodes": {}}],
-          "reasons": [], "message": "placed a100=2", "inputs": {}, "epoch": 1,
-          "decided_at": "2026-11-27T09:00:00+00:00"}
+    v1 = {
+        "origin_cluster": "a100",
+        "namespace": "team",
+        "name": "chat",
+        "generation": 1,
+        "desired_replicas": 2,
+        "outcome": "Placed",
+        "shares": [{"cluster": "a100", "replicas": 2, "gpu_type": None, "nodes": {}}],
+        "reasons": [],
+        "message": "placed a100=2",
+        "inputs": {},
+        "epoch": 1,
+        "decided_at": "2026-11-27T09:00:00+00:00",
+    }
     async with engine.begin() as conn:
-        await conn.execute(insert(tables.events).values(
-            event_id="old-decision", stream_id="LLMDeployment/a100/team/chat", stream_version=1,
-            type="PlacementDecided", schema_version=1, cluster="a100", payload=v1, metadata={},
-            occurred_at=builders.T0))
+        await conn.execute(
+            insert(tables.events).values(
+                event_id="old-decision",
+                stream_id="LLMDeployment/a100/team/chat",
+                stream_version=1,
+                type="PlacementDecided",
+                schema_version=1,
+                cluster="a100",
+                payload=v1,
+                metadata={},
+                occurred_at=builders.T0,
+            )
+        )
     async with engine.connect() as conn:
         stored = [e async for e in reader.read(conn)]
     decision = stored[0].event
@@ -232,8 +293,9 @@ async def test_migrations_upgrade_downgrade_upgrade_and_match_the_models(hub: Hu
         assert await schema.current_revision(engine) == schema.head_revision()
         await schema.downgrade(engine, "base")
         async with engine.connect() as conn:
-            left = await conn.scalar(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
-                                          "AND tablename <> 'alembic_version'"))
+            left = await conn.scalar(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+            )
         assert left == 0
         await schema.upgrade(engine)
 
@@ -257,19 +319,54 @@ async def realistic_history(engine: AsyncEngine, hub: Hub) -> Feed:
     a100_1, a100_2 = builders.gpu_node("gpu-1"), builders.gpu_node("gpu-2")
     steps: list[list[Any]] = [
         [heartbeat("a100", 0, feed.clock), heartbeat("cpu", 0, feed.clock)],
-        [builders.observed("a100", "Node", a100_1), builders.observed("a100", "Node", a100_2),
-         builders.observed("cpu", "Node", builders.cpu_node("cpu-1"))],
-        [builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
-         builders.observed("cpu", "LLMModel", builders.llm_model("gpt-small", "team", SEED_MODEL))],
-        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
-            "big", "team", {"modelRef": "llama", "replicas": 2, "port": 8080}, uid="big-uid"))],
-        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
-            "chat", "team", {"modelRef": "gpt-small", "replicas": 2}, uid="chat-uid"))],
-        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
-            "big", "team", {"modelRef": "llama", "replicas": 3, "port": 8080}, uid="big-uid", generation=2))],
-        [builders.observed("cpu", "LLMDeployment", builders.llm_deployment(
-            "chat", "team", {"modelRef": "gpt-small", "replicas": 2}, uid="chat-uid", deleting=True,
-            finalizers=["llm.example.com/cleanup"]))],
+        [
+            builders.observed("a100", "Node", a100_1),
+            builders.observed("a100", "Node", a100_2),
+            builders.observed("cpu", "Node", builders.cpu_node("cpu-1")),
+        ],
+        [
+            builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
+            builders.observed("cpu", "LLMModel", builders.llm_model("gpt-small", "team", SEED_MODEL)),
+        ],
+        [
+            builders.observed(
+                "cpu",
+                "LLMDeployment",
+                builders.llm_deployment(
+                    "big", "team", {"modelRef": "llama", "replicas": 2, "port": 8080}, uid="big-uid"
+                ),
+            )
+        ],
+        [
+            builders.observed(
+                "cpu",
+                "LLMDeployment",
+                builders.llm_deployment("chat", "team", {"modelRef": "gpt-small", "replicas": 2}, uid="chat-uid"),
+            )
+        ],
+        [
+            builders.observed(
+                "cpu",
+                "LLMDeployment",
+                builders.llm_deployment(
+                    "big", "team", {"modelRef": "llama", "replicas": 3, "port": 8080}, uid="big-uid", generation=2
+                ),
+            )
+        ],
+        [
+            builders.observed(
+                "cpu",
+                "LLMDeployment",
+                builders.llm_deployment(
+                    "chat",
+                    "team",
+                    {"modelRef": "gpt-small", "replicas": 2},
+                    uid="chat-uid",
+                    deleting=True,
+                    finalizers=["llm.example.com/cleanup"],
+                ),
+            )
+        ],
     ]
     for events in steps:
         feed.tick(5)
@@ -278,8 +375,14 @@ async def realistic_history(engine: AsyncEngine, hub: Hub) -> Feed:
     from store.events import ResyncCompleted
 
     feed.tick(5)
-    resync = ResyncCompleted(event_id="resync-1", cluster="a100", kind="Node",
-                             uids=[a100_1["metadata"]["uid"]], resource_version="9999", observed_at=feed.clock)
+    resync = ResyncCompleted(
+        event_id="resync-1",
+        cluster="a100",
+        kind="Node",
+        uids=[a100_1["metadata"]["uid"]],
+        resource_version="9999",
+        observed_at=feed.clock,
+    )
     await run(engine, hub, feed, feed.deliver(resync), epoch)
     return feed
 
@@ -319,27 +422,38 @@ async def test_folding_in_memory_gives_the_same_rows_as_the_database(engine: Asy
 async def test_as_of_shows_the_state_at_that_time(engine: AsyncEngine, hub: Hub) -> None:
     await realistic_history(engine, hub)
     async with engine.connect() as conn:
-        times = (await conn.execute(
-            select(tables.events.c.recorded_at, tables.events.c.type, tables.events.c.payload["generation"].astext)
-            .where(tables.events.c.stream_id == "LLMDeployment/cpu/team/big", tables.events.c.type == "ResourceObserved")
-            .order_by(tables.events.c.position))).all()
+        times = (
+            await conn.execute(
+                select(tables.events.c.recorded_at, tables.events.c.type, tables.events.c.payload["generation"].astext)
+                .where(
+                    tables.events.c.stream_id == "LLMDeployment/cpu/team/big",
+                    tables.events.c.type == "ResourceObserved",
+                )
+                .order_by(tables.events.c.position)
+            )
+        ).all()
         first_generation_time = times[0][0]
         state = await replay.as_of(conn, first_generation_time)
         later = await replay.as_of(conn, times[-1][0])
     big_then = [d for d in state.rows("deployments") if d["name"] == "big"]
     big_later = [d for d in later.rows("deployments") if d["name"] == "big"]
-    assert big_then[0]["spec"]["replicas"] == 2 and big_then[0]["generation"] == 1
-    assert big_later[0]["spec"]["replicas"] == 3 and big_later[0]["generation"] == 2
+    assert big_then[0]["spec"]["replicas"] == 2
+    assert big_then[0]["generation"] == 1
+    assert big_later[0]["spec"]["replicas"] == 3
+    assert big_later[0]["generation"] == 2
 
 
 async def test_reporting_views_answer_from_the_projections(engine: AsyncEngine, hub: Hub) -> None:
     await realistic_history(engine, hub)
     async with engine.connect() as conn:
         capacity = (await conn.execute(text("SELECT * FROM report_gpu_capacity"))).mappings().all()
-        placements = (await conn.execute(text("SELECT * FROM report_current_placements WHERE name = 'big'")))
+        placements = await conn.execute(text("SELECT * FROM report_current_placements WHERE name = 'big'"))
         current = placements.mappings().all()
-        history = (await conn.execute(text("SELECT * FROM report_placement_history WHERE name = 'big' "
-                                           "ORDER BY position"))).mappings().all()
+        history = (
+            (await conn.execute(text("SELECT * FROM report_placement_history WHERE name = 'big' ORDER BY position")))
+            .mappings()
+            .all()
+        )
         hours = (await conn.execute(text("SELECT * FROM report_gpu_hours WHERE name = 'big'"))).mappings().all()
         churn = (await conn.execute(text("SELECT * FROM report_placement_churn WHERE name = 'big'"))).mappings().all()
     assert [(c["cluster"], c["gpu_product"], c["total"]) for c in capacity] == [("a100", "NVIDIA-A100-SXM4-80GB", 8)]
@@ -348,9 +462,12 @@ async def test_reporting_views_answer_from_the_projections(engine: AsyncEngine, 
     assert (capacity[0]["reserved"], capacity[0]["free"]) == (12, 0)
     assert [(p["cluster"], p["replicas"], p["replica_gpus"]) for p in current] == [("a100", 3, 4)]
     assert [h["outcome"] for h in history][:2] == ["Placed", "Placed"]
-    assert history[0]["placement"] == "a100=2" and history[1]["placement"] == "a100=3"
-    assert len(hours) == 1 and float(hours[0]["gpu_hours"]) > 0
-    assert churn[0]["replicas_added"] == 3 and churn[0]["replicas_removed"] == 0
+    assert history[0]["placement"] == "a100=2"
+    assert history[1]["placement"] == "a100=3"
+    assert len(hours) == 1
+    assert float(hours[0]["gpu_hours"]) > 0
+    assert churn[0]["replicas_added"] == 3
+    assert churn[0]["replicas_removed"] == 0
 
 
 async def test_fold_is_pure(engine: AsyncEngine) -> None:
