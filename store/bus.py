@@ -16,12 +16,13 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from store.subjects import Subjects
 
@@ -103,39 +104,50 @@ class Received:
 
 
 class SequenceReader:
-    """An ephemeral, unacknowledged, ordered reader of one stream from a given sequence."""
+    """An ordered, unacknowledged reader of one stream from a sequence the caller chooses.
 
-    def __init__(self, js: JetStreamContext, *, stream: str, subject: str, start_sequence: int) -> None:
+    Built on JetStream's ordered push consumer (flow-controlled, re-created by the client on any gap), which
+    delivers several times faster than pull fetches in nats-py. Messages wait in a bounded queue: when the caller
+    falls behind, the callback blocks, flow control pauses the server, and memory stays bounded.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, *, stream: str, subject: str, start_sequence: int, buffer: int = 4096
+    ) -> None:
         self._js = js
         self._stream = stream
         self._subject = subject
         self._next = max(1, start_sequence)
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._buffer = buffer
+        self._queue: asyncio.Queue[Msg] | None = None
+        self._sub: Any = None
 
-    async def _open(self) -> JetStreamContext.PullSubscription:
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self._next,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=120.0,
-            max_waiting=1,
-        )
+    async def _open(self) -> asyncio.Queue[Msg]:
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self._buffer)
+
+        async def deliver(msg: Msg) -> None:
+            await queue.put(msg)
+
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._next)
         try:
-            return await self._js.pull_subscribe(self._subject, durable=None, stream=self._stream, config=config)
+            self._sub = await self._js.subscribe(
+                self._subject, stream=self._stream, ordered_consumer=True, config=config, cb=deliver
+            )
         except _NATS_ERRORS as exc:
             raise BusUnavailable(f"cannot read {self._stream}: {exc or type(exc).__name__}") from exc
+        self._queue = queue
+        return queue
 
     async def fetch(self, batch: int, timeout: float) -> list[Received]:
         """Up to `batch` messages in stream order; [] after `timeout` seconds with none."""
-        if self._sub is None:
-            self._sub = await self._open()
+        queue = self._queue or await self._open()
         try:
-            msgs: list[Msg] = await self._sub.fetch(batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+            first = await asyncio.wait_for(queue.get(), timeout)
+        except TimeoutError:
             return []
-        except _NATS_ERRORS as exc:
-            await self.close()
-            raise BusUnavailable(f"reading {self._stream} failed: {exc or type(exc).__name__}") from exc
+        msgs = [first]
+        while len(msgs) < batch and not queue.empty():
+            msgs.append(queue.get_nowait())
         out = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
@@ -158,7 +170,7 @@ class SequenceReader:
         self._next = max(1, sequence)
 
     async def close(self) -> None:
-        sub, self._sub = self._sub, None
+        sub, self._sub, self._queue = self._sub, None, None
         if sub is not None:
             with contextlib.suppress(*_NATS_ERRORS):
                 await sub.unsubscribe()

@@ -12,12 +12,16 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, literal_column, select, text, update
+from sqlalchemy import Column, Table, and_, delete, func, literal_column, select, text, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -69,84 +73,91 @@ def occurred_at(event: Event) -> datetime:
     raise TypeError(f"no time for {type(event).__name__}")
 
 
+_ENVELOPE = {"event_id", "type", "schema_version", "cluster"}
+
+# One statement per batch: drop events already stored (or repeated in the batch), number the rest per stream after
+# the stream's current version, insert them in batch order (so positions follow it), and return what was new.
+_APPEND = text("""
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:event_ids AS text[]), CAST(:stream_ids AS text[]), CAST(:types AS text[]),
+        CAST(:schema_versions AS smallint[]), CAST(:clusters AS text[]), CAST(:payloads AS text[]),
+        CAST(:metadatas AS text[]), CAST(:occurred AS timestamptz[])
+    ) WITH ORDINALITY AS i(event_id, stream_id, type, schema_version, cluster, payload, metadata, occurred_at, ord)
+), fresh AS (
+    SELECT DISTINCT ON (i.event_id) i.* FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)
+    ORDER BY i.event_id, i.ord
+), numbered AS (
+    SELECT f.*, coalesce((SELECT max(e.stream_version) FROM events e WHERE e.stream_id = f.stream_id), 0)
+                + row_number() OVER (PARTITION BY f.stream_id ORDER BY f.ord) AS stream_version
+    FROM fresh f
+)
+INSERT INTO events (event_id, stream_id, stream_version, type, schema_version, cluster, payload, metadata,
+                    occurred_at)
+SELECT event_id, stream_id, stream_version, type, schema_version, cluster, CAST(payload AS jsonb),
+       CAST(metadata AS jsonb), occurred_at
+FROM numbered ORDER BY ord
+RETURNING event_id, position, stream_id, stream_version
+""")
+
+
+def payload_json(event: Event) -> str:
+    return event.model_dump_json(exclude=_ENVELOPE)
+
+
 def payload_of(event: Event) -> dict[str, Any]:
-    return event.model_dump(mode="json", exclude={"event_id", "type", "schema_version", "cluster"})
+    return event.model_dump(mode="json", exclude=_ENVELOPE)
 
 
 async def append(conn: AsyncConnection, items: Sequence[tuple[Event, dict[str, Any]]]) -> list[Recorded]:
     """Append (event, metadata) pairs not yet stored; return what was new, in order, with positions."""
     if not items:
         return []
-    ids = list({e.event_id for e, _ in items})
-    known = set(
-        (await conn.execute(select(tables.events.c.event_id).where(tables.events.c.event_id.in_(ids)))).scalars()
-    )
-    fresh: list[tuple[Event, dict[str, Any], str]] = []
-    for event, meta in items:
-        if event.event_id in known:
-            continue
-        known.add(event.event_id)
-        fresh.append((event, meta, stream_of(event)))
-    if not fresh:
-        return []
-    streams = list({s for _, _, s in fresh})
-    current = dict(
-        (
-            await conn.execute(
-                select(tables.events.c.stream_id, func.max(tables.events.c.stream_version))
-                .where(tables.events.c.stream_id.in_(streams))
-                .group_by(tables.events.c.stream_id)
-            )
-        ).all()
-    )
-    rows = []
-    versions: list[int] = []
-    for event, meta, stream in fresh:
-        version = current.get(stream, 0) + 1
-        current[stream] = version
-        versions.append(version)
-        rows.append(
-            {
-                "event_id": event.event_id,
-                "stream_id": stream,
-                "stream_version": version,
-                "type": event.type,
-                "schema_version": event.schema_version,
-                "cluster": event.cluster,
-                "payload": payload_of(event),
-                "metadata": meta,
-                "occurred_at": occurred_at(event),
-            }
-        )
+    streams = [stream_of(event) for event, _ in items]
     result = await conn.execute(
-        pg_insert(tables.events).returning(
-            tables.events.c.event_id, tables.events.c.position, sort_by_parameter_order=True
-        ),
-        rows,
+        _APPEND,
+        {
+            "event_ids": [e.event_id for e, _ in items],
+            "stream_ids": streams,
+            "types": [e.type for e, _ in items],
+            "schema_versions": [e.schema_version for e, _ in items],
+            "clusters": [e.cluster for e, _ in items],
+            "payloads": [payload_json(e) for e, _ in items],
+            "metadatas": [json.dumps(m) for _, m in items],
+            "occurred": [occurred_at(e) for e, _ in items],
+        },
     )
-    positions = [p for _, p in result.all()]
-    return [
-        Recorded(event, position, stream, version)
-        for (event, _, stream), position, version in zip(fresh, positions, versions, strict=True)
-    ]
+    stored = {row.event_id: row for row in result}
+    recorded: list[Recorded] = []
+    for event, _ in items:
+        row = stored.pop(event.event_id, None)
+        if row is not None:
+            recorded.append(Recorded(event, row.position, row.stream_id, row.stream_version))
+    return recorded
 
 
 async def apply_ops(conn: AsyncConnection, ops: Iterable[Op]) -> None:
-    """Execute fold operations in order; consecutive upserts on one table with one column set go together."""
-    pending: list[Upsert] = []
+    """Execute fold operations with the effect of running them in order.
 
-    async def flush() -> None:
-        if pending:
-            await _upsert_many(conn, pending)
-            pending.clear()
+    Operations on different tables commute, so upserts are held per (table, column set) and written as one
+    statement each; they are flushed early only when an update or delete touches their table.
+    """
+    pending: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Upsert]] = {}
+
+    async def flush(table_name: str | None = None) -> None:
+        for group in [g for g in pending if table_name is None or g[0] == table_name]:
+            await _upsert_many(conn, pending.pop(group))
 
     for op in ops:
         if isinstance(op, Upsert):
-            if pending and (pending[0].table != op.table or pending[0].values.keys() != op.values.keys()):
-                await flush()
-            pending.append(op)
+            group = (op.table, tuple(op.key), tuple(op.values))
+            # An upsert of the same key with other columns must stay ordered after the earlier one.
+            if any(g[0] == op.table and g != group for g in pending):
+                await flush(op.table)
+            pending.setdefault(group, []).append(op)
             continue
-        await flush()
+        await flush(op.table)
         table = _TABLES[op.table]
         match op:
             case Update():
@@ -154,12 +165,36 @@ async def apply_ops(conn: AsyncConnection, ops: Iterable[Op]) -> None:
             case Delete():
                 await conn.execute(delete(table).where(_eq(table, op.where)))
             case DeleteMissing():
-                await conn.execute(delete(table).where(_eq(table, op.where), table.c[op.column].not_in(list(op.keep))))
+                # One array parameter, not one bind per kept value: a resync of a big cluster keeps thousands.
+                keep = text(f"NOT ({op.column} = ANY(CAST(:keep AS text[])))").bindparams(keep=list(op.keep))
+                await conn.execute(delete(table).where(_eq(table, op.where), keep))
     await flush()
 
 
 def _eq(table: Table, where: dict[str, Any]) -> Any:
     return and_(*(table.c[k] == v for k, v in where.items()))
+
+
+def _array_type(column: Column[Any]) -> str:
+    # JSON values travel as text and are cast on the server: one array parameter per column.
+    kind = column.type
+    if isinstance(kind, JSONB):
+        return "text"
+    return str(kind.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=256)
+def _upsert_statement(table_name: str, keys: tuple[str, ...], values: tuple[str, ...]) -> Any:
+    table = _TABLES[table_name]
+    columns = [*keys, *values]
+    arrays = ", ".join(f"CAST(:c{i} AS {_array_type(table.c[c])}[])" for i, c in enumerate(columns))
+    selects = ", ".join(f"CAST(u.{c} AS jsonb)" if isinstance(table.c[c].type, JSONB) else f"u.{c}" for c in columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
+    conflict = f"DO UPDATE SET {updates}" if values else "DO NOTHING"
+    return text(
+        f"INSERT INTO {table_name} ({', '.join(columns)}) SELECT {selects} FROM unnest({arrays}) "
+        f"AS u({', '.join(columns)}) ON CONFLICT ({', '.join(keys)}) {conflict}"
+    )
 
 
 async def _upsert_many(conn: AsyncConnection, ops: list[Upsert]) -> None:
@@ -169,15 +204,15 @@ async def _upsert_many(conn: AsyncConnection, ops: list[Upsert]) -> None:
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for op in ops:
         merged[tuple(op.key.values())] = {**op.key, **op.values}
-    rows = list(merged.values())
-    key_columns = list(ops[0].key)
-    value_columns = list(ops[0].values)
-    stmt = pg_insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=key_columns,
-        set_={c: stmt.excluded[c] for c in value_columns},
-    )
-    await conn.execute(stmt, rows)
+    keys, values = tuple(ops[0].key), tuple(ops[0].values)
+    params: dict[str, list[Any]] = {}
+    for i, column in enumerate((*keys, *values)):
+        as_json = isinstance(table.c[column].type, JSONB)
+        params[f"c{i}"] = [
+            (None if row[column] is None else json.dumps(row[column], default=str)) if as_json else row[column]
+            for row in merged.values()
+        ]
+    await conn.execute(_upsert_statement(table.name, keys, values), params)
 
 
 # --------------------------------------------------------------------------------------- consumer bookkeeping
