@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import socket
-from functools import partial
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio

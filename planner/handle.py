@@ -355,6 +355,14 @@ async def _decide(
         if outcome.decided is not None:
             new_events.append(outcome.decided)
             decisions += 1
+            logger.info(
+                "%s/%s: %s — %s",
+                key[1],
+                key[2],
+                outcome.decided.outcome,
+                outcome.decided.message,
+                extra={"cluster": key[0], "object": f"{key[1]}/{key[2]}", "epoch": epoch},
+            )
         new_events.extend(outcome.issued)
         stored = await recorder.append(conn, [(e, {"epoch": epoch}) for e in new_events])
         await recorder.apply_ops(conn, [op for s in stored for op in fold(s.event)])

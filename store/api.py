@@ -47,6 +47,14 @@ DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # GPU products as GPU-feature-discovery labels them (nvidia.com/gpu.product), e.g. NVIDIA-A100-SXM4-80GB.
 # A trailing '*' accepts every product with that prefix, e.g. NVIDIA-A100-*.
 GPU_TYPE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9*])?$"
+# Label keys ([prefix/]name) and values, as the apiserver checks them in label selectors.
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# Environment variables the operator sets on the model server itself (applier/render.py); a second definition
+# would make the rendered Deployment invalid for server-side apply.
+RESERVED_ENV = ("MODEL_NAME", "MODEL_SOURCE", "MODEL_PATH", "PORT")
 # Reserved mount paths: the operator mounts its own volumes there (see applier/render.py).
 RESERVED_MOUNT_PATHS = ("/", "/tmp", "/tmp/", "/cache", "/cache/", "/dev/shm", "/dev/shm/")
 
@@ -56,6 +64,9 @@ MAX_NAME = 253
 MAX_PATH = 1024
 MAX_URI = 2048
 MAX_LIST = 64
+MAX_SELECTOR = 16
+"""Sources, requirements and values in label selectors: small, because their rules multiply (a NetworkPolicy
+source holds two selectors, each with requirements, each with values)."""
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, JsonValue]:
@@ -216,6 +227,18 @@ class GPURequirements(ApiModel):
 class ModelResources(ApiModel):
     """Compute resources of one instance of the model. Quantities are written as in a Pod (500m, 2, 4Gi)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.sharedMemory) || !has(self.memory) || !isQuantity(string(self.sharedMemory)) "
+                "|| !isQuantity(string(self.memory)) "
+                "|| quantity(string(self.sharedMemory)).isLessThan(quantity(string(self.memory)))",
+                "sharedMemory is memory-backed and counts against memory, so it must be less than memory",
+                ".sharedMemory",
+            )
+        )
+    )
+
     cpu: Quantity | None = None
     """CPU requested per instance, e.g. "2" or 500m."""
     memory: Quantity | None = None
@@ -245,14 +268,21 @@ class WeightsSource(ApiModel):
                 ".uri",
             ),
             cel(
-                "!self.uri.startsWith('s3://') || self.uri.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$')",
-                "s3:// sources are written s3://bucket/path with a valid bucket name",
+                "!self.uri.startsWith('s3://') || "
+                "self.uri.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/[-A-Za-z0-9_.+=@/]*)?$')",
+                "s3:// sources are written s3://bucket/path, with a valid bucket name and a path of letters, digits "
+                "and - _ . + = @ /",
                 ".uri",
             ),
             cel(
                 "!self.uri.startsWith('pvc://') || "
                 "self.uri.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^/].*)?$')",
                 "pvc:// sources are written pvc://claim-name or pvc://claim-name/path/in/claim",
+                ".uri",
+            ),
+            cel(
+                "!self.uri.startsWith('pvc://') || !self.uri.matches('/[.][.](/|$)')",
+                "the path of a pvc:// source must stay inside the claim (no '..')",
                 ".uri",
             ),
         )
@@ -325,7 +355,13 @@ class EnvVar(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            cel("!(has(self.value) && has(self.secretKeyRef))", "set value or secretKeyRef, not both")
+            cel("!(has(self.value) && has(self.secretKeyRef))", "set value or secretKeyRef, not both"),
+            cel(
+                f"!(self.name in [{', '.join(map(cel_string, RESERVED_ENV))}])",
+                "MODEL_NAME, MODEL_SOURCE, MODEL_PATH and PORT are set by the operator (from modelName, source, "
+                "storage.mountPath and the deployment's port)",
+                ".name",
+            ),
         )
     )
 
@@ -337,8 +373,8 @@ class EnvVar(ApiModel):
             "must be an environment variable name: letters, digits, '_', '-' and '.', not starting with a digit",
         ),
     ]
-    """Variable name, unique in the list. Required. The operator sets MODEL_NAME, MODEL_SOURCE, MODEL_PATH and
-    PORT itself; a variable of the same name here overrides it."""
+    """Variable name, unique in the list. Required. Not MODEL_NAME, MODEL_SOURCE, MODEL_PATH or PORT: the operator
+    sets those itself."""
     value: str | None = Field(default=None, max_length=32768)
     """Literal value."""
     secret_key_ref: EnvSecretKeyRef | None = None
@@ -422,6 +458,21 @@ class LLMModel(ApiModel):
 
 # ---------------------------------------------------------------------------------------------- LLMDeployment
 
+LabelKey = Annotated[
+    str,
+    Field(min_length=1, max_length=317),
+    Matches(LABEL_KEY, "must be a label key such as gpu or topology.kubernetes.io/region"),
+]
+LabelValue = Annotated[
+    str,
+    Field(max_length=63),
+    Matches(
+        LABEL_VALUE,
+        "must be a label value: at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter "
+        "or digit",
+    ),
+]
+
 
 class LabelSelectorRequirement(ApiModel):
     """A label selector requirement: key, operator and values."""
@@ -437,20 +488,32 @@ class LabelSelectorRequirement(ApiModel):
         )
     )
 
-    key: str = Field(min_length=1, max_length=317)
-    """The label key. Required."""
+    key: LabelKey
+    """The label key, e.g. gpu or topology.kubernetes.io/region. Required."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     """How the key relates to the values: In, NotIn, Exists or DoesNotExist. Required."""
-    values: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=MAX_LIST)
+    values: list[LabelValue] = Field(default_factory=list, max_length=MAX_SELECTOR)
     """Values for In/NotIn; must be empty for Exists/DoesNotExist."""
 
 
 class LabelSelector(ApiModel):
     """A standard Kubernetes label selector; all of matchLabels and matchExpressions must hold. Empty: everything."""
 
-    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict)
-    """Labels that must all match exactly."""
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=MAX_LIST)
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                f"!has(self.matchLabels) || self.matchLabels.all(k, k.matches({cel_string(LABEL_KEY)}) "
+                f"&& self.matchLabels[k].matches({cel_string(LABEL_VALUE)}))",
+                "matchLabels must map label keys (e.g. app.kubernetes.io/name) to label values (at most 63 letters, "
+                "digits, '-', '_' and '.', starting and ending with a letter or digit)",
+                ".matchLabels",
+            )
+        )
+    )
+
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, max_length=MAX_LIST)
+    """Labels that must all match exactly (label key to label value)."""
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=MAX_SELECTOR)
     """Requirements that must all hold."""
 
 
@@ -584,8 +647,19 @@ class IPBlock(ApiModel):
         json_schema_extra=validations(
             cel("isCIDR(self.cidr)", "cidr must be an IP range such as 10.0.0.0/8 or fd00::/8", ".cidr"),
             cel(
+                "!isCIDR(self.cidr) || cidr(self.cidr) == cidr(self.cidr).masked()",
+                "cidr must not have bits set beyond the prefix length (10.0.0.0/8, not 10.0.0.1/8)",
+                ".cidr",
+            ),
+            cel(
                 "!has(self.except) || self.except.all(e, isCIDR(e))",
                 "except must hold IP ranges such as 10.1.0.0/16",
+                ".except",
+            ),
+            cel(
+                "!has(self.except) || !isCIDR(self.cidr) || self.except.all(e, !isCIDR(e) || "
+                "(cidr(self.cidr).containsCIDR(e) && cidr(e).prefixLength() > cidr(self.cidr).prefixLength()))",
+                "except must hold ranges strictly inside cidr",
                 ".except",
             ),
         )
@@ -625,7 +699,7 @@ class NetworkPolicySpec(ApiModel):
     enabled: bool = True
     """Create a NetworkPolicy that admits traffic only to the model port and only from allowedSources. Default
     true."""
-    allowed_sources: list[NetworkPeer] = Field(default_factory=list, max_length=MAX_LIST)
+    allowed_sources: list[NetworkPeer] = Field(default_factory=list, max_length=MAX_SELECTOR)
     """Who may connect. Empty or left out: only pods in the deployment's namespace."""
 
 

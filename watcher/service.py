@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from functools import partial
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import anyio
 from nats.js import JetStreamContext

@@ -63,7 +63,7 @@ async def test_history_explain_reports_and_rebuild_after_a_realistic_run(
     decision = explained["decision"]
     assert decision["outcome"] == "Placed"
     assert [(s["cluster"], s["replicas"]) for s in decision["shares"]] == [(operator.cluster("cpu"), 3)]
-    assert set(decision["inputs"]["clusters"]) == {c.name for c in operator.members}
+    assert set(decision["inputs"]["clusters"]) == {c.name for c in operator.members_list}
 
     rows = list(csv.DictReader(io.StringIO(await cli(operator, "report", "placements", "--csv"))))
     assert [(r["name"], r["cluster"], r["replicas"], r["ready_replicas"]) for r in rows] == [
@@ -78,7 +78,7 @@ async def test_history_explain_reports_and_rebuild_after_a_realistic_run(
     assert [(r["name"], r["replicas_added"]) for r in churn] == [("chat-service", "3")]
 
     status = json.loads(await cli(operator, "status", "--json"))
-    assert {c["name"] for c in status["clusters"]} == {c.name for c in operator.members}
+    assert {c["name"] for c in status["clusters"]} == {c.name for c in operator.members_list}
     assert all(c["healthy"] for c in status["clusters"])
 
     engine = create_async_engine(operator.hub.database_url)

@@ -1,0 +1,210 @@
+"""The CRDs: the committed crds/*.yaml are exactly what store/api.py generates (the drift test), and the generated
+schemas obey the apiserver's structural-schema rules and our own conventions (descriptions everywhere, CEL rules
+bounded in cost, printer columns and /scale paths that point at real fields)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from store.crd import all_crds, render_yaml
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+CHART_CRDS = Path(__file__).resolve().parents[2] / "charts" / "llm-operator" / "crds"
+GENERATED = all_crds()
+ALLOWED_KEYS = {
+    "type",
+    "description",
+    "properties",
+    "items",
+    "required",
+    "default",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "maxProperties",
+    "format",
+    "pattern",
+    "additionalProperties",
+    "anyOf",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-preserve-unknown-fields",
+}
+
+
+def schema_of(name: str) -> dict[str, Any]:
+    schema = GENERATED[name]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert isinstance(schema, dict)
+    return schema
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from walk(node["items"], f"{path}[*]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{*}}")
+
+
+def resolve(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
+    """The schema node at a simple JSONPath such as .spec.resources.gpu.count or .status.endpoints[0].url."""
+    node = schema
+    for part in json_path.strip(".").split("."):
+        name, _, index = part.partition("[")
+        node = node["properties"][name]
+        if index:
+            node = node["items"]
+    return node
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_committed_crds_match_the_models_byte_for_byte(name: str) -> None:
+    committed = CRDS / name
+    assert committed.exists(), f"crds/{name} is missing: run `llm-operator crds --write`"
+    assert committed.read_text() == render_yaml(GENERATED[name]), (
+        f"crds/{name} differs from store/api.py: run `llm-operator crds --write`"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_the_charts_copy_is_the_same_file(name: str) -> None:
+    """The Helm chart installs the same CRDs (Helm only reads a chart's own crds/ directory, hence a copy)."""
+    copy = CHART_CRDS / name
+    assert copy.exists(), f"charts/llm-operator/crds/{name} is missing: run `llm-operator crds --write`"
+    assert copy.read_text() == render_yaml(GENERATED[name]), (
+        f"charts/llm-operator/crds/{name} differs from store/api.py: run `llm-operator crds --write`"
+    )
+
+
+def test_no_stray_files_in_crds() -> None:
+    assert sorted(p.name for p in CRDS.glob("*.yaml")) == sorted(GENERATED)
+
+
+def test_rendering_is_deterministic() -> None:
+    assert {n: render_yaml(m) for n, m in all_crds().items()} == {n: render_yaml(m) for n, m in GENERATED.items()}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_schema_is_structural(name: str) -> None:
+    for path, node in walk(schema_of(name)):
+        unknown = set(node) - ALLOWED_KEYS
+        assert not unknown, f"{path}: {unknown}"
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            assert "type" not in node, path
+            continue
+        assert "anyOf" not in node, f"{path}: unions other than int-or-string are not structural"
+        assert node.get("type") in {"object", "array", "string", "integer", "boolean", "number"}, path
+        if node["type"] == "object" and "properties" not in node:
+            assert "additionalProperties" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        if "default" in node:
+            assert not isinstance(node["default"], dict | list), f"{path}: object/list defaults are not written"
+        if path.startswith(".spec"):
+            # Users meet spec errors: a CEL rule with a message says what is expected, a pattern only quotes a regex.
+            assert "pattern" not in node, f"{path}: use Matches (a CEL rule with a message) instead of a pattern"
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_field_has_a_description(name: str) -> None:
+    schema = schema_of(name)
+    for path, node in walk(schema):
+        if path.startswith(".metadata") or path.endswith("[*]") or path.endswith("{*}"):
+            continue
+        assert node.get("description"), f"{path} has no description for kubectl explain"
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_cel_rules_are_bounded_in_cost(name: str) -> None:
+    """Every string a rule reads and every list on the way to a rule has a maximum size, so the apiserver can
+    bound the rule's cost."""
+    schema = schema_of(name)
+    for path, node in walk(schema):
+        if node.get("type") == "array" and any("x-kubernetes-validations" in n for _, n in walk(node)):
+            assert "maxItems" in node, f"{path}: a list with CEL rules inside needs maxItems"
+        if node.get("type") == "string" and "x-kubernetes-validations" in node:
+            assert "maxLength" in node, f"{path}: a string with a CEL rule needs maxLength"
+        for rule in node.get("x-kubernetes-validations", []):
+            assert rule.get("message"), f"{path}: rule {rule['rule']!r} has no message"
+            if "fieldPath" in rule:
+                resolve(node, rule["fieldPath"])
+
+
+def test_seed_contract() -> None:
+    model = schema_of("llm.example.com_llmmodels.yaml")["properties"]["spec"]
+    assert sorted(model["required"]) == ["image", "modelName"]
+    assert {"cpu", "memory"} <= set(model["properties"]["resources"]["properties"])
+    deployment = schema_of("llm.example.com_llmdeployments.yaml")["properties"]["spec"]
+    assert sorted(deployment["required"]) == ["modelRef", "replicas"]
+    assert deployment["properties"]["port"]["default"] == 8080
+    for crd in GENERATED.values():
+        assert crd["spec"]["group"] == "llm.example.com"
+        [version] = crd["spec"]["versions"]
+        assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+        assert "status" in version["subresources"]
+        assert crd["spec"]["names"]["categories"] == ["llm"]
+
+
+def test_names_and_scale_subresource() -> None:
+    model = GENERATED["llm.example.com_llmmodels.yaml"]
+    deployment = GENERATED["llm.example.com_llmdeployments.yaml"]
+    assert model["spec"]["names"]["shortNames"] == ["llmm"]
+    assert deployment["spec"]["names"]["shortNames"] == ["llmd"]
+    scale = deployment["spec"]["versions"][0]["subresources"]["scale"]
+    schema = schema_of("llm.example.com_llmdeployments.yaml")
+    assert scale == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    for path in scale.values():
+        assert resolve(schema, path)["type"] in {"integer", "string"}
+
+
+@pytest.mark.parametrize(
+    ("name", "columns"),
+    [
+        ("llm.example.com_llmmodels.yaml", ["Model", "Image", "GPUs", "Age"]),
+        ("llm.example.com_llmdeployments.yaml", ["Model", "Replicas", "Ready", "Clusters", "Status", "Age"]),
+    ],
+)
+def test_printer_columns_point_at_real_fields(name: str, columns: list[str]) -> None:
+    version = GENERATED[name]["spec"]["versions"][0]
+    printed = version["additionalPrinterColumns"]
+    assert [c["name"] for c in printed if not c.get("priority")] == columns
+    schema = version["schema"]["openAPIV3Schema"]
+    for column in printed:
+        path = column["jsonPath"]
+        if path.startswith(".metadata"):
+            continue
+        if "[?(" in path:  # a filter: check the list it filters
+            path = path.split("[?(")[0]
+        resolve(schema, path)
+
+
+def test_status_lists_are_maps_keyed_by_identity() -> None:
+    status = schema_of("llm.example.com_llmdeployments.yaml")["properties"]["status"]["properties"]
+    for field, key in (("conditions", "type"), ("placements", "cluster"), ("endpoints", "cluster")):
+        assert status[field]["x-kubernetes-list-type"] == "map"
+        assert status[field]["x-kubernetes-list-map-keys"] == [key]
+        assert key in status[field]["items"]["required"]
+    assert "phase" not in status
+
+
+def test_committed_files_are_valid_yaml_with_the_header() -> None:
+    for path in CRDS.glob("*.yaml"):
+        text = path.read_text()
+        assert text.startswith("# Generated from store/api.py")
+        assert yaml.safe_load(text)["kind"] == "CustomResourceDefinition"
