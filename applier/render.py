@@ -7,6 +7,11 @@ Guarantees:
 - Objects live in the LLMDeployment's own namespace, named after it; nothing is rendered elsewhere.
 - Pods are secure by default (the Kubernetes 'restricted' profile) unless the spec asks for Baseline.
 - A plan with no replicas renders nothing (except the fleet autoscaler in the origin cluster, when requested).
+- What is rendered is accepted by the apiserver as is: no duplicate env names or mount paths
+  (server-side apply refuses duplicate list keys), and quantities as strings.
+- Every object is annotated with the id of the plan that wrote it; the Deployment also records the plan's epoch and
+  sequence and the LLMDeployment incarnation (uid), which is how the applier recognises duplicate and stale plans.
+  Nothing about the plan goes into the pod template, so a new plan with the same intent restarts no pod.
 """
 
 from __future__ import annotations
@@ -31,8 +36,21 @@ from store.quantity import bytes_of
 
 Manifest = dict[str, Any]
 CONTAINER = "model-server"
+LOADER = "load-weights"
 DEFAULT_UID = 1000
 LABEL_MODEL = "llm.example.com/model"
+ANNOTATION_UID = "llm.example.com/deployment-uid"
+"""The uid of the LLMDeployment a workload was applied for: plans of another incarnation are not compared by
+sequence with it."""
+WEIGHTS_MARKER = ".llm-operator-complete"
+"""Written by the loader into the weights claim once the weights are complete; it holds the source URI, so a
+changed source is loaded again and an unchanged one is skipped."""
+CACHE_PATH = "/cache"
+TMP_PATH = "/tmp"
+DEFAULT_WEIGHTS_PATH = "/models"
+HF_LOADER_IMAGE = "python:3.12-slim"
+S3_LOADER_IMAGE = "amazon/aws-cli:2.17.0"
+PROBE_PERIOD_SECONDS = 10
 
 
 def identity_labels(plan: WorkloadPlan) -> dict[str, str]:
@@ -60,15 +78,17 @@ def labels(plan: WorkloadPlan) -> dict[str, str]:
     return out
 
 
-def _meta(plan: WorkloadPlan, name: str, *, annotate: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": plan.deployment.namespace, "labels": labels(plan)}
-    if annotate:
-        meta["annotations"] = {
-            ANNOTATION_PLAN: plan.plan_id,
+def _meta(plan: WorkloadPlan, name: str, *, record: bool = False) -> dict[str, Any]:
+    """Name, namespace, labels, and the id of the plan that wrote the object; with `record`, also the plan's
+    epoch and sequence and the LLMDeployment's uid (the Deployment carries this record for the applier)."""
+    annotations = {ANNOTATION_PLAN: plan.plan_id}
+    if record:
+        annotations |= {
             ANNOTATION_EPOCH: str(plan.epoch),
             ANNOTATION_SEQUENCE: str(plan.sequence),
+            ANNOTATION_UID: plan.deployment.uid,
         }
-    return meta
+    return {"name": name, "namespace": plan.deployment.namespace, "labels": labels(plan), "annotations": annotations}
 
 
 def render(plan: WorkloadPlan) -> list[Manifest]:
@@ -98,63 +118,32 @@ def render(plan: WorkloadPlan) -> list[Manifest]:
 def deployment(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec) -> Manifest:
     name = plan.deployment.name
     gpu = model.resources.gpu
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if model.resources.cpu is not None:
-        requests["cpu"] = str(model.resources.cpu)
-    if model.resources.memory is not None:
-        requests["memory"] = str(model.resources.memory)
-        limits["memory"] = str(model.resources.memory)
-    if gpu is not None:
-        limits[GPU_RESOURCE] = str(gpu.count)
-        requests[GPU_RESOURCE] = str(gpu.count)
-
     volumes, mounts = _volumes(plan, model)
-    env: list[dict[str, Any]] = [{"name": "MODEL_NAME", "value": model.model_name}]
-    if model.source is not None:
-        env.append({"name": "MODEL_SOURCE", "value": model.source.uri})
-    if model.storage is not None or (model.source and model.source.uri.startswith("pvc://")):
-        env.append({"name": "MODEL_PATH", "value": model.storage.mount_path if model.storage else "/models"})
-    env.append({"name": "PORT", "value": str(spec.port)})
-    for var in model.env:
-        if var.secret_key_ref is not None:
-            env.append(
-                {
-                    "name": var.name,
-                    "valueFrom": {"secretKeyRef": {"name": var.secret_key_ref.name, "key": var.secret_key_ref.key}},
-                }
-            )
-        else:
-            env.append({"name": var.name, "value": var.value or ""})
-    if model.source is not None and model.source.secret_ref:
-        env_from: list[dict[str, Any]] = [{"secretRef": {"name": model.source.secret_ref}}]
-    else:
-        env_from = []
-
     probe = {"httpGet": {"path": model.startup.health_path, "port": "http"}}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": model.image,
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
-        "env": env,
-        "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
+        "env": _env(plan, spec, model),
+        "resources": _resources(model),
         "securityContext": _container_security(spec),
         "volumeMounts": mounts,
-        # Slow model loads: liveness is held off until the startup probe succeeds within the load budget.
+        # Slow model loads: readiness and liveness are held off until the startup probe succeeds, which it may
+        # take the model's whole load budget to do.
         "startupProbe": {
             **probe,
-            "periodSeconds": 10,
+            "periodSeconds": PROBE_PERIOD_SECONDS,
             "timeoutSeconds": 5,
-            "failureThreshold": max(1, math.ceil(model.startup.timeout_seconds / 10)),
+            "failureThreshold": startup_failure_threshold(model),
         },
         "readinessProbe": {**probe, "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 15, "timeoutSeconds": 5, "failureThreshold": 4},
     }
     if model.args:
         container["args"] = list(model.args)
-    if env_from:
-        container["envFrom"] = env_from
+    if model.source is not None and model.source.secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": model.source.secret_ref}}]
 
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -168,10 +157,12 @@ def deployment(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec)
     if affinity:
         pod_spec["affinity"] = affinity
     if gpu is not None:
-        pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    init = _weights_wait(plan, model)
-    if init:
-        pod_spec["initContainers"] = init
+        # The GPU operator taints GPU nodes (nvidia.com/gpu=present:NoSchedule); only GPU pods tolerate it, so
+        # CPU models never occupy GPU nodes. Every effect is tolerated, as the planner counts such nodes usable.
+        pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists"}]
+    loader = weights_loader(plan, spec, model)
+    if loader is not None:
+        pod_spec["initContainers"] = [loader]
 
     strategy: dict[str, Any] = {"type": "RollingUpdate"}
     if gpu is not None:
@@ -180,27 +171,77 @@ def deployment(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(plan, name, annotate=True),
+        "metadata": _meta(plan, name, record=True),
         "spec": {
             "replicas": plan.replicas,
             "selector": {"matchLabels": identity_labels(plan)},
             "strategy": strategy,
+            # A replica that is still loading within its budget is progress, not a stalled rollout.
+            "progressDeadlineSeconds": max(600, model.startup.timeout_seconds + 300),
+            "revisionHistoryLimit": 5,
             "template": {"metadata": {"labels": labels(plan)}, "spec": pod_spec},
         },
     }
 
 
+def startup_failure_threshold(model: LLMModelSpec) -> int:
+    """Startup probe failures allowed: enough periods to cover the model's load budget."""
+    return max(1, math.ceil(model.startup.timeout_seconds / PROBE_PERIOD_SECONDS))
+
+
+def _resources(model: LLMModelSpec) -> dict[str, dict[str, str]]:
+    """Requests equal limits for every resource given (Guaranteed QoS when CPU and memory are both set);
+    GPUs are whole devices, requested and limited alike."""
+    amounts: dict[str, str] = {}
+    if model.resources.cpu is not None:
+        amounts["cpu"] = str(model.resources.cpu)
+    if model.resources.memory is not None:
+        amounts["memory"] = str(model.resources.memory)
+    if model.resources.gpu is not None:
+        amounts[GPU_RESOURCE] = str(model.resources.gpu.count)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def _env(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec) -> list[dict[str, Any]]:
+    """What the operator tells the model server, then the model's own variables; a model variable of the same
+    name replaces the operator's (server-side apply refuses two entries with one name)."""
+    own: list[dict[str, Any]] = []
+    for var in model.env:
+        if var.secret_key_ref is not None:
+            ref = var.secret_key_ref
+            own.append({"name": var.name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        else:
+            own.append({"name": var.name, "value": var.value or ""})
+    builtin: list[dict[str, Any]] = [{"name": "MODEL_NAME", "value": model.model_name}]
+    if model.source is not None:
+        builtin.append({"name": "MODEL_SOURCE", "value": model.source.uri})
+    if _claim_of(plan, model)[0] is not None:
+        builtin.append({"name": "MODEL_PATH", "value": _weights_path(model)})
+    builtin.append({"name": "PORT", "value": str(spec.port)})
+    out: dict[str, dict[str, Any]] = {}
+    for entry in [*builtin, *own]:
+        out.pop(entry["name"], None)  # the later definition wins, at its own position
+        out[entry["name"]] = entry
+    return list(out.values())
+
+
 def _affinity(plan: WorkloadPlan, model: LLMModelSpec) -> dict[str, Any] | None:
+    """GPU pods are pinned to the product the planner chose for this cluster (else to the model's exact types,
+    else to any GPU node), and to GPUs with at least the model's minimum memory."""
     gpu = model.resources.gpu
     if gpu is None:
         return None
     expressions: list[dict[str, Any]] = []
+    exact = [t for t in gpu.types if not t.endswith("*")]
     if plan.gpu_type:
         expressions.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [plan.gpu_type]})
-    else:
+    elif exact and len(exact) == len(gpu.types):
+        expressions.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": exact})
+    else:  # no preference, or prefix patterns node affinity cannot express
         expressions.append({"key": GPU_PRODUCT_LABEL, "operator": "Exists"})
     if gpu.min_memory is not None:
-        mib = bytes_of(gpu.min_memory) // 2**20
+        # GPU feature discovery labels memory in MiB; "at least N MiB" is "greater than N-1".
+        mib = math.ceil(bytes_of(gpu.min_memory) / 2**20)
         expressions.append({"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(max(0, mib - 1))]})
     return {
         "nodeAffinity": {
@@ -221,6 +262,9 @@ def _pod_security(spec: LLMDeploymentSpec) -> dict[str, Any]:
         for key, value in (("runAsUser", sec.run_as_user), ("runAsGroup", sec.run_as_group), ("fsGroup", sec.fs_group)):
             if value is not None:
                 out[key] = value
+    if "fsGroup" in out:
+        # Weights volumes are large: change their ownership once, not on every pod start.
+        out["fsGroupChangePolicy"] = "OnRootMismatch"
     return out
 
 
@@ -232,6 +276,7 @@ def _container_security(spec: LLMDeploymentSpec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
         "readOnlyRootFilesystem": read_only,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
@@ -240,15 +285,16 @@ def _container_security(spec: LLMDeploymentSpec) -> dict[str, Any]:
     return out
 
 
+def _weights_path(model: LLMModelSpec) -> str:
+    return model.storage.mount_path if model.storage else DEFAULT_WEIGHTS_PATH
+
+
 def _volumes(plan: WorkloadPlan, model: LLMModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     # A read-only root filesystem still needs somewhere to write: /tmp and a cache directory.
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
-    ]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": TMP_PATH},
+        {"name": "cache", "mountPath": CACHE_PATH},
     ]
     if model.resources.shared_memory is not None:
         volumes.append(
@@ -257,40 +303,47 @@ def _volumes(plan: WorkloadPlan, model: LLMModelSpec) -> tuple[list[dict[str, An
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     claim, sub_path = _claim_of(plan, model)
     if claim is not None:
-        read_only = model.storage.read_only if model.storage else True
-        # The claim is writable at volume level so the loader (an init container) can fill it; the model server
-        # mounts it read-only.
+        # The volume is writable so the loader (an init container) can fill it; the model server mounts it
+        # read-only unless the model says otherwise.
         volumes.append({"name": "weights", "persistentVolumeClaim": {"claimName": claim}})
-        mount = {
+        mount: dict[str, Any] = {
             "name": "weights",
-            "mountPath": model.storage.mount_path if model.storage else "/models",
-            "readOnly": read_only,
+            "mountPath": _weights_path(model),
+            "readOnly": model.storage.read_only if model.storage else True,
         }
         if sub_path:
             mount["subPath"] = sub_path
+        # Mount paths are unique in a container: the weights win over a scratch directory at the same path.
+        # (The scratch volume stays: the loader mounts it.)
+        mounts = [m for m in mounts if m["mountPath"] != mount["mountPath"]]
         mounts.append(mount)
     return volumes, mounts
 
 
 def _claim_of(plan: WorkloadPlan, model: LLMModelSpec) -> tuple[str | None, str | None]:
-    """(claim name, sub path) holding the weights, if any."""
+    """(claim name, sub path) holding the weights, if any. Claims are names in the workload's own namespace."""
     if model.storage is not None and model.storage.existing_claim:
         return model.storage.existing_claim, None
     if model.storage is not None and model.storage.size is not None:
-        return f"{plan.deployment.name}-weights", None
+        return weights_claim_name(plan), None
     if model.source is not None and model.source.uri.startswith("pvc://"):
         rest = model.source.uri.removeprefix("pvc://")
         claim, _, path = rest.partition("/")
-        return claim, path or None
+        return claim, path.strip("/") or None
     return None, None
 
 
+def weights_claim_name(plan: WorkloadPlan) -> str:
+    return f"{plan.deployment.name}-weights"
+
+
 def weights_claim(plan: WorkloadPlan, model: LLMModelSpec) -> Manifest | None:
+    """A new claim for the weights, when the model asks for storage by size."""
     storage = model.storage
-    if storage is None or storage.size is None:
+    if storage is None or storage.size is None or storage.existing_claim:
         return None
     spec: dict[str, Any] = {
-        "accessModes": [storage.access_mode or ("ReadWriteMany" if plan.replicas > 1 else "ReadWriteOnce")],
+        "accessModes": [storage.access_mode or default_access_mode(plan)],
         "resources": {"requests": {"storage": str(storage.size)}},
     }
     if storage.storage_class_name:
@@ -298,48 +351,86 @@ def weights_claim(plan: WorkloadPlan, model: LLMModelSpec) -> Manifest | None:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _meta(plan, f"{plan.deployment.name}-weights"),
+        "metadata": _meta(plan, weights_claim_name(plan)),
         "spec": spec,
     }
 
 
-def _weights_wait(plan: WorkloadPlan, model: LLMModelSpec) -> list[dict[str, Any]]:
-    """Weights fetched from hf:// or s3:// into a claim are loaded once, by the first pod that finds them
-    missing, and skipped by every later pod (a marker file records completion)."""
-    if model.source is None or model.storage is None or model.source.uri.startswith("pvc://"):
-        return []
-    claim, _ = _claim_of(plan, model)
-    if claim is None:
-        return []
-    path = "/weights"
-    marker = f"{path}/.llm-operator-complete"
-    if model.source.uri.startswith("hf://"):
-        repo, _, revision = model.source.uri.removeprefix("hf://").partition("@")
+def default_access_mode(plan: WorkloadPlan) -> str:
+    """ReadWriteOnce, or ReadWriteMany when the deployment may run several replicas (they may land on several
+    nodes). Decided from the LLMDeployment's spec, not this cluster's share, so it does not change when the
+    planner moves replicas: a claim's access modes cannot change once it exists."""
+    spec = plan.spec
+    most = max(
+        plan.replicas, spec.replicas if spec else 0, spec.autoscaling.max_replicas if spec and spec.autoscaling else 0
+    )
+    return "ReadWriteMany" if most > 1 else "ReadWriteOnce"
+
+
+def weights_loader(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec) -> dict[str, Any] | None:
+    """Weights fetched from hf:// or s3:// into a claim are loaded by an init container of the model's pods: the
+    first pod that finds them missing downloads them, and every later pod sees the marker and skips the download.
+
+    The loader runs under the same security context as the server (a read-only root filesystem included): it
+    writes only to the claim, /tmp and /cache. Source values reach the script as environment variables, never
+    spliced into shell text."""
+    source = model.source
+    if source is None or model.storage is None or not source.uri.startswith(("hf://", "s3://")):
+        return None
+    if _claim_of(plan, model)[0] is None:
+        return None
+    weights = "/weights"
+    env: list[dict[str, Any]] = [
+        {"name": "SOURCE_URI", "value": source.uri},
+        {"name": "WEIGHTS_DIR", "value": weights},
+        {"name": "HOME", "value": CACHE_PATH},
+        {"name": "TMPDIR", "value": TMP_PATH},
+    ]
+    if source.uri.startswith("hf://"):
+        repo, _, revision = source.uri.removeprefix("hf://").partition("@")
+        env += [
+            {"name": "HF_REPO", "value": repo},
+            {"name": "HF_REVISION", "value": revision},
+            {"name": "HF_HOME", "value": f"{CACHE_PATH}/huggingface"},
+            {"name": "PYTHONPATH", "value": f"{CACHE_PATH}/python"},
+            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        ]
         fetch = (
-            f'pip install --quiet --no-cache-dir huggingface_hub && python -c "import huggingface_hub as h; '
-            f"h.snapshot_download('{repo}', revision={revision!r} or None, local_dir='{path}')\""
+            f"pip install --quiet --no-cache-dir --disable-pip-version-check --target {CACHE_PATH}/python "
+            "huggingface_hub && "
+            'python -c "import os, huggingface_hub as h; '
+            "h.snapshot_download(os.environ['HF_REPO'], revision=os.environ['HF_REVISION'] or None, "
+            "local_dir=os.environ['WEIGHTS_DIR'])\""
         )
-        image = "python:3.12-slim"
+        image = HF_LOADER_IMAGE
     else:
-        fetch = f"aws s3 sync {model.source.uri} {path}"
-        image = "amazon/aws-cli:2.17.0"
-    script = f"if [ -f {marker} ]; then echo weights present; exit 0; fi; {fetch} && touch {marker}"
+        fetch = 'aws s3 sync --only-show-errors "$SOURCE_URI" "$WEIGHTS_DIR"'
+        image = S3_LOADER_IMAGE
+    marker = f'"$WEIGHTS_DIR/{WEIGHTS_MARKER}"'
+    script = (
+        "set -eu; "
+        f'if [ -f {marker} ] && [ "$(cat {marker})" = "$SOURCE_URI" ]; then '
+        'echo "weights from $SOURCE_URI already present"; exit 0; fi; '
+        f"{fetch}; "
+        f'printf %s "$SOURCE_URI" > {marker}.tmp && mv {marker}.tmp {marker}'
+    )
     container: dict[str, Any] = {
-        "name": "load-weights",
+        "name": LOADER,
         "image": image,
+        "imagePullPolicy": "IfNotPresent",
         "command": ["sh", "-c", script],
+        "env": env,
         "volumeMounts": [
-            {"name": "weights", "mountPath": path},
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "cache", "mountPath": "/cache"},
+            {"name": "weights", "mountPath": weights},
+            {"name": "tmp", "mountPath": TMP_PATH},
+            {"name": "cache", "mountPath": CACHE_PATH},
         ],
-        "env": [{"name": "HOME", "value": "/cache"}, {"name": "HF_HOME", "value": "/cache/hf"}],
-        "securityContext": _container_security(plan.spec) if plan.spec else {},
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+        "securityContext": _container_security(spec),
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
     }
-    if model.source.secret_ref:
-        container["envFrom"] = [{"secretRef": {"name": model.source.secret_ref}}]
-    return [container]
+    if source.secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": source.secret_ref}}]
+    return container
 
 
 # ------------------------------------------------------------------------------------------- the surroundings

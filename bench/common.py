@@ -65,34 +65,61 @@ def machine() -> dict[str, Any]:
 def _node(cluster: int, index: int, rng: random.Random, version: int) -> dict[str, Any]:
     products = [("NVIDIA-A100-SXM4-80GB", 81920), ("NVIDIA-H100-80GB-HBM3", 81559), ("NVIDIA-A100-SXM4-40GB", 40960)]
     product, memory = products[(cluster + index) % len(products)]
-    allocatable = {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8",
-                   "ephemeral-storage": "1Ti"}
+    allocatable = {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8", "ephemeral-storage": "1Ti"}
     return {
-        "metadata": {"name": f"gpu-{index:03d}", "uid": f"node-{cluster}-{index}", "resourceVersion": str(version),
-                     "labels": {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(memory),
-                                "nvidia.com/gpu.count": "8", "kubernetes.io/hostname": f"gpu-{index:03d}",
-                                "topology.kubernetes.io/zone": f"zone-{index % 3}",
-                                "node.kubernetes.io/instance-type": "p4d.24xlarge",
-                                "revision": str(rng.randrange(1000))}},
+        "metadata": {
+            "name": f"gpu-{index:03d}",
+            "uid": f"node-{cluster}-{index}",
+            "resourceVersion": str(version),
+            "labels": {
+                "nvidia.com/gpu.product": product,
+                "nvidia.com/gpu.memory": str(memory),
+                "nvidia.com/gpu.count": "8",
+                "kubernetes.io/hostname": f"gpu-{index:03d}",
+                "topology.kubernetes.io/zone": f"zone-{index % 3}",
+                "node.kubernetes.io/instance-type": "p4d.24xlarge",
+                "revision": str(rng.randrange(1000)),
+            },
+        },
         "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {"allocatable": allocatable, "capacity": allocatable,
-                   "conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {
+            "allocatable": allocatable,
+            "capacity": allocatable,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
     }
 
 
 def _pod(cluster: int, index: int, rng: random.Random, version: int) -> dict[str, Any]:
     return {
-        "metadata": {"name": f"model-{index % 500}-{index}", "namespace": f"team-{index % 20}",
-                     "uid": f"pod-{cluster}-{index}", "resourceVersion": str(version),
-                     "labels": {"app.kubernetes.io/managed-by": "llm-operator",
-                                "llm.example.com/deployment": f"model-{index % 500}",
-                                "llm.example.com/namespace": f"team-{index % 20}",
-                                "llm.example.com/origin-cluster": f"c{cluster:03d}"}},
-        "spec": {"nodeName": f"gpu-{index % 20:03d}", "containers": [{"name": "model-server", "resources": {
-            "requests": {"cpu": "8", "memory": "80Gi", "nvidia.com/gpu": str(rng.choice([1, 2, 4]))},
-            "limits": {"memory": "80Gi"}}}]},
-        "status": {"phase": rng.choice(["Running", "Running", "Pending"]),
-                   "conditions": [{"type": "Ready", "status": "True"}]},
+        "metadata": {
+            "name": f"model-{index % 500}-{index}",
+            "namespace": f"team-{index % 20}",
+            "uid": f"pod-{cluster}-{index}",
+            "resourceVersion": str(version),
+            "labels": {
+                "app.kubernetes.io/managed-by": "llm-operator",
+                "llm.example.com/deployment": f"model-{index % 500}",
+                "llm.example.com/namespace": f"team-{index % 20}",
+                "llm.example.com/origin-cluster": f"c{cluster:03d}",
+            },
+        },
+        "spec": {
+            "nodeName": f"gpu-{index % 20:03d}",
+            "containers": [
+                {
+                    "name": "model-server",
+                    "resources": {
+                        "requests": {"cpu": "8", "memory": "80Gi", "nvidia.com/gpu": str(rng.choice([1, 2, 4]))},
+                        "limits": {"memory": "80Gi"},
+                    },
+                }
+            ],
+        },
+        "status": {
+            "phase": rng.choice(["Running", "Running", "Pending"]),
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
     }
 
 

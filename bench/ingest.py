@@ -28,8 +28,11 @@ async def publish(js: nats.js.JetStreamContext, subjects: Subjects, count: int) 
     started = time.perf_counter()
     pending = []
     for event in observations(count):
-        pending.append(await js.publish_async(subjects.events(event.cluster), encode_event(event),
-                                              headers={"Nats-Msg-Id": event.event_id}))
+        pending.append(
+            await js.publish_async(
+                subjects.events(event.cluster), encode_event(event), headers={"Nats-Msg-Id": event.event_id}
+            )
+        )
         if len(pending) >= 2000:
             await asyncio.gather(*pending)
             pending.clear()
@@ -38,8 +41,12 @@ async def publish(js: nats.js.JetStreamContext, subjects: Subjects, count: int) 
 
 
 async def raw_fetch_ack(js: nats.js.JetStreamContext, subjects: Subjects, count: int, batch: int) -> float:
-    sub = await js.pull_subscribe(subjects.all_events, durable="raw-baseline", stream=subjects.events_stream,
-                                  config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1))
+    sub = await js.pull_subscribe(
+        subjects.all_events,
+        durable="raw-baseline",
+        stream=subjects.events_stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1),
+    )
     seen = 0
     started = time.perf_counter()
     while seen < count:
@@ -56,8 +63,9 @@ async def ingest(js: nats.js.JetStreamContext, subjects: Subjects, url: str, cou
     engine = create_async_engine(url, pool_size=2)
     await schema.upgrade(engine)
     lease = await campaign(engine, holder="bench")
-    config = StepConfig(consumer="planner", subjects=subjects, heartbeat_timeout=timedelta(days=1),
-                        recovery_hold=timedelta(seconds=1))
+    config = StepConfig(
+        consumer="planner", subjects=subjects, heartbeat_timeout=timedelta(days=1), recovery_hold=timedelta(seconds=1)
+    )
     reader = SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=1)
     seen = 0
     started = time.perf_counter()
@@ -66,8 +74,7 @@ async def ingest(js: nats.js.JetStreamContext, subjects: Subjects, url: str, cou
         deliveries = [Delivery(r.subject, r.stream_sequence, r.data) for r in received]
         now = datetime.now(UTC)
         async with engine.begin() as conn:
-            await step(conn, deliveries=deliveries, epoch=lease.epoch, now=now, config=config,
-                       health_grace_until=now)
+            await step(conn, deliveries=deliveries, epoch=lease.epoch, now=now, config=config, health_grace_until=now)
         seen += len(received)
     elapsed = time.perf_counter() - started
     await reader.close()
@@ -88,14 +95,30 @@ async def main(count: int, batch: int) -> None:
         await nc.close()
     raw_rate, ingest_rate = count / raw, count / stored
     ratio = ingest_rate / raw_rate
-    print_table(f"ingest benchmark: {count:,} events (node/pod snapshots, 20 clusters), batch {batch}", [
-        ("publish (setup)", f"{count / published:,.0f} ev/s", "-", "-"),
-        ("raw JetStream fetch+ack", f"{raw_rate:,.0f} ev/s", "baseline", "-"),
-        ("ingest into store", f"{ingest_rate:,.0f} ev/s", "≥ 20,000 ev/s", "PASS" if ingest_rate >= 20_000 else "FAIL"),
-        ("ingest / raw", f"{ratio:.0%}", "≥ 50 %", "PASS" if ratio >= 0.5 else "FAIL"),
-    ])
-    path = write_result("ingest", {"events": count, "batch": batch, "raw_events_per_s": raw_rate,
-                                   "ingest_events_per_s": ingest_rate, "ratio": ratio})
+    print_table(
+        f"ingest benchmark: {count:,} events (node/pod snapshots, 20 clusters), batch {batch}",
+        [
+            ("publish (setup)", f"{count / published:,.0f} ev/s", "-", "-"),
+            ("raw JetStream fetch+ack", f"{raw_rate:,.0f} ev/s", "baseline", "-"),
+            (
+                "ingest into store",
+                f"{ingest_rate:,.0f} ev/s",
+                "≥ 20,000 ev/s",
+                "PASS" if ingest_rate >= 20_000 else "FAIL",
+            ),
+            ("ingest / raw", f"{ratio:.0%}", "≥ 50 %", "PASS" if ratio >= 0.5 else "FAIL"),
+        ],
+    )
+    path = write_result(
+        "ingest",
+        {
+            "events": count,
+            "batch": batch,
+            "raw_events_per_s": raw_rate,
+            "ingest_events_per_s": ingest_rate,
+            "ratio": ratio,
+        },
+    )
     print(f"written {path}")
 
 

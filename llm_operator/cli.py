@@ -261,6 +261,12 @@ def agent(
     ] = None,
     labels: Annotated[str, typer.Option(help="Cluster labels, key=value,key=value.")] = "",
     install_crds: Annotated[bool, typer.Option(help="Install the CRDs into this cluster first.")] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Run only the watcher or only the applier (to give each its own, least-privileged identity)."
+        ),
+    ] = None,
     namespace: Namespaces = None,
     nats_url: NatsUrl = None,
     kubeconfig: Kubeconfig = None,
@@ -280,6 +286,9 @@ def agent(
     logs.configure(level=settings.log_level, fmt=settings.log_format)
     if not settings.nats_url:
         fail("agent needs the hub's NATS: set --nats-url or LLMOP_NATS_URL")
+    if only not in (None, "watcher", "applier"):
+        fail(f"--only {only!r}: choose watcher or applier")
+    parts = frozenset({only}) if only else frozenset({"watcher", "applier"})
     try:
         member = Member(
             name=parse_cluster(f"{cluster}=x")[0],
@@ -301,6 +310,7 @@ def agent(
             run_planner_too=False,
             install=install_crds,
             migrate=False,
+            parts=parts,
         )
 
     run_async(run)

@@ -165,7 +165,9 @@ async def run_components(
     install: bool,
     migrate: bool,
     started: anyio.Event | None = None,
+    parts: frozenset[str] = frozenset({"watcher", "applier"}),
 ) -> None:
+    """Run the planner (optional) and, for each member, the `parts` ("watcher", "applier") until cancelled."""
     subjects = Subjects(settings.subject_prefix)
     nc = await connect_nats(
         nats_url, name=f"llm-operator-{socket.gethostname()}", credentials=settings.nats_credentials
@@ -206,12 +208,11 @@ async def run_components(
                     heartbeat_seconds=settings.heartbeat_seconds,
                     resync_seconds=settings.resync_seconds,
                 )
-                tg.start_soon(partial(run_watcher, kube=kube, js=js, subjects=subjects, settings=watcher_settings))
-                tg.start_soon(
-                    partial(
-                        run_applier, kube=kube, js=js, subjects=subjects, settings=ApplierSettings(cluster=member.name)
-                    )
-                )
+                if "watcher" in parts:
+                    tg.start_soon(partial(run_watcher, kube=kube, js=js, subjects=subjects, settings=watcher_settings))
+                if "applier" in parts:
+                    applier_settings = ApplierSettings(cluster=member.name)
+                    tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=subjects, settings=applier_settings))
             if started is not None:
                 started.set()
     finally:

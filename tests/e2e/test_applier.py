@@ -1,0 +1,854 @@
+"""The applier against real apiservers: hand-built plans go straight into `applier.apply.execute_workload` and
+`applier.status.execute_status` (no planner, no NATS), and what lands in the cluster is read back with kubectl.
+
+Covers: every managed kind is accepted by the apiserver (and pods pass the `restricted` Pod Security level and
+get scheduled onto the planned GPU product); hand edits are reverted; duplicate and stale plans are skipped;
+pruning removes only what the plan dropped and only this deployment's objects; the workload stays in its
+namespace (created when missing); status, finalizer and Events on the LLMDeployment; the RBAC rules of
+docs/rbac.md are enough; and, with the whole operator running, the LLMDeployment shows Placed/Applied Events.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+import yaml
+from kubernetes_asyncio import config as k8s_config
+
+from applier.apply import FIELD_MANAGER, EpochGuard, execute_workload
+from applier.render import MANAGED_KINDS
+from applier.status import execute_status
+from kubeapi import RESOURCES, Kube, KubeError
+from llm_operator.runtime import Member, connect_kube
+from store.api import ClusterPlacementStatus, LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
+from store.conditions import Condition
+from store.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
+from tests.fixtures.operator import Kubectl, RunningOperator, eventually
+from tests.fixtures.services import repo_root
+
+pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
+
+A100_80GB = "NVIDIA-A100-SXM4-80GB"
+SEED_MODEL = """
+modelName: "GPT-Small"
+image: "your-registry/gpt-small:v1"
+resources:
+  cpu: "2"
+  memory: "4Gi"
+"""
+SEED_DEPLOYMENT = """
+modelRef: "gpt-small"
+replicas: 2
+port: 8080
+"""
+GPU_MODEL = """
+modelName: meta-llama/Llama-3.1-70B-Instruct
+image: vllm/vllm-openai:v0.6.3
+args: ["--model", "/models", "--tensor-parallel-size", "4"]
+resources:
+  cpu: "16"
+  memory: 160Gi
+  sharedMemory: 16Gi
+  gpu:
+    count: 4
+    types: [NVIDIA-A100-SXM4-80GB]
+    minMemory: 80Gi
+source:
+  uri: hf://meta-llama/Llama-3.1-70B-Instruct@main
+  secretRef: hf-token
+storage:
+  size: 200Gi
+startup:
+  timeoutSeconds: 1800
+env:
+  - name: HF_TOKEN
+    secretKeyRef: {name: hf-token, key: token}
+"""
+GPU_DEPLOYMENT = """
+modelRef: llama-70b
+replicas: 2
+port: 8000
+serviceType: ClusterIP
+networkPolicy:
+  allowedSources:
+    - namespaceSelector: {matchLabels: {team: ml}}
+      podSelector: {matchLabels: {app: chat-ui}}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+autoscaling:
+  minReplicas: 1
+  maxReplicas: 4
+  target:
+    timeToFirstTokenP90Ms: 500
+    queueDepth: 8
+"""
+
+KubeOpener = Callable[..., Awaitable[Kube]]
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+
+def plan_for(
+    kubectl: Kubectl,
+    namespace: str,
+    name: str,
+    *,
+    role: str = "cpu",
+    origin_role: str | None = None,
+    model: str | None = SEED_MODEL,
+    spec: str | None = SEED_DEPLOYMENT,
+    replicas: int | None = None,
+    epoch: int = 1,
+    sequence: int = 1,
+    uid: str = "00000000-0000-4000-8000-000000000001",
+    gpu_type: str | None = None,
+    spec_changes: dict[str, Any] | None = None,
+    model_changes: dict[str, Any] | None = None,
+) -> WorkloadPlan:
+    """A workload plan as the planner would issue it, for cluster `role` (the origin unless told otherwise).
+    `model=None` / `spec=None` gives a removal plan."""
+    cluster = kubectl.fleet.clusters[role].name
+    origin = kubectl.fleet.clusters[origin_role or role].name
+    ref = DeploymentRef(origin_cluster=origin, namespace=namespace, name=name, uid=uid)
+    model_spec = spec_value = None
+    if model is not None and spec is not None:
+        model_spec = LLMModelSpec.model_validate({**yaml.safe_load(model), **(model_changes or {})})
+        spec_value = LLMDeploymentSpec.model_validate({**yaml.safe_load(spec), **(spec_changes or {})})
+    return WorkloadPlan(
+        plan_id=plan_id(ref, cluster, "Workload", epoch, sequence),
+        epoch=epoch,
+        sequence=sequence,
+        cluster=cluster,
+        deployment=ref,
+        generation=1,
+        issued_at=datetime.now(UTC),
+        replicas=(spec_value.replicas if spec_value else 0) if replicas is None else replicas,
+        model_name=spec_value.model_ref if spec_value else "",
+        model=model_spec,
+        spec=spec_value,
+        is_origin=cluster == origin,
+        gpu_type=gpu_type,
+    )
+
+
+def next_plan(plan: WorkloadPlan, **changes: Any) -> WorkloadPlan:
+    """The same intent (or `changes`), issued again with the next sequence."""
+    sequence = changes.pop("sequence", plan.sequence + 1)
+    epoch = changes.pop("epoch", plan.epoch)
+    return plan.model_copy(
+        update={
+            "sequence": sequence,
+            "epoch": epoch,
+            "plan_id": plan_id(plan.deployment, plan.cluster, "Workload", epoch, sequence),
+            **changes,
+        }
+    )
+
+
+@pytest.fixture
+async def open_kube(kubectl: Kubectl) -> AsyncIterator[KubeOpener]:
+    """Open a `Kube` for a fleet cluster (closed after the test), optionally impersonating a user."""
+    opened: list[Kube] = []
+    fleet = kubectl.fleet
+
+    async def open_(role: str, *, as_user: str | None = None) -> Kube:
+        cluster = fleet.clusters[role]
+        if as_user is None:
+            kube = await connect_kube(Member(name=cluster.name, context=cluster.context), kubeconfig=fleet.kubeconfig)
+        else:
+            api = await k8s_config.new_client_from_config(config_file=str(fleet.kubeconfig), context=cluster.context)
+            api.set_default_header("Impersonate-User", as_user)
+            kube = Kube(api, name=cluster.name)
+        opened.append(kube)
+        return kube
+
+    yield open_
+    for kube in opened:
+        await kube.close()
+
+
+async def objects_of(kubectl: Kubectl, role: str, name: str, *, namespace: str | None) -> set[str]:
+    """`Kind/namespace/name` of every managed object carrying this deployment's label, in `namespace` (None: in
+    every namespace)."""
+    kinds = "deployments.apps,services,networkpolicies,poddisruptionbudgets,horizontalpodautoscalers,pvc"
+    where = ["-n", namespace] if namespace else ["-A"]
+    items = (await kubectl.json(role, "get", kinds, *where, "-l", f"llm.example.com/deployment={name}"))["items"]
+    return {f"{i['kind']}/{i['metadata']['namespace']}/{i['metadata']['name']}" for i in items}
+
+
+async def get(kubectl: Kubectl, role: str, kind: str, name: str, namespace: str) -> dict[str, Any]:
+    obj = await kubectl.get(role, kind, name, "-n", namespace, "--show-managed-fields")
+    assert obj is not None, f"{kind} {namespace}/{name} does not exist"
+    result: dict[str, Any] = obj
+    return result
+
+
+async def delete_namespace(kubectl: Kubectl, role: str, name: str) -> None:
+    await kubectl(role, "delete", "namespace", name, "--ignore-not-found", "--wait=false", check=False)
+
+
+# ---------------------------------------------------------------------------------------- (a) every kind
+
+
+async def test_a_full_plan_applies_every_kind_and_its_pods_run_on_the_planned_gpus(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    role, name = "a100", "llama"
+    kube = await open_kube(role)
+    # Pods must pass the strictest Pod Security level, enforced by the apiserver's admission.
+    await kubectl(role, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    # kwok has no storage provisioner: a pre-bound volume lets the weights claim bind, so the pods can run.
+    pv = f"weights-{namespace}"
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": pv},
+        "spec": {
+            "capacity": {"storage": "200Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "hostPath": {"path": f"/tmp/{pv}"},
+            "claimRef": {"namespace": namespace, "name": f"{name}-weights"},
+            "persistentVolumeReclaimPolicy": "Delete",
+        },
+    }
+    await kubectl(role, "apply", "-f", "-", input=json.dumps(volume))
+    try:
+        plan = plan_for(kubectl, namespace, name, role=role, model=GPU_MODEL, spec=GPU_DEPLOYMENT, gpu_type=A100_80GB)
+        result = await execute_workload(kube, plan, EpochGuard())
+
+        assert result.outcome == "Applied", result.message
+        assert result.objects == [
+            f"PersistentVolumeClaim/{name}-weights",
+            f"Service/{name}",
+            f"NetworkPolicy/{name}",
+            f"PodDisruptionBudget/{name}",
+            f"Deployment/{name}",
+            f"HorizontalPodAutoscaler/{name}",
+        ]
+        assert await objects_of(kubectl, role, name, namespace=namespace) == {
+            f"PersistentVolumeClaim/{namespace}/{name}-weights",
+            f"Service/{namespace}/{name}",
+            f"NetworkPolicy/{namespace}/{name}",
+            f"PodDisruptionBudget/{namespace}/{name}",
+            f"Deployment/{namespace}/{name}",
+            f"HorizontalPodAutoscaler/{namespace}/{name}",
+        }
+
+        deployment = await get(kubectl, role, "deployment", name, namespace)
+        assert deployment["metadata"]["annotations"]["llm.example.com/plan-id"] == plan.plan_id
+        assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "llm-operator"
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["initContainers"][0]["name"] == "load-weights"
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+        assert {m["manager"] for m in deployment["metadata"]["managedFields"]} >= {FIELD_MANAGER}
+
+        hpa = await get(kubectl, role, "hpa", name, namespace)
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"]["kind"] == "LLMDeployment"
+        assert [m["type"] for m in hpa["spec"]["metrics"]] == ["External", "External"]
+        assert hpa["spec"]["metrics"][0]["external"]["target"] == {"type": "Value", "value": "500"}
+        policy = await get(kubectl, role, "networkpolicy", name, namespace)
+        assert policy["spec"]["ingress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+        assert policy["spec"]["ingress"][0]["from"][1]["ipBlock"] == {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}
+        budget = await get(kubectl, role, "pdb", name, namespace)
+        assert budget["spec"]["maxUnavailable"] == 1
+        service = await get(kubectl, role, "service", name, namespace)
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8000, "http")]
+
+        async def running() -> list[dict[str, Any]] | None:
+            pods = await kubectl.json(role, "get", "pods", "-n", namespace, "-l", "llm.example.com/deployment=llama")
+            items: list[dict[str, Any]] = pods["items"]
+            if len(items) == 2 and all(p["status"].get("phase") == "Running" for p in items):
+                return items
+            return None
+
+        pods = await eventually(running, timeout=60, what="both replicas Running on A100 nodes")
+        assert all(p["spec"]["nodeName"].startswith("a100-gpu-") for p in pods)
+        claim = await get(kubectl, role, "pvc", f"{name}-weights", namespace)
+        assert claim["status"]["phase"] == "Bound"
+
+        # The same intent issued again changes only the plan record: no new rollout, the same pods.
+        again = await execute_workload(kube, next_plan(plan), EpochGuard())
+        assert again.outcome == "Applied", again.message
+        await anyio.sleep(1)
+        after = await running()
+        assert after is not None
+        assert {p["metadata"]["uid"] for p in after} == {p["metadata"]["uid"] for p in pods}
+        sets = await kubectl.json(role, "get", "replicasets", "-n", namespace, "-l", "llm.example.com/deployment=llama")
+        assert len(sets["items"]) == 1
+    finally:
+        await kubectl(role, "delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+async def test_restricted_pods_are_admitted_and_cpu_models_stay_off_gpu_nodes(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    role = "a100"  # two GPU nodes and one CPU node
+    await kubectl(role, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    result = await execute_workload(
+        await open_kube(role), plan_for(kubectl, namespace, "chat", role=role), EpochGuard()
+    )
+    assert result.outcome == "Applied", result.message
+
+    async def running() -> list[dict[str, Any]] | None:
+        pods = (await kubectl.json(role, "get", "pods", "-n", namespace))["items"]
+        ok = len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods)
+        return pods if ok else None
+
+    pods = await eventually(running, timeout=60, what="two Running pods admitted under Pod Security 'restricted'")
+    # The GPU taint keeps CPU models on CPU nodes.
+    assert {p["spec"]["nodeName"] for p in pods} == {"a100-cpu-0"}
+
+
+EXAMPLES = sorted(p for p in (repo_root() / "examples").iterdir() if (p / "model.yaml").exists())
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+async def test_every_example_is_accepted_by_the_apiserver(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener, example: Any
+) -> None:
+    role = "a100"
+    model = (example / "model.yaml").read_text()
+    deployment = yaml.safe_load((example / "deployment.yaml").read_text())
+    name = deployment["metadata"]["name"]
+    plan = plan_for(
+        kubectl,
+        namespace,
+        name,
+        role=role,
+        model=yaml.safe_dump(yaml.safe_load(model)["spec"]),
+        spec=yaml.safe_dump(deployment["spec"]),
+        gpu_type=A100_80GB if "gpu:" in model else None,
+    )
+    await kubectl(role, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+
+    result = await execute_workload(await open_kube(role), plan, EpochGuard())
+
+    assert result.outcome == "Applied", result.message
+    assert len(await objects_of(kubectl, role, name, namespace=namespace)) == len(result.objects)
+
+
+# -------------------------------------------------------------------------------- (b) hand edits, ordering
+
+
+async def test_hand_edits_to_managed_fields_are_reverted_by_the_next_plan(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    role, name = "cpu", "chat"
+    kube = await open_kube(role)
+    plan = plan_for(kubectl, namespace, name)
+    assert (await execute_workload(kube, plan, EpochGuard())).outcome == "Applied"
+
+    await kubectl(role, "scale", "deployment", name, "-n", namespace, "--replicas", "7")
+    await kubectl(role, "set", "image", f"deployment/{name}", "model-server=evil/image:v2", "-n", namespace)
+    await kubectl(role, "label", "deployment", name, "-n", namespace, "llm.example.com/deployment-")
+    await kubectl(
+        role,
+        "patch",
+        "deployment",
+        name,
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        '[{"op":"replace","path":"/spec/template/spec/containers/0/ports/0/containerPort","value":9999}]',
+    )
+    await kubectl(
+        role,
+        "patch",
+        "service",
+        name,
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        '[{"op":"replace","path":"/spec/ports/0/port","value":9999}]',
+    )
+    await kubectl(role, "patch", "pdb", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"maxUnavailable":2}}')
+    edited = await get(kubectl, role, "deployment", name, namespace)
+    assert edited["spec"]["replicas"] == 7
+    assert edited["spec"]["template"]["spec"]["containers"][0]["image"] == "evil/image:v2"
+
+    result = await execute_workload(kube, next_plan(plan), EpochGuard())
+
+    assert result.outcome == "Applied", result.message
+    deployment = await get(kubectl, role, "deployment", name, namespace)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] == 2
+    assert container["image"] == "your-registry/gpt-small:v1"
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert deployment["metadata"]["labels"]["llm.example.com/deployment"] == name
+    service = await get(kubectl, role, "service", name, namespace)
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 8080)]
+    assert (await get(kubectl, role, "pdb", name, namespace))["spec"]["maxUnavailable"] == 1
+
+
+async def test_duplicate_and_stale_plans_are_skipped(kubectl: Kubectl, namespace: str, open_kube: KubeOpener) -> None:
+    role, name = "cpu", "chat"
+    kube = await open_kube(role)
+    guard = EpochGuard()
+    current = plan_for(kubectl, namespace, name, epoch=2, sequence=5)
+    assert (await execute_workload(kube, current, guard)).outcome == "Applied"
+
+    redelivered = await execute_workload(kube, current, guard)
+    older = await execute_workload(kube, next_plan(current, sequence=4, replicas=5), guard)
+    old_epoch = await execute_workload(kube, next_plan(current, epoch=1, sequence=9, replicas=5), guard)
+    # After a restart (a fresh guard) the record on the Deployment still says epoch 2 was applied.
+    after_restart = await execute_workload(kube, next_plan(current, epoch=1, sequence=9, replicas=5), EpochGuard())
+
+    assert redelivered.outcome == "Duplicate"
+    assert older.outcome == "Stale"
+    assert old_epoch.outcome == "Stale"
+    assert after_restart.outcome == "Stale"
+    assert (await get(kubectl, role, "deployment", name, namespace))["spec"]["replicas"] == 2
+
+    newer = await execute_workload(kube, next_plan(current, epoch=3, sequence=6, replicas=3), guard)
+    assert newer.outcome == "Applied", newer.message
+    assert (await get(kubectl, role, "deployment", name, namespace))["spec"]["replicas"] == 3
+
+    # A removal deletes the record; an older plan arriving afterwards must not bring the workload back.
+    removal = next_plan(current, epoch=3, sequence=7, model=None, spec=None, replicas=0, model_name="")
+    assert (await execute_workload(kube, removal, guard)).outcome == "Deleted"
+    late = await execute_workload(kube, next_plan(current, epoch=3, sequence=6, replicas=3), guard)
+    assert late.outcome == "Stale"
+    assert await objects_of(kubectl, role, name, namespace=namespace) == set()
+
+
+async def test_a_recreated_llm_deployment_is_not_compared_with_the_old_ones_record(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    kube = await open_kube("cpu")
+    old = plan_for(kubectl, namespace, "chat", uid="00000000-0000-4000-8000-0000000000aa", sequence=9)
+    assert (await execute_workload(kube, old, EpochGuard())).outcome == "Applied"
+    new = plan_for(kubectl, namespace, "chat", uid="00000000-0000-4000-8000-0000000000bb", sequence=1, replicas=1)
+
+    result = await execute_workload(kube, new, EpochGuard())
+
+    assert result.outcome == "Applied", result.message
+    assert (await get(kubectl, "cpu", "deployment", "chat", namespace))["spec"]["replicas"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ (c) prune
+
+
+async def test_prune_removes_what_the_plan_no_longer_holds(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    role, name = "cpu", "chat"
+    kube = await open_kube(role)
+    plan = plan_for(kubectl, namespace, name)
+    assert (await execute_workload(kube, plan, EpochGuard())).outcome == "Applied"
+    assert {o.split("/")[0] for o in await objects_of(kubectl, role, name, namespace=namespace)} == {
+        "Service",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Deployment",
+    }
+
+    smaller = next_plan(
+        plan,
+        replicas=1,
+        spec=plan.spec.model_copy(
+            update={"replicas": 1, "network_policy": plan.spec.network_policy.model_copy(update={"enabled": False})}
+        )
+        if plan.spec
+        else None,
+    )
+    result = await execute_workload(kube, smaller, EpochGuard())
+
+    assert result.outcome == "Applied", result.message
+    assert f"NetworkPolicy/{name}" in result.message
+    assert f"PodDisruptionBudget/{name}" in result.message
+    assert await objects_of(kubectl, role, name, namespace=namespace) == {
+        f"Service/{namespace}/{name}",
+        f"Deployment/{namespace}/{name}",
+    }
+
+
+@pytest.mark.parametrize("how", ["spec None", "replicas 0"])
+async def test_removal_deletes_everything_of_that_deployment_and_nothing_else(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener, how: str
+) -> None:
+    role = "cpu"
+    kube = await open_kube(role)
+    weights = {"source": {"uri": "s3://models-bucket/gpt-small"}, "storage": {"size": "1Gi"}}
+    plan = plan_for(kubectl, namespace, "chat", model_changes=weights)
+    other = plan_for(kubectl, namespace, "chat-2", uid="00000000-0000-4000-8000-000000000002", model_changes=weights)
+    # Same name, same namespace, another origin: another LLMDeployment, in another cluster's namespace.
+    elsewhere = plan_for(kubectl, namespace, "chat", role="cpu", origin_role="mixed", replicas=1)
+    for p in (plan, other):
+        assert (await execute_workload(kube, p, EpochGuard())).outcome == "Applied"
+    await kubectl(role, "create", "deployment", "unrelated", "--image=nginx", "-n", namespace)
+    await kubectl(role, "label", "deployment", "unrelated", "-n", namespace, "app.kubernetes.io/managed-by=someone")
+    before_other = await objects_of(kubectl, role, "chat-2", namespace=namespace)
+    assert len(before_other) == 5
+
+    removal = (
+        next_plan(plan, model=None, spec=None, replicas=0, model_name="")
+        if how == "spec None"
+        else next_plan(plan, replicas=0)
+    )
+    result = await execute_workload(kube, removal, EpochGuard())
+
+    assert result.outcome == "Deleted", result.message
+    assert sorted(result.objects) == sorted(
+        [
+            "Deployment/chat",
+            "Service/chat",
+            "NetworkPolicy/chat",
+            "PodDisruptionBudget/chat",
+            "PersistentVolumeClaim/chat-weights",
+        ]
+    )
+    assert await objects_of(kubectl, role, "chat", namespace=namespace) == set()
+    assert await objects_of(kubectl, role, "chat-2", namespace=namespace) == before_other
+    assert await kubectl.get(role, "deployment", "unrelated", "-n", namespace) is not None
+    # Removing again (a redelivery) succeeds and removes nothing.
+    assert (await execute_workload(kube, next_plan(removal), EpochGuard())).outcome == "Deleted"
+    # The other origin's LLMDeployment of the same name can now use the name here.
+    assert (await execute_workload(kube, elsewhere, EpochGuard())).outcome == "Applied"
+
+
+async def test_objects_that_are_not_ours_are_never_overwritten(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    role = "cpu"
+    kube = await open_kube(role)
+    await kubectl(role, "create", "deployment", "chat", "--image=nginx", "-n", namespace)
+    mine = plan_for(kubectl, namespace, "chat")
+
+    result = await execute_workload(kube, mine, EpochGuard())
+
+    assert result.outcome == "Failed"
+    assert f"Deployment/{namespace}/chat exists and is not managed by llm-operator" in result.message
+    untouched = await get(kubectl, role, "deployment", "chat", namespace)
+    assert untouched["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx"
+    assert await kubectl.get(role, "service", "chat", "-n", namespace) is None  # nothing written at all
+
+    # Another LLMDeployment of the same name (from another origin cluster) is refused the same way.
+    ours = plan_for(kubectl, namespace, "chat-b")
+    assert (await execute_workload(kube, ours, EpochGuard())).outcome == "Applied"
+    theirs = plan_for(kubectl, namespace, "chat-b", origin_role="mixed", uid="00000000-0000-4000-8000-00000000000b")
+    clash = await execute_workload(kube, theirs, EpochGuard())
+    assert clash.outcome == "Failed"
+    assert "belongs to another LLMDeployment" in clash.message
+    kept = await get(kubectl, role, "deployment", "chat-b", namespace)
+    assert kept["metadata"]["labels"]["llm.example.com/origin-cluster"] == kubectl.fleet.clusters[role].name
+
+
+async def test_a_weights_claim_keeps_its_immutable_fields(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    role = "cpu"
+    kube = await open_kube(role)
+    weights = {"source": {"uri": "s3://models-bucket/gpt-small"}, "storage": {"size": "1Gi"}}
+    single = plan_for(kubectl, namespace, "chat", spec_changes={"replicas": 1}, model_changes=weights)
+    assert (await execute_workload(kube, single, EpochGuard())).outcome == "Applied"
+    assert (await get(kubectl, role, "pvc", "chat-weights", namespace))["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+    # Scaled to three: a new claim would be ReadWriteMany, but access modes cannot change on an existing one.
+    scaled = next_plan(single, replicas=3, spec=single.spec.model_copy(update={"replicas": 3}) if single.spec else None)
+    result = await execute_workload(kube, scaled, EpochGuard())
+
+    assert result.outcome == "Applied", result.message
+    assert (await get(kubectl, role, "pvc", "chat-weights", namespace))["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert (await get(kubectl, role, "deployment", "chat", namespace))["spec"]["replicas"] == 3
+
+
+# -------------------------------------------------------------------------------------------- (d) namespaces
+
+
+async def test_the_workload_goes_into_the_plans_namespace_created_if_missing(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    role, name = "mixed", f"chat-{namespace[-8:]}"  # unique: looked for in every namespace
+    missing = f"{namespace}-new"
+    assert await kubectl.get(role, "namespace", missing) is None
+    kube = await open_kube(role)
+    try:
+        plan = plan_for(kubectl, missing, name, role=role, origin_role="cpu")
+        result = await execute_workload(kube, plan, EpochGuard())
+
+        assert result.outcome == "Applied", result.message
+        created = await kubectl.get(role, "namespace", missing)
+        assert created is not None
+        assert created["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "llm-operator"
+        everywhere = await objects_of(kubectl, role, name, namespace=None)
+        assert everywhere == {
+            f"{kind}/{missing}/{name}" for kind in ("Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget")
+        }
+        # Nothing in the other clusters either.
+        for other in ("cpu", "a100"):
+            assert await objects_of(kubectl, other, name, namespace=None) == set()
+
+        # An existing namespace is used as it is, never relabelled.
+        in_existing = plan_for(kubectl, namespace, name, role=role, origin_role="cpu")
+        assert (await execute_workload(kube, in_existing, EpochGuard())).outcome == "Applied"
+        existing = await get(kubectl, role, "namespace", namespace, namespace)
+        assert "app.kubernetes.io/managed-by" not in (existing["metadata"].get("labels") or {})
+    finally:
+        await delete_namespace(kubectl, role, missing)
+
+
+# ----------------------------------------------------------------------------------------------- (e) status
+
+
+SEED_DIR = repo_root() / "examples" / "seed"
+
+
+def status_plan(
+    kubectl: Kubectl,
+    llmd: dict[str, Any],
+    *,
+    sequence: int,
+    finalizer: str = "ensure",
+    uid: str | None = None,
+    ready: str = "Available",
+    events: list[KubeEvent] | None = None,
+) -> StatusPlan:
+    meta = llmd["metadata"]
+    cluster = kubectl.fleet.clusters["cpu"].name
+    ref = DeploymentRef(origin_cluster=cluster, namespace=meta["namespace"], name=meta["name"], uid=uid or meta["uid"])
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    return StatusPlan(
+        plan_id=plan_id(ref, cluster, "Status", 1, sequence),
+        epoch=1,
+        sequence=sequence,
+        cluster=cluster,
+        deployment=ref,
+        generation=meta.get("generation", 1),
+        issued_at=now,
+        status=LLMDeploymentStatus(
+            observed_generation=meta.get("generation", 1),
+            conditions=[
+                Condition(
+                    type="Ready",
+                    status="True",
+                    reason=ready,
+                    message="2/2 replicas ready",
+                    observed_generation=meta.get("generation", 1),
+                    last_transition_time=now,
+                )
+            ],
+            replicas=2,
+            ready_replicas=2,
+            selector=f"llm.example.com/deployment={meta['name']},llm.example.com/origin-cluster={cluster}",
+            placements=[ClusterPlacementStatus(cluster=cluster, replicas=2, ready_replicas=2)],
+            clusters=cluster,
+            ready=ready,
+        ),
+        finalizer=finalizer,  # type: ignore[arg-type]
+        events=events if events is not None else [],
+    )
+
+
+async def our_events(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
+    events = await kubectl.json(
+        "cpu", "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )
+    items: list[dict[str, Any]] = events["items"]
+    return items
+
+
+async def test_status_finalizer_and_events_on_the_llm_deployment(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    await status_flow(kubectl, namespace, await open_kube("cpu"))
+
+
+async def status_flow(kubectl: Kubectl, namespace: str, kube: Kube) -> None:
+    await kubectl("cpu", "apply", "-n", namespace, "-f", str(SEED_DIR / "model.yaml"))
+    await kubectl("cpu", "apply", "-n", namespace, "-f", str(SEED_DIR / "deployment.yaml"))
+    llmd = await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace)
+    events = [
+        KubeEvent(type="Normal", reason="Placed", message="2 replicas in t-cpu"),
+        KubeEvent(type="Normal", reason="Applied", message="applied in cluster t-cpu"),
+    ]
+    first = status_plan(kubectl, llmd, sequence=1, events=events)
+
+    result = await execute_status(kube, first, reporting_component="llm-operator-test")
+    again = await execute_status(kube, first, reporting_component="llm-operator-test")
+
+    assert result.outcome == "Applied", result.message
+    assert again.outcome == "Applied", again.message
+    current = await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace)
+    assert current["status"]["readyReplicas"] == 2
+    assert current["status"]["ready"] == "Available"
+    assert [c["type"] for c in current["status"]["conditions"]] == ["Ready"]
+    assert current["metadata"]["finalizers"] == ["llm.example.com/cleanup"]
+    # Status went through the subresource, with our field manager.
+    assert any(
+        m["manager"] == FIELD_MANAGER and m.get("subresource") == "status" for m in current["metadata"]["managedFields"]
+    )
+    recorded = await our_events(kubectl, namespace, "chat-service")
+    assert sorted(e["reason"] for e in recorded) == ["Applied", "Placed"]  # once, though executed twice
+    assert all(e["involvedObject"]["uid"] == llmd["metadata"]["uid"] for e in recorded)
+    assert all(e["count"] == 1 and e["source"]["component"] == "llm-operator-test" for e in recorded)
+
+    # A plan for another incarnation of the object writes nothing.
+    other = status_plan(kubectl, llmd, sequence=2, uid=str(uuid.uuid4()), ready="Wrong")
+    assert (await execute_status(kube, other, reporting_component="t")).outcome == "Stale"
+    assert (await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace))["status"]["ready"] == "Available"
+
+    # Deleting: the finalizer holds the object; an "ensure" plan neither writes status nor re-adds anything.
+    await kubectl("cpu", "delete", "llmdeployment", "chat-service", "-n", namespace, "--wait=false")
+    held = await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace)
+    assert held["metadata"].get("deletionTimestamp")
+    during = status_plan(kubectl, llmd, sequence=3, ready="Deleting")
+    assert (await execute_status(kube, during, reporting_component="t")).outcome == "Applied"
+    assert (await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace))["status"]["ready"] == "Available"
+
+    release = status_plan(
+        kubectl,
+        llmd,
+        sequence=4,
+        finalizer="remove",
+        ready="Deleting",
+        events=[KubeEvent(type="Normal", reason="Cleaned", message="workloads removed")],
+    )
+    assert (await execute_status(kube, release, reporting_component="t")).outcome == "Applied"
+
+    async def gone() -> bool:
+        return await kubectl.get("cpu", "llmdeployment", "chat-service", "-n", namespace) is None
+
+    await eventually(gone, timeout=20, what="the LLMDeployment to be deleted once the finalizer is released")
+    late = status_plan(kubectl, llmd, sequence=5)
+    assert (await execute_status(kube, late, reporting_component="t")).outcome == "Stale"
+    assert "Cleaned" in {e["reason"] for e in await our_events(kubectl, namespace, "chat-service")}
+
+
+async def test_a_finalizer_set_by_someone_else_is_released_too(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    kube = await open_kube("cpu")
+    deployment = yaml.safe_load((SEED_DIR / "deployment.yaml").read_text())
+    deployment["metadata"]["finalizers"] = ["llm.example.com/cleanup", "example.com/keep"]
+    await kubectl("cpu", "apply", "-n", namespace, "-f", "-", input=json.dumps(deployment))
+    llmd = await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace)
+    await kubectl("cpu", "delete", "llmdeployment", "chat-service", "-n", namespace, "--wait=false")
+
+    release = status_plan(kubectl, llmd, sequence=1, finalizer="remove", ready="Deleting")
+    result = await execute_status(kube, release, reporting_component="t")
+
+    assert result.outcome == "Applied", result.message
+    held = await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace)
+    assert held["metadata"]["finalizers"] == ["example.com/keep"]  # ours released, theirs kept
+
+
+# --------------------------------------------------------------------------------------------------- RBAC
+
+
+def reference_roles() -> list[dict[str, Any]]:
+    """The ClusterRoles of docs/rbac.md (the YAML block between the rbac-reference markers)."""
+    text = (repo_root() / "docs" / "rbac.md").read_text()
+    block = re.search(r"<!-- rbac-reference: begin -->\s*```yaml\n(.*?)```\s*<!-- rbac-reference: end -->", text, re.S)
+    assert block is not None, "docs/rbac.md lost its reference manifests"
+    return [doc for doc in yaml.safe_load_all(block.group(1)) if doc]
+
+
+async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace: str, open_kube: KubeOpener) -> None:
+    role = "cpu"
+    roles = reference_roles()
+    assert [r["metadata"]["name"] for r in roles] == ["llm-operator-watcher", "llm-operator-applier"]
+    # The applier's rules name exactly the kinds it manages (plus namespaces, its CR, and events).
+    applier_resources = {res for rule in roles[1]["rules"] for res in rule["resources"]}
+    plurals = {RESOURCES[kind].plural for kind in MANAGED_KINDS}
+    assert applier_resources == plurals | {"namespaces", "llmdeployments", "llmdeployments/status", "events"}
+
+    account = "llm-operator"
+    await kubectl(role, "create", "serviceaccount", account, "-n", namespace)
+    user = f"system:serviceaccount:{namespace}:{account}"
+    names = []
+    for cluster_role in roles:
+        unique = f"{cluster_role['metadata']['name']}-{namespace}"
+        names.append(unique)
+        body = {**cluster_role, "metadata": {"name": unique}}
+        await kubectl(role, "apply", "-f", "-", input=json.dumps(body))
+        await kubectl(
+            role,
+            "create",
+            "clusterrolebinding",
+            unique,
+            f"--clusterrole={unique}",
+            f"--serviceaccount={namespace}:{account}",
+        )
+    missing = f"{namespace}-rbac"
+    try:
+        denied = await kubectl(role, "auth", "can-i", "delete", "namespaces", f"--as={user}", check=False)
+        assert denied.strip().startswith("no")
+        kube = await open_kube(role, as_user=user)
+        with pytest.raises(KubeError) as refused:  # the account really is the restricted one
+            await kube.list(RESOURCES["Job"], namespace=namespace)
+        assert refused.value.status == 403
+
+        # Watcher: list and watch everything it observes.
+        for kind, where in (
+            ("Node", None),
+            ("Pod", None),
+            ("LLMModel", namespace),
+            ("LLMDeployment", namespace),
+            ("Deployment", namespace),
+        ):
+            _, version = await kube.list(RESOURCES[kind], namespace=where)
+            async for _ in kube.watch(RESOURCES[kind], resource_version=version, namespace=where, timeout_seconds=1):
+                pass
+
+        # Applier: every kind, in a namespace it must create, then a hand edit, a prune and a removal.
+        weights = {"source": {"uri": "s3://models-bucket/gpt-small"}, "storage": {"size": "1Gi"}}
+        spec = {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "target": {"queueDepth": 4}}}
+        plan = plan_for(kubectl, missing, "chat", model_changes=weights, spec_changes=spec)
+        result = await execute_workload(kube, plan, EpochGuard())
+        assert result.outcome == "Applied", result.message
+        assert len(result.objects) == 6
+        await kubectl(
+            role, "patch", "service", "chat", "-n", missing, "--type=json",
+            "-p", '[{"op":"replace","path":"/spec/ports/0/port","value":9999}]',
+        )  # fmt: skip
+        assert (await execute_workload(kube, next_plan(plan), EpochGuard())).outcome == "Applied"
+        assert (
+            await execute_workload(kube, next_plan(plan, sequence=3, replicas=1), EpochGuard())
+        ).outcome == "Applied"
+        removal = next_plan(plan, sequence=4, model=None, spec=None, replicas=0, model_name="")
+        assert (await execute_workload(kube, removal, EpochGuard())).outcome == "Deleted"
+        assert await objects_of(kubectl, role, "chat", namespace=missing) == set()
+
+        # Status writer: status, finalizer, events, finalizer release.
+        await status_flow(kubectl, namespace, kube)
+    finally:
+        for unique in names:
+            await kubectl(role, "delete", "clusterrolebinding,clusterrole", unique, "--ignore-not-found", check=False)
+        await delete_namespace(kubectl, role, missing)
+
+
+# ----------------------------------------------------------------------------------------- the whole operator
+
+
+@pytest.mark.services
+async def test_the_operator_records_placed_and_applied_events(operator: RunningOperator, kubectl: Kubectl) -> None:
+    ns, origin = operator.namespace, "cpu"
+    model = yaml.safe_load((SEED_DIR / "model.yaml").read_text())
+    deployment = yaml.safe_load((SEED_DIR / "deployment.yaml").read_text())
+    deployment["metadata"]["name"] = "chat-events"
+    deployment["spec"]["replicas"] = 1
+    await kubectl(origin, "apply", "-n", ns, "-f", "-", input=json.dumps(model))
+    await kubectl(origin, "apply", "-n", ns, "-f", "-", input=json.dumps(deployment))
+
+    async def reasons() -> set[str] | None:
+        events = await kubectl.json(
+            origin, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=chat-events"
+        )
+        found = {e["reason"] for e in events["items"] if e["involvedObject"]["kind"] == "LLMDeployment"}
+        return found if {"Placed", "Applied"} <= found else None
+
+    found = await eventually(reasons, timeout=60, what="Placed and Applied events on the LLMDeployment")
+    assert "ApplyFailed" not in found
+    described = await kubectl(origin, "describe", "llmdeployment", "chat-events", "-n", ns)
+    assert "Placed" in described
+    assert "Applied" in described

@@ -1,0 +1,181 @@
+"""The hub's docker-compose.yml and the operator's Dockerfile, checked as data (there is no Docker daemon here).
+
+docker-compose.yml: NATS with JetStream on a volume, Postgres on a volume, a one-shot migration, the planner, and
+agents that read mounted kubeconfigs; start order through healthchecks and depends_on conditions; every operator
+command exists in the CLI. Dockerfile: multi-stage, wheel built in the first stage, non-root, console script entry.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.main import get_command
+
+from llm_operator.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_SERVICES = ("migrate", "planner", "agent-a", "agent-b")
+AGENTS = ("agent-a", "agent-b")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def env(service: dict[str, Any]) -> dict[str, str]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        return dict(item.split("=", 1) for item in environment)
+    return {k: str(v) for k, v in environment.items()}
+
+
+def test_services_and_volumes(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"nats", "postgres", *OPERATOR_SERVICES}
+    assert set(compose["volumes"]) == {"nats-data", "postgres-data"}
+
+
+def test_nats_runs_jetstream_on_its_volume(compose: dict[str, Any]) -> None:
+    nats = compose["services"]["nats"]
+    assert re.fullmatch(r"nats:2\.\d+(\.\d+)?(-alpine)?", nats["image"])
+    command = nats["command"]
+    assert "-js" in command or "--jetstream" in command
+    store = command[command.index("-sd") + 1]
+    assert f"nats-data:{store}" in nats["volumes"]
+    assert "4222:4222" in nats["ports"]  # member clusters' agents dial in
+    assert "js-enabled-only=true" in " ".join(nats["healthcheck"]["test"])
+
+
+def test_postgres_keeps_its_data_on_a_volume_and_needs_a_password(compose: dict[str, Any]) -> None:
+    postgres = compose["services"]["postgres"]
+    assert postgres["image"] == "postgres:16"
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert env(postgres)["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")  # no default password
+    assert all(p.startswith("127.0.0.1:") for p in postgres.get("ports", []))  # never exposed beyond the host
+
+
+def test_operator_services_share_the_hardened_image(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    images = {services[name]["image"] for name in OPERATOR_SERVICES}
+    assert len(images) == 1
+    for name in OPERATOR_SERVICES:
+        service = services[name]
+        assert service["build"]["context"] == "."
+        assert service["read_only"] is True
+        assert service["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in service["security_opt"]
+
+
+def test_start_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+
+    def conditions(name: str) -> dict[str, str]:
+        return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
+
+    assert conditions("migrate") == {"postgres": "service_healthy"}
+    assert services["migrate"]["restart"] == "no"  # one-shot
+    assert conditions("planner") == {
+        "nats": "service_healthy",
+        "postgres": "service_healthy",
+        "migrate": "service_completed_successfully",
+    }
+    for agent in AGENTS:
+        assert conditions(agent) == {"nats": "service_healthy", "planner": "service_started"}
+    for name in ("nats", "postgres"):
+        assert "healthcheck" in services[name]  # what service_healthy waits for
+
+
+def test_commands_are_cli_commands(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    commands = set(get_command(app).commands)  # type: ignore[attr-defined]
+    for name in OPERATOR_SERVICES:
+        assert services[name]["command"][0] in commands, name
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["planner"]["command"] == ["planner"]
+    agent_options = {p.opts[0] for p in get_command(app).commands["agent"].params}  # type: ignore[attr-defined]
+    for agent in AGENTS:
+        command = services[agent]["command"]
+        assert command[0] == "agent"
+        assert {arg for arg in command if arg.startswith("--")} == {"--cluster", "--context", "--labels"}
+        assert {"--cluster", "--context", "--labels"} <= agent_options
+
+
+def test_environment_hub_and_agents(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    db_url = "postgresql://llmop:${POSTGRES_PASSWORD}@postgres:5432/llmop"
+    assert env(services["migrate"])["LLMOP_DATABASE_URL"] == db_url
+    planner = env(services["planner"])
+    assert planner["LLMOP_DATABASE_URL"] == db_url
+    assert planner["LLMOP_NATS_URL"] == "nats://nats:4222"
+    assert "volumes" not in services["planner"]  # the hub holds no cluster credentials
+    for agent in AGENTS:
+        service = services[agent]
+        agent_env = env(service)
+        assert agent_env["LLMOP_NATS_URL"] == "nats://nats:4222"
+        assert agent_env["LLMOP_SUBJECT_PREFIX"] == planner["LLMOP_SUBJECT_PREFIX"]
+        assert agent_env["LLMOP_KUBECONFIG"].startswith("/kubeconfigs/")
+        assert "LLMOP_DATABASE_URL" not in agent_env  # agents never see the event store
+        assert service["volumes"] == ["./kubeconfigs:/kubeconfigs:ro"]
+        assert service["profiles"] == ["agents"]  # opt-in: a plain `docker compose up` starts the hub only
+    clusters = [services[a]["command"][services[a]["command"].index("--cluster") + 1] for a in AGENTS]
+    assert len(set(clusters)) == len(clusters)
+
+
+# --------------------------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) with comments dropped and continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (parts[0].upper(), parts[1] if len(parts) > 1 else "")
+        for parts in (line.split(None, 1) for line in lines if line and not line.startswith("#"))
+    ]
+
+
+def test_dockerfile_is_multi_stage_with_the_wheel_built_first() -> None:
+    instructions = dockerfile()
+    stages = [args for op, args in instructions if op == "FROM"]
+    assert len(stages) == 2
+    assert stages[0].endswith("AS build")
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for op, a in instructions if op == "ARG" and "=" in a}
+    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    first_stage = instructions[: [op for op, _ in instructions].index("FROM", 2)]
+    assert any(op == "RUN" and "pip wheel" in a for op, a in first_stage)
+    runtime = instructions[len(first_stage) :]
+    install = next(a for op, a in runtime if op == "RUN" and "pip install" in a)
+    assert "--mount=type=bind,from=build" in install  # the wheels never become a layer
+    assert "--no-index" in install
+
+
+def test_dockerfile_runs_the_console_script_as_non_root() -> None:
+    instructions = dockerfile()
+    users = [args for op, args in instructions if op == "USER"]
+    assert users, "no USER: the image would run as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0  # numeric, so Kubernetes can check runAsNonRoot
+    values = yaml.safe_load((ROOT / "charts" / "llm-operator" / "values.yaml").read_text())
+    assert values["podSecurityContext"]["runAsUser"] == int(uid)
+    entrypoints = [args for op, args in instructions if op == "ENTRYPOINT"]
+    assert entrypoints == ['["llm-operator"]']
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "llm-operator" in project["scripts"]
+
+
+def test_dockerfile_copies_every_package_and_dockerignore_admits_them() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {a.split()[0].rstrip("/") for op, a in dockerfile() if op == "COPY" and "--from" not in a}
+    assert packages <= copied, f"not copied into the build stage: {packages - copied}"
+    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert ignore[0] == "*"  # deny by default: .venv, .git, kubeconfigs (credentials) stay out of the context
+    admitted = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert packages | {"pyproject.toml"} <= admitted
