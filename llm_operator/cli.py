@@ -351,25 +351,29 @@ def migrate(
     run_async(run)
 
 
+CRD_DIRECTORIES = (Path("crds"), Path("charts/llm-operator/crds"))
+
+
 @app.command()
 def crds(
-    write: Annotated[bool, typer.Option("--write", help="Write crds/*.yaml (and the chart's copy).")] = False,
-    check: Annotated[bool, typer.Option("--check", help="Fail if the files differ from the models.")] = False,
-    directory: Annotated[Path, typer.Option(help="Where the CRD files live.")] = Path("crds"),
+    write: Annotated[bool, typer.Option("--write", help="Write crds/*.yaml and the chart's copy.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Fail if either copy differs from the models.")] = False,
 ) -> None:
-    """Print the CRDs generated from the API models; --write or --check the committed files."""
+    """Print the CRDs generated from the API models; --write or --check the committed files (run from the repo)."""
     from store.crd import all_crds, render_yaml
 
     rendered = {name: render_yaml(manifest) for name, manifest in all_crds().items()}
     if write:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered.items():
-            (directory / name).write_text(text)
-        out.print(f"wrote {len(rendered)} CRDs to {directory}/")
+        for directory in CRD_DIRECTORIES:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, text in rendered.items():
+                (directory / name).write_text(text)
+        out.print(f"wrote {len(rendered)} CRDs to {' and '.join(f'{d}/' for d in CRD_DIRECTORIES)}")
         return
     if check:
         stale = [
-            name
+            str(directory / name)
+            for directory in CRD_DIRECTORIES
             for name, text in rendered.items()
             if not (directory / name).exists() or (directory / name).read_text() != text
         ]

