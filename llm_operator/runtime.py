@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from applier.service import ApplierSettings, run_applier
 from kubeapi import Kube, KubeError
+from llm_operator import health
 from llm_operator.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, asyncpg_url
 from llm_operator.install import install_crds
 from llm_operator.settings import Settings
@@ -193,6 +194,9 @@ async def run_components(
                     raise OperatorError(f"cluster {member.name}: installing the CRDs failed: {exc}") from exc
                 logger.info("cluster %s: CRDs installed", member.name)
         async with anyio.create_task_group() as tg:
+            if settings.metrics_port:
+                app = health.application(nc=nc, checks=health.checks_for(nc=nc, engine=engine, kubes=kubes))
+                tg.start_soon(partial(health.serve, app, port=settings.metrics_port))
             if run_planner_too and engine is not None:
                 planner_settings = PlannerSettings(
                     holder=f"{socket.gethostname()}-{os.getpid()}",

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from planner import metrics
 from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from planner.placement import ClusterInfo
 from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
@@ -334,6 +335,13 @@ async def _decide(
     config: StepConfig,
 ) -> tuple[int, int]:
     capacity = await _capacity(conn)
+    for cluster, nodes in capacity.clusters.items():
+        free: dict[str, int] = {}
+        for node in nodes:
+            if node.gpu_product:
+                free[node.gpu_product] = free.get(node.gpu_product, 0) + node.gpus
+        for product, count in free.items():
+            metrics.FREE_GPUS.labels(cluster=cluster, gpu_product=product).set(count)
     cluster_infos = [
         ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in await queries.clusters(conn)
     ]

@@ -18,6 +18,8 @@ POSITION = Gauge("llmop_planner_position", "Last events-stream sequence committe
 LEADER = Gauge("llmop_planner_leader", "1 while this planner leads")
 EPOCH = Gauge("llmop_planner_epoch", "The epoch this planner leads with (0: standby)")
 ERRORS = Counter("llmop_planner_errors_total", "Planner step failures by kind", ["kind"])
+LAG = Gauge("llmop_planner_consumer_lag", "Events in the stream not yet handled by the planner")
+FREE_GPUS = Gauge("llmop_fleet_free_gpus", "Free GPUs after running pods and reservations", ["cluster", "gpu_product"])
 
 
 def observe_step(result: Any, seconds: float, delivered: int) -> None:

@@ -116,6 +116,8 @@ async def _lead(
                             mode=mode,
                         )
                 metrics.observe_step(result, time.perf_counter() - started, len(deliveries))
+                if received:
+                    metrics.LAG.set(received[-1].pending)
                 position = result.position
                 if mode == "full":
                     logger.info("planner epoch %d caught up at %d and reconciled every deployment", epoch, position)

@@ -101,6 +101,8 @@ class Received:
     subject: str
     stream_sequence: int
     data: bytes
+    pending: int = 0
+    """Messages still in the stream after this one, for this reader (consumer lag)."""
 
 
 class SequenceReader:
@@ -161,7 +163,7 @@ class SequenceReader:
                     seq,
                 )
             self._next = seq + 1
-            out.append(Received(msg.subject, seq, msg.data))
+            out.append(Received(msg.subject, seq, msg.data, int(msg.metadata.num_pending or 0)))
         return out
 
     async def rewind(self, sequence: int) -> None:

@@ -95,6 +95,9 @@ def validate(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str
         elif keyword == "minimum":
             if _is_type(value, "number") and value < arg:
                 errors.append(f"{where}: {value} < {arg}")
+        elif keyword == "maximum":
+            if _is_type(value, "number") and value > arg:
+                errors.append(f"{where}: {value} > {arg}")
         elif keyword == "exclusiveMinimum":
             if _is_type(value, "number") and value <= arg:
                 errors.append(f"{where}: {value} <= {arg}")

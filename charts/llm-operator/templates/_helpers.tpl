@@ -94,6 +94,8 @@ app.kubernetes.io/part-of: llm-operator
   value: {{ .Values.log.format | quote }}
 - name: LLMOP_LOG_LEVEL
   value: {{ .Values.log.level | quote }}
+- name: LLMOP_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
 {{- if include "llm-operator.hasNatsCredentials" . }}
 - name: LLMOP_NATS_CREDENTIALS
   value: /etc/llm-operator/nats/nats.creds
@@ -143,4 +145,25 @@ app.kubernetes.io/part-of: llm-operator
 {{- if and .Values.agent.enabled (eq (toString .Values.cluster.name) "hub") }}
 {{- fail "cluster.name: \"hub\" is reserved for the hub's own subjects; choose another name for this cluster" }}
 {{- end }}
+{{- end }}
+
+{{/* /metrics, /healthz and /readyz of every operator container, and the probes that use them. */}}
+{{- define "llm-operator.probes" -}}
+ports:
+  - name: metrics
+    containerPort: {{ .Values.metrics.port }}
+    protocol: TCP
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 20
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
 {{- end }}
