@@ -23,7 +23,7 @@ async def install_crds(kube: Kube, *, timeout: float = 60.0) -> None:
         for manifest in manifests:
             while True:
                 current = await kube.get(resource, manifest["metadata"]["name"])
-                conditions = current.get("status", {}).get("conditions", [])
+                conditions = (current.get("status") or {}).get("conditions") or []
                 if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
                     break
                 await anyio.sleep(0.2)

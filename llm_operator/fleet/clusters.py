@@ -43,9 +43,11 @@ from llm_operator.fleet.spec import (
     GPU_RESOURCE,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    VOLUME_POOL,
     ClusterSpec,
     NodeSpec,
     node_manifest,
+    volume_manifest,
 )
 from llm_operator.fleet.versions import ETCD_VERSION, KUBERNETES_VERSION, KWOK_VERSION
 
@@ -196,7 +198,8 @@ def fleet_up(
             _converge_nodes(toolchain, member, spec.nodes)
             names = [n.name for n in spec.nodes]
             _wait_nodes_ready(toolchain, member, names, since=since[spec.name], timeout=NODES_TIMEOUT_S)
-            say(f"{spec.name}: {len(spec.nodes)} nodes Ready, context {member.context}")
+            _converge_volumes(toolchain, member)
+            say(f"{spec.name}: {len(spec.nodes)} nodes Ready, {VOLUME_POOL} volumes, context {member.context}")
 
         # The control planes already run; what remains is mostly waiting on kubectl, so do it side by side.
         with ThreadPoolExecutor(max_workers=len(clusters) or 1, thread_name_prefix="fleet-up") as pool:
@@ -274,6 +277,30 @@ def fleet_status(
             )
         )
     return out
+
+
+def _converge_volumes(toolchain: Toolchain, cluster: MemberCluster) -> None:
+    """Keep the pool of static volumes full: volumes whose claim is gone (Released) are recreated Available."""
+    listed = kubectl(toolchain, cluster, "get", "pv", "-l", f"{MANAGED_BY_LABEL}={MANAGED_BY}", "-o", "json")
+    released = [
+        v["metadata"]["name"]
+        for v in json.loads(listed.stdout)["items"]
+        if v.get("status", {}).get("phase") in ("Released", "Failed")
+    ]
+    if released:
+        kubectl(toolchain, cluster, "delete", "pv", *released, "--ignore-not-found", "--wait=true", "--timeout=60s")
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": [volume_manifest(i) for i in range(VOLUME_POOL)]})
+    kubectl(
+        toolchain,
+        cluster,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        f"--field-manager={FIELD_MANAGER}",
+        "-f",
+        "-",
+        input=doc,
+    )
 
 
 def apply_nodes(

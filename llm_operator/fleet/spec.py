@@ -210,3 +210,29 @@ DEFAULT_FLEET: tuple[ClusterSpec, ...] = (
         ),
     ),
 )
+
+
+VOLUME_POOL = 24
+VOLUME_SIZE = "1Ti"
+
+
+def volume_manifest(index: int, *, size: str = VOLUME_SIZE) -> dict[str, Any]:
+    """PURE: one pre-provisioned PersistentVolume of the fleet's pool.
+
+    kwok clusters have no storage provisioner, so claims (model weights) would stay Pending forever; a pool of
+    static volumes lets the real PV controller bind them and the real scheduler place the pods, as in a cluster
+    with a provisioner. The volumes are never mounted (kwok runs no containers); they carry no storage class, so
+    claims without one bind to them.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"fleet-pv-{index:03d}", "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": f"/var/lib/llm-operator-fleet/pv-{index:03d}", "type": "DirectoryOrCreate"},
+        },
+    }
