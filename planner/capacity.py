@@ -7,14 +7,20 @@ Guarantees:
   expected, so two decisions in a row never hand out the same GPUs, even before any pod exists.
 - Nodes that are not Ready, are cordoned, or carry a NoSchedule/NoExecute taint that our pods do not tolerate
   are not usable.
+- FleetCapacity is immutable. What it derives to answer questions fast (k-GPU blocks per GPU kind and cluster,
+  which clusters have any, memoised per-cluster results) is kept in step with every change and always equals
+  what counting from scratch gives; it never takes part in equality.
 Pure: plain data in, plain data out; no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, TypeVar, cast
 
 # Taints our model pods tolerate (render.py adds the matching tolerations): the GPU operator's taint, and the
@@ -79,29 +85,59 @@ class NodeFree:
     gpu_allocatable: int = 0
 
     def take(self, *, gpus: int, cpu_m: int, memory_bytes: int, count: int = 1) -> NodeFree:
-        return replace(
-            self,
-            gpus=self.gpus - gpus * count,
-            cpu_m=self.cpu_m - cpu_m * count,
-            memory_bytes=self.memory_bytes - memory_bytes * count,
+        # The constructor rather than dataclasses.replace: this is on the hot path of every placement.
+        return NodeFree(
+            self.cluster,
+            self.name,
+            self.gpu_product,
+            self.gpu_memory_bytes,
+            self.gpus - gpus * count,
+            self.cpu_m - cpu_m * count,
+            self.memory_bytes - memory_bytes * count,
+            self.gpu_allocatable,
         )
 
 
 GpuKind = tuple[str, int]
 """(GPU product, GPU memory in bytes): what a GPU type pattern and a minimum GPU memory select."""
+SlotKey = tuple[int, GpuKind]
+"""(k, kind): blocks of k free GPUs of one kind on one node."""
 
 
-@dataclass
+class _Known:
+    """What has been worked out about one tuple of nodes (one version of one cluster)."""
+
+    __slots__ = ("memo", "nodes", "positions", "slots")
+
+    def __init__(
+        self,
+        nodes: tuple[NodeFree, ...],
+        slots: dict[SlotKey, int] | None = None,
+        positions: dict[GpuKind | None, tuple[int, ...]] | None = None,
+    ) -> None:
+        self.nodes = nodes  # held, so the id() this is filed under cannot be reused while it is filed
+        self.memo: dict[Hashable, Any] = {}
+        self.slots = slots
+        self.positions = positions
+
+
 class _Index:
-    """Derived data a FleetCapacity keeps about itself; see FleetCapacity. Never part of equality."""
+    """Derived data of a FleetCapacity; see FleetCapacity. Never part of equality."""
 
-    memo: dict[str, dict[Hashable, Any]] = field(default_factory=dict)
-    """Per cluster: results of pure functions of that cluster's nodes."""
-    cluster_slots: dict[str, dict[tuple[int, GpuKind], int]] = field(default_factory=dict)
-    """Per cluster: (k, kind) → Σ over its nodes of ⌊free GPUs / k⌋."""
-    fleet_slots: dict[tuple[int, GpuKind], int] | None = None
-    """The same summed over the fleet."""
-    kinds: tuple[GpuKind, ...] | None = None
+    __slots__ = ("fleet_slots", "holders", "kinds", "kinds_where", "known")
+
+    def __init__(self, known: dict[str, list[_Known]] | None = None) -> None:
+        # Per cluster: what is known about its latest node tuples, most recently used first (at most _KEPT). Shared
+        # by a FleetCapacity and every capacity derived from it: a tuple that did not change is the same object in
+        # all of them, so what is known about it holds in all of them.
+        self.known: dict[str, list[_Known]] = {} if known is None else known
+        # (k, kind) → Σ over the fleet's nodes of ⌊free GPUs / k⌋ (this version only, worked out when asked).
+        self.fleet_slots: dict[SlotKey, int] | None = None
+        # (k, kind) → the clusters with at least one such block, in name order (kept up to date once asked for).
+        self.holders: dict[SlotKey, list[str]] | None = None
+        # The fleet's GPU kinds, and subsets of them by the key they were asked for with (shared while unchanged).
+        self.kinds: tuple[GpuKind, ...] | None = None
+        self.kinds_where: dict[Hashable, tuple[GpuKind, ...]] = {}
 
 
 @dataclass(frozen=True)
@@ -109,12 +145,12 @@ class FleetCapacity:
     """Free resources per usable node, grouped by cluster (clusters and nodes in name order).
 
     Immutable: taking capacity gives a new FleetCapacity (`with_cluster`) that shares every unchanged cluster
-    with the old one. Two kinds of derived data make repeated questions cheap, and neither ever changes an answer
-    or takes part in equality:
-    - `gpu_slots`: how many k-GPU blocks each GPU kind offers, per cluster and fleet-wide, counting GPUs only (an
-      upper bound on the replicas that fit, since CPU and memory may bind first). Kept up to date incrementally:
-      a change to one node costs O(its GPUs).
-    - `memo`: results of pure functions of one cluster's nodes (e.g. "how many replicas of this exact shape fit
+    with the old one. Derived data makes repeated questions cheap; it never changes an answer and takes no part
+    in equality:
+    - GPU slots: how many blocks of k free GPUs each GPU kind offers on single nodes, per cluster and fleet-wide,
+      and which clusters have any. GPUs only, so an upper bound on the replicas that fit (CPU and memory may bind
+      first). Kept up to date incrementally: changing one node costs O(its free GPUs).
+    - `memo`: results of pure functions of one cluster's nodes (e.g. "where do replicas of this exact shape fit
       here"), kept for as long as that cluster's nodes are unchanged.
     """
 
@@ -124,33 +160,45 @@ class FleetCapacity:
     def nodes(self, cluster: str) -> tuple[NodeFree, ...]:
         return self.clusters.get(cluster, ())
 
-    def with_cluster(self, cluster: str, nodes: tuple[NodeFree, ...]) -> FleetCapacity:
-        """The same fleet with `cluster`'s nodes replaced; derived data of the other clusters carries over."""
+    def with_cluster(
+        self, cluster: str, nodes: tuple[NodeFree, ...], changed: Iterable[int] | None = None
+    ) -> FleetCapacity:
+        """The same fleet with `cluster`'s nodes replaced; derived data of the other clusters carries over.
+
+        `changed`, if given, lists the positions of the only nodes that differ (same names, same order), which
+        spares comparing the two tuples.
+        """
         old = self.clusters.get(cluster, ())
-        derived = FleetCapacity({**self.clusters, cluster: nodes})
-        index, new = self._index, derived._index
-        new.memo.update(index.memo)
-        new.memo.pop(cluster, None)
-        new.cluster_slots.update(index.cluster_slots)
-        changes = _changed_nodes(old, nodes)
-        if changes is None:  # not the same nodes any more: recount this cluster and the fleet when asked
-            new.cluster_slots.pop(cluster, None)
+        index = self._index
+        new = _Index(index.known)
+        # Not through __init__: it would make an empty _Index only to be replaced (this runs once per decision).
+        derived = object.__new__(FleetCapacity)
+        object.__setattr__(derived, "clusters", {**self.clusters, cluster: nodes})
+        object.__setattr__(derived, "_index", new)
+        changes = _changed_nodes(old, nodes) if changed is None else [(old[i], nodes[i]) for i in changed]
+        if changes is None:  # not the same nodes any more: the fleet-wide data is worked out again when asked
             return derived
-        delta: dict[tuple[int, GpuKind], int] = {}
+        delta: dict[SlotKey, int] = {}
         same_kinds = True
         for before, after in changes:
-            _add_slots(delta, before, -1)
-            _add_slots(delta, after, +1)
-            same_kinds = same_kinds and (before.gpu_product, before.gpu_memory_bytes) == (
-                after.gpu_product,
-                after.gpu_memory_bytes,
-            )
-        if cluster in index.cluster_slots:
-            new.cluster_slots[cluster] = _plus(index.cluster_slots[cluster], delta)
-        if index.fleet_slots is not None:
-            new.fleet_slots = _plus(index.fleet_slots, delta)
+            if _shape(before) == _shape(after):
+                _move_slots(delta, before, after)
+            else:
+                same_kinds = False
+                _add_slots(delta, before, -1)
+                _add_slots(delta, after, +1)
         if same_kinds:
-            new.kinds = index.kinds
+            new.kinds, new.kinds_where = index.kinds, index.kinds_where
+        old_known = self._known(cluster)
+        positions = old_known.positions if same_kinds else None
+        if index.holders is None:
+            if positions is not None:
+                _remember(index.known, cluster, _Known(nodes, positions=positions))
+            return derived
+        old_slots = old_known.slots if old_known.slots is not None else self._slots(cluster)
+        new_slots = _plus(old_slots, delta)
+        _remember(index.known, cluster, _Known(nodes, new_slots, positions))
+        new.holders = _moved_holders(index.holders, cluster, old_slots, new_slots, delta)
         return derived
 
     def with_node(self, node: NodeFree) -> FleetCapacity:
@@ -168,33 +216,165 @@ class FleetCapacity:
             )
         return index.kinds
 
-    def gpu_slots(self, kind: GpuKind, gpus: int, cluster: str | None = None) -> int:
-        """How many blocks of `gpus` free GPUs of `kind` one node each (Σ ⌊free / gpus⌋), in `cluster` or the fleet.
+    def gpu_kinds_where(self, key: Hashable, accept: Callable[[GpuKind], bool]) -> tuple[GpuKind, ...]:
+        """The GPU kinds `accept` takes, remembered under `key` (which must fully determine `accept`)."""
+        where = self._index.kinds_where
+        if key not in where:
+            where[key] = tuple(kind for kind in self.gpu_kinds() if accept(kind))
+        return where[key]
+
+    def node_positions(self, cluster: str) -> Mapping[GpuKind | None, tuple[int, ...]]:
+        """Positions of `cluster`'s nodes by GPU kind; None: the nodes without GPUs (for CPU-only pods)."""
+        entry = self._known(cluster)
+        if entry.positions is None:
+            positions: dict[GpuKind | None, list[int]] = {}
+            for i, node in enumerate(entry.nodes):
+                if node.gpu_product is not None:
+                    positions.setdefault((node.gpu_product, node.gpu_memory_bytes), []).append(i)
+                if node.gpu_allocatable == 0:
+                    positions.setdefault(None, []).append(i)
+            entry.positions = {kind: tuple(p) for kind, p in positions.items()}
+        return entry.positions
+
+    def gpu_slots(self, gpus: int, kinds: Iterable[GpuKind], cluster: str | None = None) -> int:
+        """How many blocks of `gpus` free GPUs on one node (Σ ⌊free / gpus⌋) `kinds` offer, in `cluster` or the fleet.
 
         GPUs only: CPU and memory may let fewer replicas fit, never more.
         """
-        index = self._index
-        if cluster is None:
-            if index.fleet_slots is None:
-                index.fleet_slots = _count_slots(n for ns in self.clusters.values() for n in ns)
-            return index.fleet_slots.get((gpus, kind), 0)
-        slots = index.cluster_slots.get(cluster)
-        if slots is None:
-            slots = index.cluster_slots[cluster] = _count_slots(self.nodes(cluster))
-        return slots.get((gpus, kind), 0)
+        slots = self._slots(cluster)
+        return sum(slots.get((gpus, kind), 0) for kind in kinds)
+
+    def has_gpu_slots(self, gpus: int, kinds: Iterable[GpuKind]) -> bool:
+        """Does any node in the fleet have `gpus` free GPUs of one of `kinds`?"""
+        holders = self._holders()
+        return any(holders.get((gpus, kind)) for kind in kinds)
+
+    def clusters_with_gpu_slots(self, gpus: int, kinds: Iterable[GpuKind]) -> Iterator[str]:
+        """The clusters, in name order, where one of `kinds` has a node with at least `gpus` free GPUs.
+
+        Costs O(clusters returned), not O(fleet): a full fleet answers in a few steps.
+        """
+        holders = self._holders()
+        lists = [holders[key] for key in ((gpus, kind) for kind in kinds) if holders.get(key)]
+        if len(lists) == 1:
+            return iter(lists[0])
+        return _unique(heapq.merge(*lists))
+
+    def largest_gpu_block(self, clusters: Sequence[str], kinds: Iterable[GpuKind] | None = None) -> NodeFree | None:
+        """The node with the most free GPUs of one of `kinds` (None: any) among `clusters`; ties go to the first
+        cluster in the given order, then to the first node by name. None when no such node has a free GPU."""
+        wanted = set(self.gpu_kinds() if kinds is None else kinds)
+        holders = self._holders()
+        position = {name: i for i, name in enumerate(clusters)}
+        # From the largest block size the fleet has down: the first of `clusters` that has one holds the answer.
+        sizes = sorted({k for (k, kind), names in holders.items() if names and kind in wanted}, reverse=True)
+        for size in sizes:
+            found = [name for kind in wanted for name in holders.get((size, kind), ()) if name in position]
+            if found:
+                cluster = min(found, key=position.__getitem__)
+                return next(n for n in self.nodes(cluster) if n.gpus >= size and _kind(n) in wanted)
+        return None
 
     def memo(self, cluster: str, key: Hashable, compute: Callable[[tuple[NodeFree, ...]], T]) -> T:
         """`compute(self.nodes(cluster))`, computed once per version of the cluster's nodes and key.
 
         `compute` must be a pure function of the nodes, fully determined by `key`.
         """
-        results = self._index.memo.get(cluster)
-        if results is None:
-            results = self._index.memo[cluster] = {}
+        results = self._known(cluster).memo
         if key in results:
             return cast(T, results[key])
         value = results[key] = compute(self.nodes(cluster))
         return value
+
+    def _known(self, cluster: str) -> _Known:
+        nodes = self.clusters.get(cluster, ())
+        entries = self._index.known.get(cluster)
+        if entries:
+            if entries[0].nodes is nodes:
+                return entries[0]
+            for entry in entries:
+                if entry.nodes is nodes:
+                    entries.remove(entry)
+                    entries.insert(0, entry)
+                    return entry
+        return _remember(self._index.known, cluster, _Known(nodes))
+
+    def _slots(self, cluster: str | None) -> dict[SlotKey, int]:
+        index = self._index
+        if cluster is None:
+            if index.fleet_slots is None:  # worked out per version when asked: placement needs only `holders`
+                index.fleet_slots = _count_slots(n for ns in self.clusters.values() for n in ns)
+            return index.fleet_slots
+        entry = self._known(cluster)
+        if entry.slots is None:
+            entry.slots = _count_slots(entry.nodes)
+        return entry.slots
+
+    def _holders(self) -> dict[SlotKey, list[str]]:
+        index = self._index
+        if index.holders is None:
+            holders: dict[SlotKey, list[str]] = {}
+            for cluster in sorted(self.clusters):
+                for key, n in self._slots(cluster).items():
+                    if n > 0:
+                        holders.setdefault(key, []).append(cluster)
+            index.holders = holders
+        return index.holders
+
+
+_KEPT = 4
+"""Node tuples remembered per cluster: the one a chain of decisions is at, and a few a caller keeps deciding
+against (e.g. many what-ifs against one filled fleet). Older ones are forgotten, so a long chain of decisions does not
+keep every version of every cluster alive."""
+
+
+def _remember(known: dict[str, list[_Known]], cluster: str, entry: _Known) -> _Known:
+    entries = known.setdefault(cluster, [])
+    entries.insert(0, entry)
+    del entries[_KEPT:]
+    return entry
+
+
+def _kind(node: NodeFree) -> tuple[str | None, int]:
+    return (node.gpu_product, node.gpu_memory_bytes)
+
+
+def _shape(node: NodeFree) -> tuple[str | None, int, int]:
+    """What taking capacity never changes about a node: its GPU kind and how many GPUs it has."""
+    return (node.gpu_product, node.gpu_memory_bytes, node.gpu_allocatable)
+
+
+def _unique(names: Iterable[str]) -> Iterator[str]:
+    last = None
+    for name in names:
+        if name != last:
+            yield name
+            last = name
+
+
+def _moved_holders(
+    holders: dict[SlotKey, list[str]],
+    cluster: str,
+    old_slots: dict[SlotKey, int],
+    new_slots: dict[SlotKey, int],
+    delta: dict[SlotKey, int],
+) -> dict[SlotKey, list[str]]:
+    """`holders` after `cluster`'s slots went from `old_slots` to `new_slots`; copies only the lists that change."""
+    result: dict[SlotKey, list[str]] | None = None
+    for key in delta:
+        had, has = old_slots.get(key, 0) > 0, new_slots.get(key, 0) > 0
+        if had == has:
+            continue
+        if result is None:
+            result = dict(holders)
+        names = list(result.get(key, ()))
+        position = bisect.bisect_left(names, cluster)
+        if has:
+            names.insert(position, cluster)
+        elif position < len(names) and names[position] == cluster:
+            del names[position]
+        result[key] = names
+    return holders if result is None else result
 
 
 def _changed_nodes(old: tuple[NodeFree, ...], new: tuple[NodeFree, ...]) -> list[tuple[NodeFree, NodeFree]] | None:
@@ -211,7 +391,7 @@ def _changed_nodes(old: tuple[NodeFree, ...], new: tuple[NodeFree, ...]) -> list
     return changes
 
 
-def _add_slots(slots: dict[tuple[int, GpuKind], int], node: NodeFree, sign: int) -> None:
+def _add_slots(slots: dict[SlotKey, int], node: NodeFree, sign: int) -> None:
     if node.gpu_product is None or node.gpus <= 0:
         return
     kind = (node.gpu_product, node.gpu_memory_bytes)
@@ -221,16 +401,35 @@ def _add_slots(slots: dict[tuple[int, GpuKind], int], node: NodeFree, sign: int)
         slots[key] = slots.get(key, 0) + sign * (free // k)
 
 
-def _count_slots(nodes: Iterable[NodeFree]) -> dict[tuple[int, GpuKind], int]:
-    slots: dict[tuple[int, GpuKind], int] = {}
+def _move_slots(slots: dict[SlotKey, int], before: NodeFree, after: NodeFree) -> None:
+    """Record in `slots` how one node's blocks changed when its free GPUs went from `before` to `after`."""
+    if before.gpu_product is None:
+        return
+    kind = (before.gpu_product, before.gpu_memory_bytes)
+    was, now = max(before.gpus, 0), max(after.gpus, 0)
+    for k in range(1, max(was, now) + 1):
+        change = now // k - was // k
+        if change:
+            key = (k, kind)
+            slots[key] = slots.get(key, 0) + change
+
+
+def _count_slots(nodes: Iterable[NodeFree]) -> dict[SlotKey, int]:
+    # Nodes of one kind with the same free count contribute alike: count them first, then divide once per count.
+    free_counts: dict[tuple[GpuKind, int], int] = {}
     for node in nodes:
-        _add_slots(slots, node, +1)
+        if node.gpu_product is not None and node.gpus > 0:
+            key = ((node.gpu_product, node.gpu_memory_bytes), node.gpus)
+            free_counts[key] = free_counts.get(key, 0) + 1
+    slots: dict[SlotKey, int] = {}
+    for (kind, free), count in free_counts.items():
+        for k in range(1, free + 1):
+            slot = (k, kind)
+            slots[slot] = slots.get(slot, 0) + count * (free // k)
     return slots
 
 
-def _plus(
-    slots: dict[tuple[int, GpuKind], int], delta: dict[tuple[int, GpuKind], int]
-) -> dict[tuple[int, GpuKind], int]:
+def _plus(slots: dict[SlotKey, int], delta: dict[SlotKey, int]) -> dict[SlotKey, int]:
     result = dict(slots)
     for key, change in delta.items():
         if change:
@@ -250,43 +449,87 @@ def free_capacity(
     reservations: Iterable[Reservation] = (),
 ) -> FleetCapacity:
     """The fleet's free capacity after bound pods and outstanding reservations."""
-    used: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    used: dict[tuple[str, str], list[int]] = {}
     bound_per_node: dict[tuple[str, str, str], int] = defaultdict(int)
     bound_per_cluster: dict[tuple[str, str], int] = defaultdict(int)
     for pod in pods:
-        slot = used[(pod.cluster, pod.node)]
-        slot[0] += pod.gpus
-        slot[1] += pod.cpu_m
-        slot[2] += pod.memory_bytes
+        _charge(used, (pod.cluster, pod.node), pod.gpus, pod.cpu_m, pod.memory_bytes, 1)
         if pod.deployment_key:
             bound_per_node[(pod.deployment_key, pod.cluster, pod.node)] += 1
             bound_per_cluster[(pod.deployment_key, pod.cluster)] += 1
 
     for reservation in reservations:
-        for node_name, count in _unbound(reservation, bound_per_node, bound_per_cluster):
-            slot = used[(reservation.cluster, node_name)]
-            slot[0] += reservation.gpus * count
-            slot[1] += reservation.cpu_m * count
-            slot[2] += reservation.memory_bytes * count
+        replicas, cluster, expected = reservation.replicas, reservation.cluster, reservation.expected_nodes
+        if replicas <= 0:
+            continue
+        if bound_per_cluster and (reservation.deployment_key, cluster) in bound_per_cluster:
+            charges = _unbound(reservation, bound_per_node, bound_per_cluster)
+        elif len(expected) == 1:  # nothing bound yet, one node: the common case for a fresh plan
+            ((node_name, count),) = expected.items()
+            charges = [(node_name, min(replicas, count))] if count > 0 else []
+        else:  # nothing bound yet: every expected replica is outstanding
+            charges = _expected(reservation)
+        gpus, cpu_m, memory = reservation.gpus, reservation.cpu_m, reservation.memory_bytes
+        for node_name, count in charges:
+            slot = used.get((cluster, node_name))
+            if slot is None:
+                used[(cluster, node_name)] = [gpus * count, cpu_m * count, memory * count]
+            else:
+                slot[0] += gpus * count
+                slot[1] += cpu_m * count
+                slot[2] += memory * count
 
-    grouped: dict[str, list[NodeFree]] = defaultdict(list)
-    for node in sorted(nodes, key=lambda n: (n.cluster, n.name)):
+    grouped: dict[str, list[NodeFree]] = {}
+    nothing = (0, 0, 0)
+    for node in sorted(nodes, key=_cluster_and_name):
         if not usable(node):
             continue
-        gpus, cpu, mem = used.get((node.cluster, node.name), (0, 0, 0))
-        grouped[node.cluster].append(
-            NodeFree(
-                cluster=node.cluster,
-                name=node.name,
-                gpu_product=node.gpu_product,
-                gpu_memory_bytes=node.gpu_memory_bytes,
-                gpus=max(0, node.gpu_allocatable - gpus),
-                cpu_m=max(0, node.cpu_allocatable_m - cpu),
-                memory_bytes=max(0, node.memory_allocatable_bytes - mem),
-                gpu_allocatable=node.gpu_allocatable,
-            )
+        gpus, cpu, mem = used.get((node.cluster, node.name), nothing)
+        free = NodeFree(
+            node.cluster,
+            node.name,
+            node.gpu_product,
+            node.gpu_memory_bytes,
+            max(0, node.gpu_allocatable - gpus),
+            max(0, node.cpu_allocatable_m - cpu),
+            max(0, node.memory_allocatable_bytes - mem),
+            node.gpu_allocatable,
         )
-    return FleetCapacity({cluster: tuple(ns) for cluster, ns in sorted(grouped.items())})
+        if node.cluster in grouped:
+            grouped[node.cluster].append(free)
+        else:
+            grouped[node.cluster] = [free]
+    return FleetCapacity({cluster: tuple(ns) for cluster, ns in grouped.items()})
+
+
+_cluster_and_name = attrgetter("cluster", "name")
+
+
+def _charge(
+    used: dict[tuple[str, str], list[int]], key: tuple[str, str], gpus: int, cpu_m: int, memory: int, n: int
+) -> None:
+    slot = used.get(key)
+    if slot is None:
+        used[key] = [gpus * n, cpu_m * n, memory * n]
+    else:
+        slot[0] += gpus * n
+        slot[1] += cpu_m * n
+        slot[2] += memory * n
+
+
+def _expected(reservation: Reservation) -> list[tuple[str, int]]:
+    """`_unbound` when none of the reservation's replicas is bound yet."""
+    outstanding = reservation.replicas
+    expected = reservation.expected_nodes
+    result: list[tuple[str, int]] = []
+    for node_name in sorted(expected) if len(expected) > 1 else expected:
+        charge = min(outstanding, expected[node_name])
+        if charge > 0:
+            result.append((node_name, charge))
+            outstanding -= charge
+            if outstanding == 0:
+                break
+    return result
 
 
 def _unbound(
@@ -315,18 +558,11 @@ def _unbound(
 
 
 def describe_largest_free(
-    capacity: FleetCapacity, clusters: Sequence[str], accept: Callable[[NodeFree], bool] | None = None
+    capacity: FleetCapacity, clusters: Sequence[str], kinds: Iterable[GpuKind] | None = None
 ) -> str:
-    """'4 × NVIDIA-A100-SXM4-80GB on a100/gpu-1' for the roomiest GPU node among `clusters`, for messages.
-
-    `accept` narrows the nodes considered (e.g. to acceptable GPU types). Ties go to the first node in the given
-    cluster order, then by node name.
-    """
-    best: NodeFree | None = None
-    for cluster in clusters:
-        for node in capacity.nodes(cluster):
-            if node.gpu_product and (best is None or node.gpus > best.gpus) and (accept is None or accept(node)):
-                best = node
-    if best is None or best.gpus == 0:
+    """'4 × NVIDIA-A100-SXM4-80GB on a100/gpu-1' for the roomiest GPU node among `clusters` (of `kinds`, if
+    given), for messages. Ties go to the first cluster in the given order, then to the first node by name."""
+    best = capacity.largest_gpu_block(clusters, kinds)
+    if best is None:
         return "no free GPUs"
     return f"{best.gpus} × {best.gpu_product} on {best.cluster}/{best.name}"

@@ -1,6 +1,7 @@
 """`place(demand, capacity, policy, ...)`: where a deployment's replicas go. A pure, deterministic function.
 
-Rules (each has named table tests in tests/unit/test_placement.py):
+Rules (each has named table tests in tests/unit/test_placement.py; the invariants are also properties in
+tests/unit/test_placement_properties.py):
 - Node-level bin packing: a replica needing k GPUs goes on one node with k free GPUs of an acceptable product
   and enough GPU memory, CPU and memory; a node is never overcommitted. Best fit: the node left with the fewest
   free GPUs (then the least CPU, then by name), so large blocks stay whole for large replicas. CPU-only replicas go
@@ -11,6 +12,9 @@ Rules (each has named table tests in tests/unit/test_placement.py):
   that cluster (ties: the product whose best-fit node comes first).
 - GPU types are tried in the user's order; the next type is used only for what the previous could not hold.
   Type preference comes before cluster preference: the model owner's list is about what the model needs.
+  One exception, so that one-product-per-share never costs replicas: if replicas are still missing after every
+  type was tried, a share made in this decision moves, whole, to another acceptable product of its cluster when
+  that product holds more of them there (least preferred clusters first).
 - Clusters must be healthy and match the cluster selector. Among them the order is: the explicit cluster
   preference list, then the origin cluster (when preferOrigin), then the others by name.
 - Pack (allowSplit): grow the clusters that already run replicas, then put what is left in the first cluster that
@@ -24,22 +28,25 @@ Rules (each has named table tests in tests/unit/test_placement.py):
   gives them to the smallest shares); scaling down takes replicas from the least-preferred cluster (Pack) or the
   largest share (Spread), nodes in reverse name order. Capacity a scale-down frees is not handed out in the same
   decision: the pods still run until the applier removes them.
-- When not everything fits, what fits is placed and the message says how many replicas are missing, what one
-  replica needs, and the best that is left (the largest free block of an acceptable type, and of any type), so a
-  user can act.
-No I/O, no clock, no randomness: the same input gives the same decision. How many replicas of a shape fit in a
-cluster is memoised on the FleetCapacity (see `FleetCapacity.memo`), so a decision reads the nodes only of
-clusters that changed since the fit was last counted.
+- What fits is placed: with splitting allowed, no running replicas and no maxClusters, a decision places
+  min(replicas, Σ over eligible clusters of what their roomiest acceptable product holds). When replicas are
+  missing the message says how many, what one replica needs, and the best that is left (the largest free block
+  of an acceptable type, and of any type), so a user can act.
+No I/O, no clock, no randomness: the same input gives the same decision, whatever the order of `clusters`. Speed:
+which clusters have room for a block of k GPUs, and where a shape fits in a cluster, are remembered by the
+FleetCapacity (see planner/capacity.py) and kept up to date as decisions take capacity, so a decision reads the
+nodes only of the clusters it may place on, not the whole fleet.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Literal
 
-from planner.capacity import FleetCapacity, GpuKind, NodeFree, describe_largest_free
+from planner.capacity import FleetCapacity, GpuKind, NodeFree
 from store.quantity import format_bytes, format_millicores
 
 Outcome = Literal["Placed", "PartiallyPlaced", "InsufficientGPU", "NoEligibleCluster"]
@@ -93,7 +100,7 @@ class Policy:
     max_clusters: int | None = None
 
     def selects(self, labels: Mapping[str, str]) -> bool:
-        if any(labels.get(k) != v for k, v in self.match_labels):
+        if self.match_labels and any(labels.get(k) != v for k, v in self.match_labels):
             return False
         for req in self.match_expressions:
             present = req.key in labels
@@ -149,60 +156,66 @@ def gpu_type_matches(pattern: str, product: str | None) -> bool:
     return product == pattern
 
 
+_Exclusion = tuple[str, Literal["unhealthy", "unselected"]]
+
+
 def rank_clusters(clusters: Sequence[ClusterInfo], policy: Policy, origin: str) -> tuple[list[str], list[str]]:
     """(eligible cluster names in preference order, reasons for each excluded cluster)."""
-    excluded: list[str] = []
-    eligible: list[str] = []
-    selective = bool(policy.match_labels or policy.match_expressions)
-    for cluster in sorted(clusters, key=_name):
-        if not cluster.healthy:
-            excluded.append(f"cluster {cluster.name} is unhealthy")
-        elif selective and not policy.selects(cluster.labels):
-            excluded.append(f"cluster {cluster.name} does not match the clusterSelector")
-        else:
-            eligible.append(cluster.name)
+    order, _, excluded = _rank(clusters, policy, origin)
+    return order, _exclusion_reasons(excluded)
+
+
+def _exclusion_reasons(excluded: list[_Exclusion]) -> list[str]:
+    return [
+        f"cluster {name} is unhealthy" if why == "unhealthy" else f"cluster {name} does not match the clusterSelector"
+        for name, why in excluded
+    ]
+
+
+def _rank(clusters: Sequence[ClusterInfo], policy: Policy, origin: str) -> tuple[list[str], int, list[_Exclusion]]:
+    """(eligible clusters in preference order, how many lead it by preference, exclusions in name order)."""
+    excluded: list[_Exclusion] = []
+    if not policy.match_labels and not policy.match_expressions:
+        eligible = [c.name for c in clusters if c.healthy]
+        eligible.sort()
+        if len(eligible) < len(clusters):
+            excluded = sorted((c.name, "unhealthy") for c in clusters if not c.healthy)
+    else:
+        eligible = []
+        for cluster in sorted(clusters, key=_name):
+            if not cluster.healthy:
+                excluded.append((cluster.name, "unhealthy"))
+            elif not policy.selects(cluster.labels):
+                excluded.append((cluster.name, "unselected"))
+            else:
+                eligible.append(cluster.name)
     # Preferred clusters first (in the listed order), then the origin, then the rest by name. Built by moving names
     # to the front rather than by sorting: this runs once per decision over the whole fleet.
-    front = [name for name in dict.fromkeys(policy.preferred_clusters) if name in eligible]
-    if policy.prefer_origin and origin in eligible and origin not in front:
+    if policy.preferred_clusters:
+        names = set(eligible)
+        front = [name for name in dict.fromkeys(policy.preferred_clusters) if name in names]
+    else:
+        front = []
+    if policy.prefer_origin and origin not in front and origin in eligible:
         front.append(origin)
     if not front:
-        return eligible, excluded
+        return eligible, 0, excluded
+    if len(front) == 1:
+        order = eligible.copy()
+        order.remove(front[0])
+        order.insert(0, front[0])
+        return order, 1, excluded
     chosen = set(front)
-    return front + [name for name in eligible if name not in chosen], excluded
+    return front + [name for name in eligible if name not in chosen], len(front), excluded
 
 
-def _name(cluster: ClusterInfo) -> str:
-    return cluster.name
+_name = attrgetter("name")
 
 
 # --- Fitting replicas onto nodes -------------------------------------------------------------------------------
 
 _UNBOUNDED = 1 << 40
 """Replicas a node holds of a shape that requests nothing the node counts (no GPUs, CPU or memory)."""
-
-
-def _node_fits(node: NodeFree, demand: Demand, gpu_type: str | None) -> bool:
-    return _replicas_on(node, demand, gpu_type) > 0
-
-
-def _replicas_on(node: NodeFree, demand: Demand, gpu_type: str | None) -> int:
-    """How many replicas of `demand` fit on `node` (0 when its product, GPU memory or kind do not suit)."""
-    if demand.gpus:
-        if node.gpu_product is None or (gpu_type is not None and not gpu_type_matches(gpu_type, node.gpu_product)):
-            return 0
-        if node.gpu_memory_bytes < demand.gpu_min_memory_bytes:
-            return 0
-        fit = node.gpus // demand.gpus
-    elif node.gpu_allocatable > 0:
-        return 0  # keep GPU nodes for GPU work; CPU-only pods do not tolerate the GPU taint either
-    else:
-        fit = _UNBOUNDED
-    if demand.cpu_m:
-        fit = min(fit, node.cpu_m // demand.cpu_m)
-    if demand.memory_bytes:
-        fit = min(fit, node.memory_bytes // demand.memory_bytes)
-    return max(fit, 0)
 
 
 @dataclass(frozen=True)
@@ -221,26 +234,64 @@ _ClusterFit = tuple[_ProductFit, ...]
 """Per product with room, by product name."""
 
 
-def _count_fit(nodes: tuple[NodeFree, ...], demand: Demand, gpu_type: str | None) -> _ClusterFit:
-    # Best fit: least GPUs left afterwards, then least CPU left, then name (determinism).
+def _count_fit(nodes: tuple[NodeFree, ...], positions: Sequence[int], demand: Demand) -> _ClusterFit:
+    """Per product: where replicas of `demand` fit among the nodes at `positions` (nodes of acceptable GPU kinds,
+    or without GPUs for CPU-only replicas), best fit first: least GPUs left, then least CPU, then name."""
+    gpus, cpu_m, memory = demand.gpus, demand.cpu_m, demand.memory_bytes
     by_product: dict[str | None, list[tuple[tuple[int, int, str], int, int]]] = {}
-    for i, node in enumerate(nodes):
-        fit = _replicas_on(node, demand, gpu_type)
+    for i in positions:
+        node = nodes[i]
+        free = node.gpus
+        if gpus:
+            if free < gpus:
+                continue
+            fit = free // gpus
+        else:
+            fit = _UNBOUNDED
+        if cpu_m and node.cpu_m // cpu_m < fit:
+            fit = node.cpu_m // cpu_m
+        if memory and node.memory_bytes // memory < fit:
+            fit = node.memory_bytes // memory
         if fit > 0:
-            key = (node.gpus - demand.gpus, node.cpu_m - demand.cpu_m, node.name)
-            by_product.setdefault(node.gpu_product if demand.gpus else None, []).append((key, i, fit))
+            product = node.gpu_product if gpus else None
+            entry = ((free - gpus, node.cpu_m - cpu_m, node.name), i, fit)
+            if product in by_product:
+                by_product[product].append(entry)
+            else:
+                by_product[product] = [entry]
     out = []
     for product in sorted(by_product, key=lambda p: p or ""):
         entries = sorted(by_product[product])
-        out.append(
-            _ProductFit(product, sum(f for _, _, f in entries), entries[0][0], tuple((i, f) for _, i, f in entries))
-        )
+        replicas, where = 0, []
+        for _, i, fit in entries:
+            replicas += fit
+            where.append((i, fit))
+        out.append(_ProductFit(product, replicas, entries[0][0], tuple(where)))
     return tuple(out)
 
 
+def _acceptable_kinds(capacity: FleetCapacity, demand: Demand, gpu_type: str | None) -> tuple[GpuKind, ...]:
+    """The fleet's GPU kinds that `gpu_type` (None: any) and the demand's minimum GPU memory accept."""
+    min_memory = demand.gpu_min_memory_bytes
+
+    def accept(kind: GpuKind) -> bool:
+        return (gpu_type is None or gpu_type_matches(gpu_type, kind[0])) and kind[1] >= min_memory
+
+    return capacity.gpu_kinds_where(("acceptable", gpu_type, min_memory), accept)
+
+
 def _fit(capacity: FleetCapacity, cluster: str, demand: Demand, gpu_type: str | None) -> _ClusterFit:
+    def count(nodes: tuple[NodeFree, ...]) -> _ClusterFit:
+        by_kind = capacity.node_positions(cluster)  # derived from the same nodes
+        if not demand.gpus:
+            return _count_fit(nodes, by_kind.get(None, ()), demand)
+        kinds = _acceptable_kinds(capacity, demand, gpu_type)
+        if len(kinds) == 1:
+            return _count_fit(nodes, by_kind.get(kinds[0], ()), demand)
+        return _count_fit(nodes, sorted(i for kind in kinds for i in by_kind.get(kind, ())), demand)
+
     key = ("fit", demand.gpus, demand.cpu_m, demand.memory_bytes, demand.gpu_min_memory_bytes, gpu_type)
-    return capacity.memo(cluster, key, lambda nodes: _count_fit(nodes, demand, gpu_type))
+    return capacity.memo(cluster, key, count)
 
 
 def _on(fit: _ClusterFit, product: str | None) -> _ProductFit | None:
@@ -261,7 +312,7 @@ def _fill_cluster(
     if not demand.gpus:
         chosen = _on(fit, None)
     elif product is None:
-        chosen = min(fit, key=lambda p: (-min(p.replicas, count), p.first), default=None)
+        chosen = fit[0] if len(fit) == 1 else min(fit, key=lambda p: (-min(p.replicas, count), p.first), default=None)
     else:
         chosen = _on(fit, product)
     if chosen is None:
@@ -280,7 +331,8 @@ def _fill_cluster(
         updated[i] = node.take(gpus=demand.gpus, cpu_m=demand.cpu_m, memory_bytes=demand.memory_bytes, count=take)
         per_node[node.name] = take
         placed += take
-    return placed, per_node, capacity.with_cluster(cluster, tuple(updated)), chosen.product
+    changed = [i for i, _ in chosen.nodes[: len(per_node)]]
+    return placed, per_node, capacity.with_cluster(cluster, tuple(updated), changed), chosen.product
 
 
 def _merge(share: Share | None, cluster: str, count: int, per_node: dict[str, int], product: str | None) -> Share:
@@ -294,7 +346,7 @@ def _merge(share: Share | None, cluster: str, count: int, per_node: dict[str, in
 
 def _shrink(shares: dict[str, Share], order: list[str], surplus: int, strategy: str) -> None:
     while surplus > 0:
-        live = [c for c in order if c in shares and shares[c].replicas > 0]
+        live = [c for c in _ranked(shares, order) if shares[c].replicas > 0]
         victim = max(reversed(live), key=lambda c: shares[c].replicas) if strategy == "Spread" else live[-1]
         share = shares[victim]
         take = 1 if strategy == "Spread" else min(surplus, share.replicas)
@@ -324,12 +376,23 @@ class _Plan:
     shares: dict[str, Share]
     capacity: FleetCapacity
     reasons: list[str]
-    _kinds: dict[str | None, list[GpuKind]] = field(default_factory=dict)
+    front: int
+    """How many clusters at the head of `order` are there by preference (the rest are in name order)."""
+    _rest: frozenset[str] | None = None
+    _kinds: dict[str | None, tuple[GpuKind, ...]] = field(default_factory=dict)
+
+    @property
+    def rest(self) -> frozenset[str]:
+        """The clusters after the preferred ones, in name order."""
+        if self._rest is None:
+            self._rest = frozenset(self.order[self.front :])
+        return self._rest
 
     def allowed(self, cluster: str) -> bool:
         """May this decision put replicas in `cluster` (maxClusters)?"""
-        if cluster in self.shares:
-            return True
+        return cluster in self.shares or self.may_add_cluster()
+
+    def may_add_cluster(self) -> bool:
         limit = self.policy.max_clusters
         return limit is None or sum(1 for s in self.shares.values() if s.replicas > 0) < limit
 
@@ -338,39 +401,61 @@ class _Plan:
         share = self.shares.get(cluster)
         return share.gpu_type if share is not None and self.demand.gpus else None
 
-    def kinds(self, gpu_type: str | None) -> list[GpuKind]:
+    def kinds(self, gpu_type: str | None) -> tuple[GpuKind, ...]:
         """The fleet's GPU kinds that `gpu_type` (None: any) and the minimum GPU memory accept."""
         if gpu_type not in self._kinds:
-            self._kinds[gpu_type] = [
-                kind
-                for kind in self.capacity.gpu_kinds()
-                if (gpu_type is None or gpu_type_matches(gpu_type, kind[0]))
-                and kind[1] >= self.demand.gpu_min_memory_bytes
-            ]
+            self._kinds[gpu_type] = _acceptable_kinds(self.capacity, self.demand, gpu_type)
         return self._kinds[gpu_type]
 
-    def gpu_bound(self, cluster: str | None, gpu_type: str | None) -> int:
-        """Replicas the GPUs alone would allow (in one cluster's share, or fleet-wide): an upper bound on room."""
+    def gpu_bound(self, cluster: str, gpu_type: str | None) -> int:
+        """Replicas the GPUs alone would allow one share in `cluster`: an upper bound on its room."""
         if not self.demand.gpus:
             return _UNBOUNDED
-        product = self.pinned(cluster) if cluster is not None else None
-        return sum(
-            self.capacity.gpu_slots(kind, self.demand.gpus, cluster)
-            for kind in self.kinds(gpu_type)
-            if product is None or kind[0] == product
-        )
+        kinds = self.kinds(gpu_type)
+        product = self.pinned(cluster)
+        if product is not None:
+            kinds = tuple(kind for kind in kinds if kind[0] == product)
+        return self.capacity.gpu_slots(self.demand.gpus, kinds, cluster)
 
-    def room(self, cluster: str, gpu_type: str | None, at_least: int = 1) -> int:
-        """Replicas one share in `cluster` can still get on `gpu_type` (exact when ≥ `at_least`)."""
+    def fleet_has_room(self, gpu_type: str | None) -> bool:
+        """Could any node in the fleet take a replica on `gpu_type`, counting GPUs only? (False: skip the type.)"""
+        return not self.demand.gpus or self.capacity.has_gpu_slots(self.demand.gpus, self.kinds(gpu_type))
+
+    def new_clusters(self, gpu_type: str | None, at_least: int = 1) -> Iterator[str]:
+        """Clusters without a share yet, in rank order, whose GPUs alone would allow `at_least` replicas (a cheap
+        filter that skips full clusters without looking at them; `room` has the exact answer)."""
+        if not self.demand.gpus:
+            yield from (c for c in self.order if c not in self.shares)
+            return
+        kinds = self.kinds(gpu_type)
+        gpus = self.demand.gpus
+        for cluster in self.order[: self.front]:
+            if cluster not in self.shares and self.capacity.gpu_slots(gpus, kinds, cluster) >= at_least:
+                yield cluster
+        # The rest of the order is by name, which is the order the capacity index keeps clusters with room in.
+        rest = self.rest
+        capacity = self.capacity  # clusters not yet yielded are unchanged by the fills in between
+        for cluster in capacity.clusters_with_gpu_slots(gpus, kinds):
+            if (
+                cluster in rest
+                and cluster not in self.shares
+                and (at_least == 1 or capacity.gpu_slots(gpus, kinds, cluster) >= at_least)
+            ):
+                yield cluster
+
+    def room(self, cluster: str, gpu_type: str | None, at_least: int = 1, *, bounded: bool = False) -> int:
+        """Replicas one share in `cluster` can still get on `gpu_type` (exact when ≥ `at_least`). `bounded`: the
+        caller knows the GPUs alone allow `at_least` (it came from `new_clusters`)."""
         product = self.pinned(cluster)
         if product is not None and gpu_type is not None and not gpu_type_matches(gpu_type, product):
             return 0
-        bound = self.gpu_bound(cluster, gpu_type)
-        if bound < at_least:
-            return bound  # the exact count is no larger; not worth reading the nodes
+        if not bounded:
+            bound = self.gpu_bound(cluster, gpu_type)
+            if bound < at_least:
+                return bound  # the exact count is no larger; not worth reading the nodes
         fit = _fit(self.capacity, cluster, self.demand, gpu_type)
         if product is None:
-            return max((p.replicas for p in fit), default=0)
+            return fit[0].replicas if len(fit) == 1 else max((p.replicas for p in fit), default=0)
         on = _on(fit, product)
         return on.replicas if on is not None else 0
 
@@ -394,17 +479,19 @@ def place(
     policy: Policy,
     current: Sequence[Share] = (),
 ) -> Decision:
-    order, excluded = rank_clusters(clusters, policy, demand.origin)
-    reasons = list(excluded)
+    order, front, excluded = _rank(clusters, policy, demand.origin)
+    reasons = _exclusion_reasons(excluded)
     # Stability: keep what is placed on healthy eligible clusters; shares elsewhere are the caller's business
     # (failover keeps them until replacements are available).
-    eligible = set(order)
-    shares: dict[str, Share] = {s.cluster: s for s in current if s.cluster in eligible and s.replicas > 0}
+    shares: dict[str, Share] = {}
+    if current:
+        eligible = set(order)
+        shares = {s.cluster: s for s in current if s.cluster in eligible and s.replicas > 0}
     if policy.max_clusters is not None and len(shares) > policy.max_clusters:
-        for cluster in [c for c in order if c in shares][policy.max_clusters :]:
+        for cluster in _ranked(shares, order)[policy.max_clusters :]:
             reasons.append(f"cluster {cluster} released: maxClusters is {policy.max_clusters}")
             del shares[cluster]
-    plan = _Plan(demand, policy, order, shares, capacity, reasons)
+    plan = _Plan(demand, policy, order, shares, capacity, reasons, front)
     kept = sum(s.replicas for s in shares.values())
     if kept > demand.replicas:
         _shrink(shares, order, kept - demand.replicas, policy.strategy)
@@ -413,23 +500,23 @@ def place(
         if not order:
             message = "no healthy cluster matches the placement policy"
             if excluded:
-                message += f": {'; '.join(excluded)}"
+                message += f"; {_excluded_summary(excluded)}"
             return _decision(plan, "NoEligibleCluster", message)
         _grow(plan, demand.replicas - kept)
     else:
         reasons.append("replicas unchanged; existing placement kept")
     placed = sum(s.replicas for s in shares.values())
     if placed >= demand.replicas:
-        return _decision(plan, "Placed", _summary(shares, order))
+        return _decision(plan, "Placed", None)
     missing = demand.replicas - placed
     message = (
         f"{missing} of {demand.replicas} replica(s) could not be placed: each needs {demand.describe_one()}; "
-        f"best available: {_best_available(demand, plan.capacity, order)}"
+        f"best available: {_best_available(plan)}"
     )
     if placed:
         message += f"; {_summary(shares, order)}"
     if excluded:
-        message += f"; {'; '.join(excluded)}"
+        message += f"; {_excluded_summary(excluded)}"
     outcome: Outcome = "PartiallyPlaced" if placed else "InsufficientGPU"
     return _decision(plan, outcome, message)
 
@@ -440,11 +527,12 @@ def _grow(plan: _Plan, need: int) -> None:
     if not plan.policy.allow_split and not plan.shares:
         _place_whole(plan, need, types)
         return
+    existing = frozenset(plan.shares)  # shares from before this decision: never rehomed
     for type_index, gpu_type in enumerate(types):
         if need == 0:
             break
         before = need
-        if plan.gpu_bound(None, gpu_type) == 0:
+        if not plan.fleet_has_room(gpu_type):
             pass  # no node in the fleet has room for one replica of this type: nothing to look at
         elif plan.policy.strategy == "Spread" and plan.policy.allow_split:
             need = _spread(plan, need, gpu_type)
@@ -452,6 +540,55 @@ def _grow(plan: _Plan, need: int) -> None:
             need = _pack(plan, need, gpu_type)
         if gpu_type is not None:
             plan.reasons.append(_type_note(gpu_type, type_index, before - need))
+    if need and demand.gpus:
+        _rehome(plan, need, types, existing)
+
+
+def _rehome(plan: _Plan, need: int, types: tuple[str | None, ...], existing: frozenset[str]) -> int:
+    """Undo a type choice that stranded replicas.
+
+    One product per cluster share means a share that took the last few GPUs of a preferred type in a cluster
+    keeps the cluster's other acceptable products from the rest. When replicas are still missing, a share made in
+    this decision moves, whole, to the acceptable product that holds the most there, if that holds more (least
+    preferred clusters first; ties to the earlier type). Shares that existed before never move.
+    """
+    demand = plan.demand
+    for cluster in reversed(_ranked({c: s for c, s in plan.shares.items() if c not in existing}, plan.order)):
+        if need == 0:
+            break
+        share = plan.shares[cluster]
+        best: tuple[int, str | None, str | None] | None = None  # (replicas, gpu type, product)
+        for gpu_type in types:
+            for fit in _fit(plan.capacity, cluster, demand, gpu_type):
+                count = min(fit.replicas, share.replicas + need)
+                if fit.product != share.gpu_type and count > share.replicas and (best is None or count > best[0]):
+                    best = (count, gpu_type, fit.product)
+        if best is None:
+            continue
+        count, gpu_type, product = best
+        plan.capacity = _release(plan.capacity, cluster, demand, share)
+        placed, per_node, plan.capacity, _ = _fill_cluster(plan.capacity, cluster, demand, gpu_type, count, product)
+        plan.shares[cluster] = Share(cluster, placed, product, tuple(sorted(per_node.items())))
+        plan.reasons.append(
+            f"cluster {cluster}: {placed} replica(s) on {product} instead of {share.replicas} on {share.gpu_type} "
+            "(one GPU product per cluster, and this one holds more)"
+        )
+        need -= placed - share.replicas
+    return need
+
+
+def _release(capacity: FleetCapacity, cluster: str, demand: Demand, share: Share) -> FleetCapacity:
+    """Give back what `share` took in `cluster` (it was placed in this decision, on the nodes it names)."""
+    nodes = list(capacity.nodes(cluster))
+    taken = share.node_map()
+    changed = []
+    for i, node in enumerate(nodes):
+        if node.name in taken:
+            nodes[i] = node.take(
+                gpus=demand.gpus, cpu_m=demand.cpu_m, memory_bytes=demand.memory_bytes, count=-taken[node.name]
+            )
+            changed.append(i)
+    return capacity.with_cluster(cluster, tuple(nodes), changed)
 
 
 def _type_note(gpu_type: str, type_index: int, placed: int) -> str:
@@ -463,7 +600,7 @@ def _type_note(gpu_type: str, type_index: int, placed: int) -> str:
 
 def _pack(plan: _Plan, need: int, gpu_type: str | None) -> int:
     # 1. Grow clusters that already run replicas (no new cluster while an existing one has room).
-    for cluster in [c for c in plan.order if c in plan.shares]:
+    for cluster in _ranked(plan.shares, plan.order):
         if need == 0:
             break
         if plan.room(cluster, gpu_type) > 0:
@@ -471,29 +608,40 @@ def _pack(plan: _Plan, need: int, gpu_type: str | None) -> int:
     if need == 0 or not plan.policy.allow_split:
         return need
     # 2. The first cluster, in preference order, that holds everything that is left.
-    if plan.gpu_bound(None, gpu_type) >= need:
-        for cluster in plan.order:
-            if cluster not in plan.shares and plan.allowed(cluster) and plan.room(cluster, gpu_type, need) >= need:
-                return need - plan.fill(cluster, gpu_type, need)
+    for cluster in plan.new_clusters(gpu_type, need):
+        if plan.allowed(cluster) and plan.room(cluster, gpu_type, need, bounded=True) >= need:
+            return need - plan.fill(cluster, gpu_type, need)
     # 3. Split: fill clusters in preference order.
-    for cluster in plan.order:
+    for cluster in plan.new_clusters(gpu_type):
         if need == 0:
             break
-        if cluster not in plan.shares and plan.allowed(cluster) and plan.room(cluster, gpu_type) > 0:
+        if plan.allowed(cluster) and plan.room(cluster, gpu_type, bounded=True) > 0:
             need -= plan.fill(cluster, gpu_type, need)
     return need
 
 
 def _spread(plan: _Plan, need: int, gpu_type: str | None) -> int:
-    # Clusters by (replicas they run, rank); a cluster's room is looked at only when it comes up.
-    queue = [(plan.shares[c].replicas if c in plan.shares else 0, rank, c) for rank, c in enumerate(plan.order)]
+    """Each replica to the cluster with the fewest, ties in rank order.
+
+    Clusters without a share (0 replicas) always come before shares (≥ 1), so they are taken lazily in rank order;
+    the shares wait in a heap by (replicas, rank). A cluster's exact room is looked at only when it comes up.
+    """
+    rank = plan.order.index
+    queue = [(share.replicas, rank(c), c) for c, share in plan.shares.items()]
     heapq.heapify(queue)
-    while need > 0 and queue:
-        replicas, rank, cluster = heapq.heappop(queue)
-        if not plan.allowed(cluster) or plan.room(cluster, gpu_type) == 0:
-            continue  # maxClusters reached, or full for this type: it only gets fuller during this decision
+    fresh = plan.new_clusters(gpu_type)
+    while need > 0:
+        cluster = next(fresh, None) if plan.may_add_cluster() else None
+        if cluster is not None:
+            replicas = 0
+        elif queue:
+            replicas, _, cluster = heapq.heappop(queue)
+        else:
+            break
+        if plan.room(cluster, gpu_type) == 0:
+            continue  # full for this type: it only gets fuller during this decision
         need -= plan.fill(cluster, gpu_type, 1)
-        heapq.heappush(queue, (replicas + 1, rank, cluster))
+        heapq.heappush(queue, (replicas + 1, rank(cluster), cluster))
     return need
 
 
@@ -501,9 +649,9 @@ def _place_whole(plan: _Plan, need: int, types: tuple[str | None, ...]) -> None:
     """allowSplit false, first placement: one cluster, the first that holds everything, else the one holding most."""
     best: tuple[int, int, str] | None = None  # (replicas, type index, cluster)
     for type_index, gpu_type in enumerate(types):
-        if plan.gpu_bound(None, gpu_type) == 0:
+        if not plan.fleet_has_room(gpu_type):
             continue
-        for cluster in plan.order:
+        for cluster in plan.new_clusters(gpu_type):
             if not plan.allowed(cluster):
                 continue
             room = min(need, plan.room(cluster, gpu_type))
@@ -525,9 +673,10 @@ def _place_whole(plan: _Plan, need: int, types: tuple[str | None, ...]) -> None:
     plan.reasons.append(f"allowSplit is false and no cluster holds all {need}: {placed} in {cluster}, the roomiest")
 
 
-def _best_available(demand: Demand, capacity: FleetCapacity, order: list[str]) -> str:
-    """The largest free block left among the eligible clusters: of an acceptable type, and of any type."""
-    if not demand.gpus:
+def _best_available(plan: _Plan) -> str:
+    """The largest free block left among the eligible clusters, of an acceptable type and of any type."""
+    capacity, order = plan.capacity, plan.order
+    if not plan.demand.gpus:
         best: NodeFree | None = None
         for cluster in order:
             for node in capacity.nodes(cluster):
@@ -539,35 +688,62 @@ def _best_available(demand: Demand, capacity: FleetCapacity, order: list[str]) -
             return "no node without GPUs"
         free = f"{format_millicores(best.cpu_m)} CPU, {format_bytes(best.memory_bytes)} memory"
         return f"{free} on {best.cluster}/{best.name}"
+    acceptable = sorted({kind for t in plan.demand.gpu_types or (None,) for kind in plan.kinds(t)})
+    of_type = capacity.largest_gpu_block(order, acceptable)
+    any_type = capacity.largest_gpu_block(order)
+    text = _block(of_type) if of_type is not None else "no free GPU of an acceptable type"
+    if any_type is not None and (of_type is None or any_type.gpus > of_type.gpus):
+        text += f" (of any type: {_block(any_type)})"
+    return text
 
-    def acceptable(node: NodeFree) -> bool:
-        if demand.gpu_types and not any(gpu_type_matches(t, node.gpu_product) for t in demand.gpu_types):
-            return False
-        return node.gpu_memory_bytes >= demand.gpu_min_memory_bytes
 
-    of_type = describe_largest_free(capacity, order, acceptable)
-    any_type = describe_largest_free(capacity, order)
-    if of_type == any_type:
-        return of_type
-    return f"{of_type} of an acceptable type ({any_type} of any type)"
+def _block(node: NodeFree) -> str:
+    return f"{node.gpus} × {node.gpu_product} on {node.cluster}/{node.name}"
+
+
+def _excluded_summary(excluded: list[_Exclusion]) -> str:
+    """'excluded: 2 unhealthy (a, b), 74 not matching the clusterSelector (c, d, e, f, g, …)': short, for messages."""
+    parts = []
+    for why, label in (("unhealthy", "unhealthy"), ("unselected", "not matching the clusterSelector")):
+        names = [name for name, reason in excluded if reason == why]
+        if names:
+            shown = ", ".join(names[:_NAMES_SHOWN]) + (", …" if len(names) > _NAMES_SHOWN else "")
+            parts.append(f"{len(names)} {label} ({shown})")
+    return "excluded: " + ", ".join(parts)
+
+
+_NAMES_SHOWN = 5
+
+
+def _ranked(shares: Mapping[str, Share], order: list[str]) -> list[str]:
+    """The clusters of `shares` in rank order (shares are few; the order is the whole fleet)."""
+    if len(shares) <= 1:
+        return [c for c in shares if c in order]
+    return sorted((c for c in shares if c in order), key=order.index)
 
 
 def _summary(shares: dict[str, Share], order: list[str]) -> str:
-    parts = [
-        f"{c}={shares[c].replicas}" + (f" ({shares[c].gpu_type})" if shares[c].gpu_type else "")
-        for c in order
-        if c in shares and shares[c].replicas > 0
-    ]
+    return _summary_of(_final(shares, order))
+
+
+def _summary_of(final: tuple[Share, ...]) -> str:
+    parts = [f"{s.cluster}={s.replicas}" + (f" ({s.gpu_type})" if s.gpu_type else "") for s in final]
     return "placed " + (", ".join(parts) if parts else "nothing (0 replicas requested)")
 
 
-def _decision(plan: _Plan, outcome: Outcome, message: str) -> Decision:
-    final = tuple(plan.shares[c] for c in plan.order if c in plan.shares and plan.shares[c].replicas > 0)
+def _final(shares: dict[str, Share], order: list[str]) -> tuple[Share, ...]:
+    """The shares with replicas, in rank order."""
+    return tuple(shares[c] for c in _ranked(shares, order) if shares[c].replicas > 0)
+
+
+def _decision(plan: _Plan, outcome: Outcome, message: str | None) -> Decision:
+    """The decision; `message` None: the summary of what was placed."""
+    final = _final(plan.shares, plan.order)
     return Decision(
         shares=final,
         placed=sum(s.replicas for s in final),
         outcome=outcome,
         reasons=tuple(plan.reasons),
-        message=message,
+        message=_summary_of(final) if message is None else message,
         capacity=plan.capacity,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 _SUFFIXES: dict[str, Decimal] = {
     "n": Decimal("1e-9"),
@@ -37,6 +38,18 @@ _NUMBER = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$")
 
 def parse_quantity(value: str | int | float) -> Decimal:
     """Return the quantity's exact value in base units (cores, bytes, GPUs)."""
+    if isinstance(value, str):
+        return _parse_text(value)
+    return _parse(value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_text(value: str) -> Decimal:
+    # Snapshots repeat the same few quantities ("96", "1Ti", "8") millions of times.
+    return _parse(value)
+
+
+def _parse(value: str | int | float) -> Decimal:
     if isinstance(value, bool):
         raise ValueError(f"not a quantity: {value!r}")
     if isinstance(value, int | float):

@@ -58,10 +58,16 @@ async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> d
     if not keys:
         return {}
     d, b = tables.deployments, tables.deployment_plans
-    joined = d.outerjoin(b, and_(b.c.origin_cluster == d.c.origin_cluster, b.c.namespace == d.c.namespace,
-                                 b.c.name == d.c.name))
-    query = select(d, func.coalesce(b.c.plan_sequence, 0).label("plan_sequence"), b.c.last_status,
-                   b.c.last_outcome, b.c.last_decision_at).select_from(joined)
+    joined = d.outerjoin(
+        b, and_(b.c.origin_cluster == d.c.origin_cluster, b.c.namespace == d.c.namespace, b.c.name == d.c.name)
+    )
+    query = select(
+        d,
+        func.coalesce(b.c.plan_sequence, 0).label("plan_sequence"),
+        b.c.last_status,
+        b.c.last_outcome,
+        b.c.last_decision_at,
+    ).select_from(joined)
     rows = _rows(await conn.execute(query.where(tuple_(d.c.origin_cluster, d.c.namespace, d.c.name).in_(keys))))
     return {(r["origin_cluster"], r["namespace"], r["name"]): r for r in rows}
 

@@ -82,8 +82,9 @@ WITH input AS (
     SELECT * FROM unnest(
         CAST(:event_ids AS text[]), CAST(:stream_ids AS text[]), CAST(:types AS text[]),
         CAST(:schema_versions AS smallint[]), CAST(:clusters AS text[]), CAST(:payloads AS text[]),
-        CAST(:metadatas AS text[]), CAST(:occurred AS timestamptz[])
-    ) WITH ORDINALITY AS i(event_id, stream_id, type, schema_version, cluster, payload, metadata, occurred_at, ord)
+        CAST(:metadatas AS text[]), CAST(:occurred AS timestamptz[]), CAST(:object_keys AS text[])
+    ) WITH ORDINALITY AS i(event_id, stream_id, type, schema_version, cluster, payload, metadata, occurred_at,
+                           object_key, ord)
 ), fresh AS (
     SELECT DISTINCT ON (i.event_id) i.* FROM input i
     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)
@@ -94,12 +95,19 @@ WITH input AS (
     FROM fresh f
 )
 INSERT INTO events (event_id, stream_id, stream_version, type, schema_version, cluster, payload, metadata,
-                    occurred_at)
+                    occurred_at, object_key)
 SELECT event_id, stream_id, stream_version, type, schema_version, cluster, CAST(payload AS jsonb),
-       CAST(metadata AS jsonb), occurred_at
+       CAST(metadata AS jsonb), occurred_at, object_key
 FROM numbered ORDER BY ord
 RETURNING event_id, position, stream_id, stream_version
 """)
+
+
+def object_key(event: Event) -> str | None:
+    """The key under which later observations supersede earlier ones (see store.projections)."""
+    if isinstance(event, ResourceObserved | ResourceDeleted):
+        return f"{event.cluster}/{event.kind}/{event.uid}"
+    return None
 
 
 def payload_json(event: Event) -> str:
@@ -126,6 +134,7 @@ async def append(conn: AsyncConnection, items: Sequence[tuple[Event, dict[str, A
             "payloads": [payload_json(e) for e, _ in items],
             "metadatas": [json.dumps(m) for _, m in items],
             "occurred": [occurred_at(e) for e, _ in items],
+            "object_keys": [object_key(e) for e, _ in items],
         },
     )
     stored = {row.event_id: row for row in result}

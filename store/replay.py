@@ -31,19 +31,27 @@ _SUPERSEDABLE = ("ResourceObserved", "ResourceDeleted")
 
 
 def _latest_per_object(until: datetime | None) -> Any:
-    """Events in position order, keeping for each object only its last observation or deletion."""
-    e = tables.events
-    supersedable = e.c.type.in_(_SUPERSEDABLE)
-    rank = func.row_number().over(
-        partition_by=(e.c.cluster, e.c.payload["kind"].astext, e.c.payload["uid"].astext),
-        order_by=e.c.position.desc(),
-    )
-    inner = select(e, rank.label("rank"), supersedable.label("supersedable"))
-    if until is not None:
-        inner = inner.where(e.c.recorded_at <= until)
-    ranked = inner.subquery()
-    columns = [ranked.c[c.name] for c in e.columns]
-    return select(*columns).where((ranked.c.rank == 1) | ~ranked.c.supersedable).order_by(ranked.c.position)
+    """Events in position order, keeping for each object only its last observation or deletion.
+
+    The last event per object comes from one walk of the (object_key, position) index (DISTINCT ON); every other
+    event (decisions, plans, cluster health, resyncs) is kept.
+    """
+    window = "AND recorded_at <= :until" if until is not None else ""
+    # Positions first (an index-only walk), whole rows only for the winners: most observations are superseded and
+    # their payloads are never read.
+    query = text(f"""
+        WITH latest AS (
+            SELECT DISTINCT ON (object_key) position FROM events
+            WHERE object_key IS NOT NULL {window}
+            ORDER BY object_key, position DESC
+        )
+        SELECT * FROM (
+            SELECT * FROM events WHERE object_key IS NULL {window}
+            UNION ALL
+            SELECT events.* FROM events JOIN latest USING (position)
+        ) merged ORDER BY position
+    """)  # noqa: S608 - the only interpolation is a fixed clause
+    return query.bindparams(until=until) if until is not None else query
 
 
 @dataclass

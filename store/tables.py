@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -55,9 +56,14 @@ events = Table(
     Column("metadata", JSONB, nullable=False),
     Column("occurred_at", TZ, nullable=False),
     Column("recorded_at", TZ, nullable=False, server_default=func.now()),
+    # cluster/kind/uid of the object an observation is about (NULL for other events): a later observation of the
+    # same object supersedes an earlier one, and replay finds the last of each with one index walk.
+    Column("object_key", Text),
     UniqueConstraint("stream_id", "stream_version"),
     Index("ix_events_type_occurred_at", "type", "occurred_at"),
     Index("ix_events_occurred_at", "occurred_at"),
+    Index("ix_events_object_key_position", "object_key", "position", postgresql_where=text("object_key IS NOT NULL")),
+    Index("ix_events_unkeyed_position", "position", postgresql_where=text("object_key IS NULL")),
 )
 
 # -------------------------------------------------------------------------------------------------- projections
@@ -287,5 +293,14 @@ planner_epochs = Table(
 )
 
 PROJECTION_TABLES = (
-    clusters, nodes, pods, models, deployments, deployment_plans, placements, workloads, plans, apply_results,
+    clusters,
+    nodes,
+    pods,
+    models,
+    deployments,
+    deployment_plans,
+    placements,
+    workloads,
+    plans,
+    apply_results,
 )

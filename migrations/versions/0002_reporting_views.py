@@ -79,12 +79,12 @@ VIEWS: dict[str, str] = {
         FROM events e WHERE e.type = 'PlacementDecided'
     """,
     # Allocated GPU-hours per deployment and day: the GPUs a placement held (running or reserved), integrated
-    # over the time until the next decision for that deployment.
+    # from each decision's time (occurred_at: when the planner decided) to the next decision for that deployment.
     "report_gpu_hours": """
         WITH decisions AS (
             SELECT e.payload->>'origin_cluster' AS origin_cluster, e.payload->>'namespace' AS namespace,
-                   e.payload->>'name' AS name, e.recorded_at AS start_at,
-                   lead(e.recorded_at, 1, now()) OVER (
+                   e.payload->>'name' AS name, e.occurred_at AS start_at,
+                   lead(e.occurred_at, 1, now()) OVER (
                        PARTITION BY e.payload->>'origin_cluster', e.payload->>'namespace', e.payload->>'name'
                        ORDER BY e.position) AS end_at,
                    coalesce((e.payload->>'replica_gpus')::int, 0) * coalesce(
