@@ -50,7 +50,7 @@ def _latest_per_object(until: datetime | None) -> Any:
             UNION ALL
             SELECT events.* FROM events JOIN latest USING (position)
         ) merged ORDER BY position
-    """)  # noqa: S608 - the only interpolation is a fixed clause
+    """)
     return query.bindparams(until=until) if until is not None else query
 
 

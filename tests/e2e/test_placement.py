@@ -17,18 +17,29 @@ pytestmark = [pytest.mark.anyio, pytest.mark.fleet, pytest.mark.services]
 
 
 def model(name: str, *, gpus: int, types: list[str], cpu: str = "4", memory: str = "32Gi") -> str:
-    return yaml.safe_dump({
-        "apiVersion": "llm.example.com/v1alpha1", "kind": "LLMModel", "metadata": {"name": name},
-        "spec": {"modelName": name, "image": f"registry.example/{name}:v1",
-                 "resources": {"cpu": cpu, "memory": memory, "gpu": {"count": gpus, "types": types}}},
-    })
+    return yaml.safe_dump(
+        {
+            "apiVersion": "llm.example.com/v1alpha1",
+            "kind": "LLMModel",
+            "metadata": {"name": name},
+            "spec": {
+                "modelName": name,
+                "image": f"registry.example/{name}:v1",
+                "resources": {"cpu": cpu, "memory": memory, "gpu": {"count": gpus, "types": types}},
+            },
+        }
+    )
 
 
 def deployment(name: str, model_ref: str, replicas: int, **spec: Any) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "llm.example.com/v1alpha1", "kind": "LLMDeployment", "metadata": {"name": name},
-        "spec": {"modelRef": model_ref, "replicas": replicas, **spec},
-    })
+    return yaml.safe_dump(
+        {
+            "apiVersion": "llm.example.com/v1alpha1",
+            "kind": "LLMDeployment",
+            "metadata": {"name": name},
+            "spec": {"modelRef": model_ref, "replicas": replicas, **spec},
+        }
+    )
 
 
 async def conditions(kubectl: Kubectl, role: str, ns: str, name: str) -> dict[str, dict[str, Any]]:
@@ -78,8 +89,9 @@ async def private_gpus(operator: RunningOperator) -> AsyncIterator[str]:
     """One 8-GPU node of a GPU product nobody else uses, in the mixed cluster: capacity this test owns."""
     token = uuid.uuid4().hex[:6]
     product = f"TEST-GPU-{token}"
-    node = NodeSpec(name=f"private-{token}", cpu="64", memory="512Gi", gpus=8, gpu_product=product,
-                    gpu_memory_mib=81920)
+    node = NodeSpec(
+        name=f"private-{token}", cpu="64", memory="512Gi", gpus=8, gpu_product=product, gpu_memory_mib=81920
+    )
     fleet = operator.kubectl.fleet
     fleet.apply_nodes("mixed", [node])
     yield product
@@ -156,7 +168,10 @@ async def test_a_silent_cluster_fails_over_and_the_old_copy_goes_only_after_it_i
 
     async def settled() -> dict[str, Any] | None:
         conds = await conditions(kubectl, "cpu", ns, "ha-chat")
-        return conds if conds.get("Ready", {}).get("status") == "True" and \
-            conds.get("Degraded", {}).get("status") == "False" else None
+        return (
+            conds
+            if conds.get("Ready", {}).get("status") == "True" and conds.get("Degraded", {}).get("status") == "False"
+            else None
+        )
 
     await eventually(settled, timeout=30, what="Ready and not Degraded after failover")
