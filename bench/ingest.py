@@ -127,4 +127,9 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.batch))
+    try:
+        import uvloop
+
+        uvloop.run(main(args.events, args.batch))  # what the operator runs on (llm_operator.cli)
+    except ImportError:
+        asyncio.run(main(args.events, args.batch))

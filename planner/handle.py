@@ -108,6 +108,7 @@ async def step(
     result.position = position
 
     incoming: list[tuple[Event, dict[str, Any]]] = []
+    incoming_raw: list[bytes | None] = []
     heartbeats: dict[str, ClusterHeartbeat] = {}
     for delivery in deliveries:
         if delivery.stream_sequence <= position:
@@ -135,10 +136,13 @@ async def step(
         incoming.append(
             (event, {"subject": delivery.subject, "stream_sequence": delivery.stream_sequence, "epoch": epoch})
         )
+        incoming_raw.append(delivery.data)
 
     clusters = {c["name"]: c for c in await queries.clusters(conn)}
     generated = _cluster_events(heartbeats.values(), clusters, now, config)
-    recorded = await recorder.append(conn, incoming + [(e, {"epoch": epoch}) for e in generated])
+    recorded = await recorder.append(
+        conn, incoming + [(e, {"epoch": epoch}) for e in generated], raw=incoming_raw + [None] * len(generated)
+    )
     result.recorded = len(recorded)
     result.duplicates += len(incoming) + len(generated) - len(recorded)
     await recorder.apply_ops(conn, [op for r in recorded for op in fold(r.event)])

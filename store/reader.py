@@ -68,8 +68,13 @@ def upcast(
     return payload
 
 
+_ENVELOPE = ("event_id", "type", "schema_version", "cluster")
+
+
 def decode_row(row: Mapping[str, Any]) -> Event:
-    payload = upcast(row["type"], int(row["schema_version"]), dict(row["payload"]))
+    # Payloads recorded from the wire may still carry the envelope; the columns are authoritative.
+    payload = {k: v for k, v in row["payload"].items() if k not in _ENVELOPE}
+    payload = upcast(row["type"], int(row["schema_version"]), payload)
     data = {
         **payload,
         "event_id": row["event_id"],

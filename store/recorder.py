@@ -118,10 +118,23 @@ def payload_of(event: Event) -> dict[str, Any]:
     return event.model_dump(mode="json", exclude=_ENVELOPE)
 
 
-async def append(conn: AsyncConnection, items: Sequence[tuple[Event, dict[str, Any]]]) -> list[Recorded]:
-    """Append (event, metadata) pairs not yet stored; return what was new, in order, with positions."""
+async def append(
+    conn: AsyncConnection,
+    items: Sequence[tuple[Event, dict[str, Any]]],
+    *,
+    raw: Sequence[bytes | None] | None = None,
+) -> list[Recorded]:
+    """Append (event, metadata) pairs not yet stored; return what was new, in order, with positions.
+
+    `raw`, when given, holds the JSON each event was decoded from (None where there is none): it is stored as the
+    payload as it is, which saves serialising the event again; readers take the envelope from the columns.
+    """
     if not items:
         return []
+    payloads = [
+        raw_json.decode() if raw_json is not None else payload_json(event)
+        for (event, _), raw_json in zip(items, raw or [None] * len(items), strict=True)
+    ]
     streams = [stream_of(event) for event, _ in items]
     result = await conn.execute(
         _APPEND,
@@ -131,7 +144,7 @@ async def append(conn: AsyncConnection, items: Sequence[tuple[Event, dict[str, A
             "types": [e.type for e, _ in items],
             "schema_versions": [e.schema_version for e, _ in items],
             "clusters": [e.cluster for e, _ in items],
-            "payloads": [payload_json(e) for e, _ in items],
+            "payloads": payloads,
             "metadatas": [json.dumps(m) for _, m in items],
             "occurred": [occurred_at(e) for e, _ in items],
             "object_keys": [object_key(e) for e, _ in items],

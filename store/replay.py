@@ -2,8 +2,8 @@
 
 Guarantees:
 - `rebuild` empties every projection and refolds the whole log in one transaction (holding the writers' lock,
-  so no planner step interleaves); afterwards the projections equal what live folding produced (except the
-  volatile `clusters.last_heartbeat_at`, which is not logged).
+  so no planner step interleaves); afterwards the projections equal what live folding produced; the volatile
+  `clusters.last_heartbeat_at` (not logged) is carried over, so a live planner sees no false silence.
 - Memory stays bounded: events are streamed from the server in chunks and applied chunk by chunk.
 - Superseded observations are skipped: an observation of an object is replaced by any later observation or
   deletion of the same object (full snapshots), so only the last one per object needs folding. This is what makes
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import recorder, tables
@@ -84,6 +84,9 @@ async def rebuild(conn: AsyncConnection, *, chunk: int = 5000) -> ReplayStats:
     started = time.perf_counter()
     await recorder.lock_writers(conn)
     stats = ReplayStats(events_in_log=int(await conn.scalar(select(func.count()).select_from(tables.events)) or 0))
+    # Heartbeat times are not in the log: keep them, or a running planner would see every cluster as silent
+    # right after the rebuild and fail them over.
+    heartbeats = (await conn.execute(select(tables.clusters.c.name, tables.clusters.c.last_heartbeat_at))).all()
     names = ", ".join(t.name for t in tables.PROJECTION_TABLES)
     await conn.execute(text(f"TRUNCATE {names}"))
 
@@ -95,6 +98,10 @@ async def rebuild(conn: AsyncConnection, *, chunk: int = 5000) -> ReplayStats:
     engine = conn.engine
     async with engine.connect() as reader:
         stats.events_folded = await _stream_ops(reader, until=None, chunk=chunk, sink=sink)
+    for name, last_heartbeat_at in heartbeats:
+        await conn.execute(
+            update(tables.clusters).where(tables.clusters.c.name == name).values(last_heartbeat_at=last_heartbeat_at)
+        )
     stats.seconds = time.perf_counter() - started
     return stats
 
