@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import nats
@@ -86,18 +87,45 @@ async def hub_urls(
                 await anyio.to_thread.run_sync(started_pg.stop)
 
 
+async def _reachable(url: str, timeout: float = 5.0) -> str | None:
+    """None if some server of the (comma-separated) NATS URL accepts TCP connections, else why not."""
+    problems = []
+    for server in url.split(","):
+        parsed = urlsplit(server.strip() if "://" in server else f"nats://{server.strip()}")
+        try:
+            with anyio.fail_after(timeout):
+                stream = await anyio.connect_tcp(parsed.hostname or "127.0.0.1", parsed.port or 4222)
+            await stream.aclose()
+            return None
+        except (OSError, TimeoutError) as exc:
+            problems.append(f"{parsed.hostname}:{parsed.port or 4222}: {exc or 'timed out'}")
+    return "; ".join(problems)
+
+
 async def connect_nats(url: str, *, name: str, credentials: Path | None = None) -> NatsClient:
+    """Connect, failing fast if no server answers now; once connected, reconnect forever."""
+    problem = await _reachable(url)
+    if problem:
+        raise OperatorError(
+            f"cannot reach NATS at {url} ({problem}): start NATS, fix LLMOP_NATS_URL, or unset it to use the "
+            "embedded server"
+        )
+
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS: %s", exc)
 
+    closing: list[NatsClient] = []
+
     async def on_disconnect() -> None:
+        if closing and (closing[0].is_closed or closing[0].is_draining):
+            return  # our own shutdown
         logger.warning("NATS: disconnected from %s; reconnecting", url)
 
     async def on_reconnect() -> None:
         logger.info("NATS: reconnected to %s", url)
 
     try:
-        return await nats.connect(
+        client = await nats.connect(
             url,
             name=name,
             connect_timeout=5,
@@ -114,6 +142,8 @@ async def connect_nats(url: str, *, name: str, credentials: Path | None = None) 
             f"cannot reach NATS at {url}: {exc or type(exc).__name__} "
             "(start NATS, fix LLMOP_NATS_URL, or unset it to use the embedded server)"
         ) from exc
+    closing.append(client)
+    return client
 
 
 async def open_engine(url: str, *, migrate: bool) -> AsyncEngine:
@@ -140,7 +170,17 @@ async def connect_kube(member: Member, *, kubeconfig: Path | None) -> Kube:
             api = k8s_client.ApiClient(configuration)
         else:
             config_file = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or None
-            api = await k8s_config.new_client_from_config(config_file=config_file, context=member.context)
+            path = Path(config_file or Path.home() / ".kube" / "config").expanduser()
+            if not path.exists():
+                raise OperatorError(f"cluster {member.name}: kubeconfig {path} does not exist (set LLMOP_KUBECONFIG)")
+            contexts, _ = k8s_config.list_kube_config_contexts(config_file=str(path))
+            names = [c["name"] for c in contexts or []]
+            if member.context and member.context not in names:
+                raise OperatorError(
+                    f"cluster {member.name}: kubeconfig {path} has no context {member.context!r} "
+                    f"(it has: {', '.join(names) or 'none'})"
+                )
+            api = await k8s_config.new_client_from_config(config_file=str(path), context=member.context)
     except (k8s_config.ConfigException, FileNotFoundError, OSError) as exc:
         where = "the in-cluster service account" if member.in_cluster else f"kubeconfig context {member.context!r}"
         raise OperatorError(f"cluster {member.name}: cannot use {where}: {exc}") from exc
