@@ -162,6 +162,22 @@ async def open_engine(url: str, *, migrate: bool) -> AsyncEngine:
 # -------------------------------------------------------------------------------------------- member clusters
 
 
+def _kubeconfig_for(member: Member, kubeconfig: Path | None) -> Path:
+    """The kubeconfig file to use, checked: it exists and has the member's context."""
+    config_file = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or None
+    path = Path(config_file or Path.home() / ".kube" / "config").expanduser()
+    if not path.exists():
+        raise OperatorError(f"cluster {member.name}: kubeconfig {path} does not exist (set LLMOP_KUBECONFIG)")
+    contexts, _ = k8s_config.list_kube_config_contexts(config_file=str(path))
+    names = [c["name"] for c in contexts or []]
+    if member.context and member.context not in names:
+        raise OperatorError(
+            f"cluster {member.name}: kubeconfig {path} has no context {member.context!r} "
+            f"(it has: {', '.join(names) or 'none'})"
+        )
+    return path
+
+
 async def connect_kube(member: Member, *, kubeconfig: Path | None) -> Kube:
     try:
         if member.in_cluster:
@@ -169,17 +185,7 @@ async def connect_kube(member: Member, *, kubeconfig: Path | None) -> Kube:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             api = k8s_client.ApiClient(configuration)
         else:
-            config_file = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or None
-            path = Path(config_file or Path.home() / ".kube" / "config").expanduser()
-            if not path.exists():
-                raise OperatorError(f"cluster {member.name}: kubeconfig {path} does not exist (set LLMOP_KUBECONFIG)")
-            contexts, _ = k8s_config.list_kube_config_contexts(config_file=str(path))
-            names = [c["name"] for c in contexts or []]
-            if member.context and member.context not in names:
-                raise OperatorError(
-                    f"cluster {member.name}: kubeconfig {path} has no context {member.context!r} "
-                    f"(it has: {', '.join(names) or 'none'})"
-                )
+            path = _kubeconfig_for(member, kubeconfig)
             api = await k8s_config.new_client_from_config(config_file=str(path), context=member.context)
     except (k8s_config.ConfigException, FileNotFoundError, OSError) as exc:
         where = "the in-cluster service account" if member.in_cluster else f"kubeconfig context {member.context!r}"
