@@ -75,11 +75,15 @@ async def campaign(engine: AsyncEngine, *, holder: str, retry_interval: float = 
                             insert(tables.planner_epochs).values(holder=holder).returning(tables.planner_epochs.c.epoch)
                         )
                     logger.info("planner %s leads with epoch %s", holder, epoch)
-                    return Lease(conn, int(epoch or 0), holder)
+                    lease, conn = Lease(conn, int(epoch or 0), holder), None
+                    return lease
         except TransientStoreError as exc:
             logger.warning("leader election: %s (retrying)", exc)
-        if conn is not None:
-            await conn.close()
+        finally:
+            # Not leading (or cancelled half-way): give the connection, and with it any lock, back.
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
         if not announced:
             logger.info("planner %s is standing by: another planner leads", holder)
             announced = True

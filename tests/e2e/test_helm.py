@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import anyio
 import pytest
 import yaml
 from anyio.abc import Process
 
+from llm_operator.embedded import _free_port
 from tests.fixtures.operator import Kubectl, eventually
 from tests.fixtures.services import Hub, repo_root
 
@@ -349,10 +351,14 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
         assert env["LLMOP_SUBJECT_PREFIX"] == hub.subjects.prefix
         # Only this test's namespace (other tests share the fleet); the chart's default is all namespaces.
         agent_cmd = [OPERATOR, *container["args"], "--context", "chart-sa", "--kubeconfig", kubeconfig, "-n", namespace]
+        # In a pod each process has the chart's metrics port to itself; here both run on one host.
+        agent_port = _free_port()
+        env["LLMOP_METRICS_PORT"] = str(agent_port)
         planner_env = {
             **env,
             "LLMOP_DATABASE_URL": hub.database_url,
             "LLMOP_HEARTBEAT_TIMEOUT_SECONDS": "10",
+            "LLMOP_METRICS_PORT": str(_free_port()),
         }
         planner_log, agent_log = tmp_path / "planner.log", tmp_path / "agent.log"
 
@@ -390,6 +396,11 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
             assert [p["port"] for p in service["spec"]["ports"]] == [8080]
             assert llmd["metadata"]["finalizers"] == ["llm.example.com/cleanup"]
             assert llmd["status"]["placements"][0]["cluster"] == fleet.clusters[role].name
+            # The probes the chart declares: the agent, with the chart's identity, is alive and ready.
+            async with aiohttp.ClientSession() as session:
+                for path in ("/healthz", "/readyz"):
+                    async with session.get(f"http://127.0.0.1:{agent_port}{path}") as response:
+                        assert response.status == 200, f"{path}: {await response.text()}"
 
             # Deleting it: the applier prunes the workload and releases its finalizer.
             await kubectl(role, "delete", "-n", namespace, "-f", str(SEED / "deployment.yaml"), "--wait=false")
