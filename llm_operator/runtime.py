@@ -248,6 +248,7 @@ async def run_components(
                     holder=f"{socket.gethostname()}-{os.getpid()}",
                     heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
                     recovery_hold_seconds=settings.recovery_hold_seconds,
+                    unschedulable_seconds=settings.unschedulable_seconds,
                 )
                 tg.start_soon(partial(run_planner, engine=engine, js=js, subjects=subjects, settings=planner_settings))
             for member, kube in zip(members, kubes, strict=True):

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     """Silence after which the planner marks a cluster Unhealthy and fails its deployments over."""
     recovery_hold_seconds: float = Field(default=5.0, ge=0)
     """How long an Unhealthy cluster stays Unhealthy at least, even if heartbeats resume (no flapping)."""
+    unschedulable_seconds: float = Field(default=60.0, gt=0)
+    """Replicas the cluster's scheduler has left Pending this long are placed elsewhere (no pods parked Pending)."""
     resync_seconds: float = Field(default=600.0, gt=0)
     """Full relist period of every watch."""
     metrics_port: int = Field(default=0, ge=0, le=65535)

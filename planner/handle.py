@@ -71,6 +71,8 @@ class StepConfig:
     heartbeat_timeout: timedelta
     recovery_hold: timedelta
     """A cluster that went unhealthy is trusted again only after this long (hysteresis against flapping)."""
+    unschedulable: timedelta = timedelta(seconds=60)
+    """Replicas left Pending by a cluster's scheduler for this long are placed elsewhere."""
 
 
 @dataclass
@@ -161,6 +163,9 @@ async def step(
         await recorder.record_position(conn, config.consumer, result.position)
         return result
     affected = await _affected(conn, [r.event for r in recorded])
+    affected = sorted(
+        set(affected) | set(await queries.stuck_deployment_keys(conn, stuck_before=now - config.unschedulable))
+    )
     if mode == "full":
         affected = sorted(set(affected) | set(await queries.all_deployment_keys(conn)))
     if affected:
@@ -350,6 +355,7 @@ async def _decide(
         ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in await queries.clusters(conn)
     ]
     rows = await queries.deployments(conn, keys)
+    scheduling = await queries.scheduling(conn, keys, stuck_before=now - config.unschedulable)
     reports: dict[DeploymentKey, list[ApplyReported]] = {}
     for r in recorded:
         if isinstance(r.event, ApplyReported):
@@ -358,7 +364,9 @@ async def _decide(
     ordered = sorted(keys, key=lambda k: (rows[k]["created_at"] if k in rows else now, k))
     decisions = plans = 0
     for key in ordered:
-        inputs = await _inputs(conn, key, rows.get(key), cluster_infos, capacity, epoch, now, reports.get(key, []))
+        inputs = await _inputs(
+            conn, key, rows.get(key), cluster_infos, capacity, epoch, now, reports.get(key, []), scheduling.get(key, {})
+        )
         if inputs is None:
             continue
         outcome = reconcile(inputs)
@@ -398,6 +406,7 @@ async def _inputs(
     epoch: int,
     now: datetime,
     reports: list[ApplyReported],
+    scheduling: dict[str, tuple[int, int]],
 ) -> Inputs | None:
     placements = await queries.placements_for(conn, key)
     last_plans = {
@@ -487,6 +496,7 @@ async def _inputs(
         now=now,
         reports=reports,
         plan_sequence=row["plan_sequence"] if row is not None else await queries.plan_sequence(conn, key),
+        scheduling=scheduling,
     )
 
 

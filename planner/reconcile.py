@@ -15,7 +15,7 @@ Pure: no I/O, no clock (`now` and `epoch` are inputs).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +89,8 @@ class Inputs:
     """Apply results that arrived in this batch (they become Kubernetes Events)."""
     plan_sequence: int = 0
     """The last plan sequence issued for this deployment (kept even after the LLMDeployment is gone)."""
+    scheduling: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Per cluster: (this deployment's pods bound to a node, its pods left Pending unscheduled for too long)."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +164,38 @@ def reconcile(inputs: Inputs) -> Outcome:
         for p in active_now
         if p.cluster not in retiring
     ]
+    # Replicas a cluster's scheduler left Pending too long (a node vanished, was cordoned or tainted): the share
+    # keeps what runs, and the rest is placed elsewhere — never in the same cluster in this decision. Pods beyond
+    # what the share still expects are already being removed and do not count.
+    unschedulable: dict[str, int] = {}
+    for share in current:
+        bound, stuck = inputs.scheduling.get(share.cluster, (0, 0))
+        surplus = min(stuck, max(0, share.replicas - bound))
+        if surplus and healthy.get(share.cluster, False):
+            unschedulable[share.cluster] = surplus
+    current = [
+        replace(s, replicas=s.replicas - unschedulable.get(s.cluster, 0)) if s.cluster in unschedulable else s
+        for s in current
+    ]
+    capacity = inputs.capacity
+    for cluster in unschedulable:
+        capacity = capacity.with_cluster(cluster, ())
 
     demand = demand_of(inputs.ref.key, dep.origin, desired, model)
     policy = policy_of(spec)
-    decision = place(demand, clusters=inputs.clusters, capacity=inputs.capacity, policy=policy, current=current)
+    decision = place(demand, clusters=inputs.clusters, capacity=capacity, policy=policy, current=current)
+    if unschedulable:
+        restored = decision.capacity
+        for cluster in unschedulable:
+            restored = restored.with_cluster(cluster, inputs.capacity.nodes(cluster))
+        decision = replace(
+            decision,
+            capacity=restored,
+            reasons=(
+                *(f"{n} replica(s) unschedulable in cluster {c}: placed elsewhere" for c, n in unschedulable.items()),
+                *decision.reasons,
+            ),
+        )
     new_active = {s.cluster: s for s in decision.shares}
     # Active shares place() let go of because the policy no longer selects their cluster (or maxClusters
     # released them) keep running until the replacement is ready; plain scale-downs apply at once.
@@ -215,6 +245,14 @@ def reconcile(inputs: Inputs) -> Outcome:
     outcome_name = "Suspended" if spec.suspend else decision.outcome
     message = "suspended" if spec.suspend else decision.message
     events = _kube_events(inputs, outcome_name, message, failed_over)
+    events += [
+        KubeEvent(
+            type="Warning",
+            reason="Unschedulable",
+            message=f"{n} replica(s) left Pending by cluster {c}'s scheduler: placing them elsewhere",
+        )
+        for c, n in unschedulable.items()
+    ]
     return _emit(inputs, dep, spec, model, shares, outcome_name, message, decision, events, desired)
 
 

@@ -41,6 +41,7 @@ class PlannerSettings:
     tick_seconds: float = 0.5
     heartbeat_timeout_seconds: float = 10.0
     recovery_hold_seconds: float = 5.0
+    unschedulable_seconds: float = 60.0
     retry_seconds: float = 1.0
 
 
@@ -81,6 +82,7 @@ async def _lead(
         subjects=subjects,
         heartbeat_timeout=timedelta(seconds=settings.heartbeat_timeout_seconds),
         recovery_hold=timedelta(seconds=settings.recovery_hold_seconds),
+        unschedulable=timedelta(seconds=settings.unschedulable_seconds),
     )
     with translated("read planner position"):
         async with engine.connect() as conn:

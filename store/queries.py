@@ -7,6 +7,7 @@ the projections exactly as folded so far in that transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, tuple_
@@ -200,3 +201,45 @@ async def all_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     d = tables.deployments
     rows = (await conn.execute(select(d.c.origin_cluster, d.c.namespace, d.c.name))).all()
     return [(a, b, c) for a, b, c in rows] + await orphan_keys(conn)
+
+
+async def scheduling(
+    conn: AsyncConnection, keys: Iterable[DeploymentKey], *, stuck_before: datetime
+) -> dict[DeploymentKey, dict[str, tuple[int, int]]]:
+    """Per deployment and cluster: (pods bound to a node, pods Pending unscheduled since before `stuck_before`)."""
+    wanted = {f"{o}/{n}/{d}": (o, n, d) for o, n, d in keys}
+    if not wanted:
+        return {}
+    t = tables.pods
+    live = t.c.phase.not_in(["Succeeded", "Failed"])
+    bound = func.count().filter(t.c.node_name.is_not(None))
+    stuck = func.count().filter(t.c.node_name.is_(None), t.c.phase == "Pending", t.c.updated_at < stuck_before)
+    rows = await conn.execute(
+        select(t.c.deployment_key, t.c.cluster, bound, stuck)
+        .where(t.c.deployment_key.in_(list(wanted)), live)
+        .group_by(t.c.deployment_key, t.c.cluster)
+    )
+    out: dict[DeploymentKey, dict[str, tuple[int, int]]] = {}
+    for key, cluster, bound_count, stuck_count in rows:
+        out.setdefault(wanted[key], {})[cluster] = (int(bound_count), int(stuck_count))
+    return out
+
+
+async def stuck_deployment_keys(conn: AsyncConnection, *, stuck_before: datetime) -> list[DeploymentKey]:
+    """Deployments with pods that no node has taken for too long."""
+    t = tables.pods
+    rows = await conn.execute(
+        select(t.c.deployment_key)
+        .where(
+            t.c.deployment_key.is_not(None),
+            t.c.node_name.is_(None),
+            t.c.phase == "Pending",
+            t.c.updated_at < stuck_before,
+        )
+        .distinct()
+    )
+    out = []
+    for (key,) in rows:
+        origin, namespace, name = str(key).split("/", 2)
+        out.append((origin, namespace, name))
+    return out

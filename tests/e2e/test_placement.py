@@ -175,3 +175,47 @@ async def test_a_silent_cluster_fails_over_and_the_old_copy_goes_only_after_it_i
         )
 
     await eventually(settled, timeout=30, what="Ready and not Degraded after failover")
+
+
+async def test_replicas_the_scheduler_cannot_place_move_instead_of_waiting_pending(
+    operator: RunningOperator, kubectl: Kubectl
+) -> None:
+    """A node is cordoned and its pod evicted: the replacement pod cannot be scheduled in that cluster, so after
+    the unschedulable timeout the replica is placed in another cluster — no pod is left Pending."""
+    ns, fleet = operator.namespace, operator.kubectl.fleet
+    token = uuid.uuid4().hex[:6]
+    product = f"TEST-GPU-{token}"
+    here = NodeSpec(name=f"here-{token}", cpu="64", memory="512Gi", gpus=8, gpu_product=product, gpu_memory_mib=81920)
+    there = NodeSpec(name=f"there-{token}", cpu="64", memory="512Gi", gpus=8, gpu_product=product, gpu_memory_mib=81920)
+    fleet.apply_nodes("mixed", [here])
+    fleet.apply_nodes("a100", [there])
+    try:
+        await kubectl("cpu", "apply", "-n", ns, "-f", "-", input=model("moving", gpus=4, types=[product]))
+        await kubectl(
+            "cpu",
+            "apply",
+            "-n",
+            ns,
+            "-f",
+            "-",
+            input=deployment("mover", "moving", 1, placement={"clusters": [operator.cluster("mixed")]}),
+        )
+
+        async def running_in(role: str) -> bool:
+            return len(await running_pods(kubectl, role, ns, "mover")) == 1
+
+        await eventually(lambda: running_in("mixed"), timeout=60, what="the replica on the preferred cluster")
+        await kubectl("mixed", "cordon", here.name)
+        await kubectl("mixed", "delete", "pods", "-n", ns, "-l", "llm.example.com/deployment=mover", "--wait=false")
+
+        await eventually(lambda: running_in("a100"), timeout=60, what="the replica placed in another cluster")
+
+        async def mixed_workload_gone() -> bool:
+            return await kubectl.get("mixed", "deployment", "mover", "-n", ns) is None
+
+        await eventually(mixed_workload_gone, timeout=30, what="no workload (and no Pending pod) left behind")
+        events = await kubectl.json("cpu", "get", "events", "-n", ns, "--field-selector", "involvedObject.name=mover")
+        assert "Unschedulable" in {e["reason"] for e in events["items"]}
+    finally:
+        fleet.delete_nodes("mixed", [here.name])
+        fleet.delete_nodes("a100", [there.name])

@@ -214,3 +214,42 @@ def test_an_unchanged_status_is_not_sent_again_and_transition_times_move_only_on
     times = {c.type: (c.status, c.last_transition_time) for c in status_plan(ready).status.conditions}
     assert times["Placed"] == ("True", NOW)  # unchanged since the first decision
     assert times["Ready"] == ("True", NOW + timedelta(minutes=5))  # flipped now
+
+
+def test_replicas_a_scheduler_leaves_pending_too_long_are_placed_elsewhere_and_running_ones_stay() -> None:
+    first = reconcile(inputs(deployment=deployment(replicas=2)))
+    plan = workload_plans(first)["a100"]
+    known = replace(
+        deployment(replicas=2), plan_sequence=2, last_outcome="Placed", last_status=status_plan(first).status.wire()
+    )
+    share = replace(placed("a100", 2, plan), nodes={"a-1": 2})
+    # One replica runs; the other has waited for a node too long (its node was cordoned, say).
+    stuck = reconcile(
+        inputs(deployment=known, placements=[share], last_plans={"a100": plan}, scheduling={"a100": (1, 1)})
+    )
+    assert stuck.decided is not None
+    assert {s.cluster: (s.role, s.replicas) for s in stuck.decided.shares} == {
+        "a100": ("active", 1),
+        "mixed": ("active", 1),
+    }
+    assert stuck.decided.reasons[0] == "1 replica(s) unschedulable in cluster a100: placed elsewhere"
+    plans = workload_plans(stuck)
+    assert (plans["a100"].replicas, plans["mixed"].replicas) == (1, 1)
+    assert "Unschedulable" in [e.reason for e in status_plan(stuck).events]
+    # The next capacity is the real one again: a100 still has its 8 GPUs minus nothing new taken there.
+    assert sum(n.gpus for n in stuck.capacity.nodes("a100")) == 8
+
+
+def test_pending_pods_beyond_what_a_share_expects_are_ignored() -> None:
+    first = reconcile(inputs(deployment=deployment(replicas=2)))
+    plan = workload_plans(first)["a100"]
+    known = replace(
+        deployment(replicas=2), plan_sequence=2, last_outcome="Placed", last_status=status_plan(first).status.wire()
+    )
+    share = replace(placed("a100", 2, plan), nodes={"a-1": 2})
+    # Both replicas run; a third pod lingers Pending while Kubernetes removes it: nothing to move.
+    calm = reconcile(
+        inputs(deployment=known, placements=[share], last_plans={"a100": plan}, scheduling={"a100": (2, 1)})
+    )
+    assert workload_plans(calm) == {}
+    assert calm.decided is None
