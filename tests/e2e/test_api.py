@@ -664,9 +664,12 @@ async def test_missing_model_is_a_condition_and_the_deployment_is_placed_once_th
 
     async def placed() -> dict[str, Any] | None:
         llmd = await kubectl.get(origin, "llmd", "support-chat", "-n", ns)
-        return llmd if conditions_of(llmd).get("Placed", {}).get("status") == "True" else None
+        conditions = conditions_of(llmd)
+        # Wait for the status to settle (Ready), so the printer columns read below show the same state.
+        settled = conditions.get("Ready", {}).get("status") == "True"
+        return llmd if conditions.get("Placed", {}).get("status") == "True" and settled else None
 
-    llmd = await eventually(placed, timeout=60, what="Placed=True once the model exists")
+    llmd = await eventually(placed, timeout=90, what="Placed=True and Ready once the model exists")
     conditions = conditions_of(llmd)
     assert conditions["Ready"]["reason"] != "ModelNotFound"
     placements = llmd["status"]["placements"]
