@@ -355,23 +355,50 @@ async def _decide(
         ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in await queries.clusters(conn)
     ]
     rows = await queries.deployments(conn, keys)
+    # Everything the decisions read, for all affected deployments at once: one query per table, not per
+    # deployment (a step may reconcile thousands).
     scheduling = await queries.scheduling(conn, keys, stuck_before=now - config.unschedulable)
+    placements = await queries.placements_for_many(conn, keys)
+    workloads = await queries.workloads_for_many(conn, keys)
+    last_plans = await queries.last_workload_plans_many(conn, keys)
+    models = await queries.models_many(
+        conn,
+        [(k[0], k[1], r["spec"]["modelRef"]) for k, r in rows.items() if isinstance(r["spec"].get("modelRef"), str)],
+    )
+    sequences = await queries.plan_sequences(conn, [k for k in keys if k not in rows])
     reports: dict[DeploymentKey, list[ApplyReported]] = {}
     for r in recorded:
         if isinstance(r.event, ApplyReported):
             reports.setdefault((r.event.origin_cluster, r.event.namespace, r.event.name), []).append(r.event)
     # First come, first served: older deployments get capacity first, whatever order events arrived in.
     ordered = sorted(keys, key=lambda k: (rows[k]["created_at"] if k in rows else now, k))
-    decisions = plans = 0
+    new_events: list[Event] = []
+    outbox: list[tuple[str, str, bytes]] = []
+    decisions = 0
     for key in ordered:
-        inputs = await _inputs(
-            conn, key, rows.get(key), cluster_infos, capacity, epoch, now, reports.get(key, []), scheduling.get(key, {})
+        row = rows.get(key)
+        model = None
+        if row is not None and isinstance(row["spec"].get("modelRef"), str):
+            model = models.get((key[0], key[1], row["spec"]["modelRef"]))
+        inputs = _inputs(
+            key,
+            row,
+            placements.get(key, []),
+            workloads.get(key, []),
+            last_plans.get(key, []),
+            model,
+            cluster_infos,
+            capacity,
+            epoch,
+            now,
+            reports.get(key, []),
+            scheduling.get(key, {}),
+            sequences.get(key, 0),
         )
         if inputs is None:
             continue
         outcome = reconcile(inputs)
         capacity = outcome.capacity
-        new_events: list[Event] = []
         if outcome.decided is not None:
             new_events.append(outcome.decided)
             decisions += 1
@@ -384,35 +411,34 @@ async def _decide(
                 extra={"cluster": key[0], "object": f"{key[1]}/{key[2]}", "epoch": epoch},
             )
         new_events.extend(outcome.issued)
-        stored = await recorder.append(conn, [(e, {"epoch": epoch}) for e in new_events])
-        await recorder.apply_ops(conn, [op for s in stored for op in fold(s.event)])
-        for plan in outcome.plans:
-            await recorder.outbox_put(
-                conn,
-                plan_id=plan.plan_id,
-                subject=config.subjects.plans(plan.cluster),
-                payload=plan.model_dump_json().encode(),
-            )
-            plans += 1
-    return decisions, plans
+        outbox.extend(
+            (plan.plan_id, config.subjects.plans(plan.cluster), plan.model_dump_json().encode())
+            for plan in outcome.plans
+        )
+    # Decisions of different deployments touch different rows (capacity is carried in memory), so their events,
+    # projections and outbox rows are written together.
+    stored = await recorder.append(conn, [(e, {"epoch": epoch}) for e in new_events])
+    await recorder.apply_ops(conn, [op for s in stored for op in fold(s.event)])
+    await recorder.outbox_put_many(conn, outbox)
+    return decisions, len(outbox)
 
 
-async def _inputs(
-    conn: AsyncConnection,
+def _inputs(
     key: DeploymentKey,
     row: dict[str, Any] | None,
+    placements: list[dict[str, Any]],
+    workloads: list[dict[str, Any]],
+    plan_rows: list[dict[str, Any]],
+    model: dict[str, Any] | None,
     clusters: list[ClusterInfo],
     capacity: FleetCapacity,
     epoch: int,
     now: datetime,
     reports: list[ApplyReported],
     scheduling: dict[str, tuple[int, int]],
+    plan_sequence: int,
 ) -> Inputs | None:
-    placements = await queries.placements_for(conn, key)
-    last_plans = {
-        p["cluster"]: WorkloadPlan.model_validate(p["payload"]) for p in await queries.last_workload_plans(conn, key)
-    }
-    workloads = await queries.workloads_for(conn, key)
+    last_plans = {p["cluster"]: WorkloadPlan.model_validate(p["payload"]) for p in plan_rows}
     if row is None and not placements and not workloads:
         return None
     if row is not None:
@@ -454,10 +480,7 @@ async def _inputs(
             last_status=row["last_status"],
             last_outcome=row["last_outcome"],
         )
-        model_ref = row["spec"].get("modelRef")
-        if isinstance(model_ref, str):
-            found = await queries.model(conn, key[0], key[1], model_ref)
-            model_spec = found["spec"] if found else None
+        model_spec = model["spec"] if model else None
     return Inputs(
         ref=ref,
         deployment=deployment,
@@ -495,7 +518,7 @@ async def _inputs(
         epoch=epoch,
         now=now,
         reports=reports,
-        plan_sequence=row["plan_sequence"] if row is not None else await queries.plan_sequence(conn, key),
+        plan_sequence=row["plan_sequence"] if row is not None else plan_sequence,
         scheduling=scheduling,
     )
 

@@ -73,14 +73,6 @@ async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> d
     return {(r["origin_cluster"], r["namespace"], r["name"]): r for r in rows}
 
 
-async def plan_sequence(conn: AsyncConnection, key: DeploymentKey) -> int:
-    b = tables.deployment_plans
-    found = await conn.scalar(
-        select(b.c.plan_sequence).where(b.c.origin_cluster == key[0], b.c.namespace == key[1], b.c.name == key[2])
-    )
-    return int(found or 0)
-
-
 async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     """Deployments waiting for capacity or holding replicas that may need to move (re-evaluated on any change)."""
     b = tables.deployment_plans
@@ -145,53 +137,6 @@ async def orphan_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     return [(a, b, c) for a, b, c in rows]
 
 
-async def model(conn: AsyncConnection, cluster: str, namespace: str, name: str) -> dict[str, Any] | None:
-    t = tables.models
-    row = (
-        (await conn.execute(select(t).where(t.c.cluster == cluster, t.c.namespace == namespace, t.c.name == name)))
-        .mappings()
-        .first()
-    )
-    return dict(row) if row else None
-
-
-async def placements_for(conn: AsyncConnection, key: DeploymentKey) -> list[dict[str, Any]]:
-    t = tables.placements
-    return _rows(
-        await conn.execute(
-            select(t)
-            .where(t.c.origin_cluster == key[0], t.c.namespace == key[1], t.c.name == key[2])
-            .order_by(t.c.cluster)
-        )
-    )
-
-
-async def workloads_for(conn: AsyncConnection, key: DeploymentKey) -> list[dict[str, Any]]:
-    t = tables.workloads
-    return _rows(
-        await conn.execute(
-            select(t).where(
-                t.c.origin_cluster == key[0], t.c.deployment_namespace == key[1], t.c.deployment_name == key[2]
-            )
-        )
-    )
-
-
-async def last_workload_plans(conn: AsyncConnection, key: DeploymentKey) -> list[dict[str, Any]]:
-    """The newest workload plan per cluster for one deployment."""
-    t = tables.plans
-    mine = (t.c.origin_cluster == key[0], t.c.namespace == key[1], t.c.name == key[2], t.c.kind == "Workload")
-    newest = select(t.c.cluster, func.max(t.c.sequence).label("sequence")).where(*mine).group_by(t.c.cluster).subquery()
-    return _rows(
-        await conn.execute(
-            select(t)
-            .join(newest, and_(t.c.cluster == newest.c.cluster, t.c.sequence == newest.c.sequence))
-            .where(*mine)
-            .order_by(t.c.cluster)
-        )
-    )
-
-
 async def latest_epoch(conn: AsyncConnection) -> int:
     return int(await conn.scalar(select(func.coalesce(func.max(tables.planner_epochs.c.epoch), 0))) or 0)
 
@@ -243,3 +188,91 @@ async def stuck_deployment_keys(conn: AsyncConnection, *, stuck_before: datetime
         origin, namespace, name = str(key).split("/", 2)
         out.append((origin, namespace, name))
     return out
+
+
+# ------------------------------------------------------------------------ batched reads for one planner step
+
+
+def _by_deployment(
+    rows: list[dict[str, Any]], origin: str, namespace: str, name: str
+) -> dict[DeploymentKey, list[dict[str, Any]]]:
+    out: dict[DeploymentKey, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault((row[origin], row[namespace], row[name]), []).append(row)
+    return out
+
+
+async def placements_for_many(
+    conn: AsyncConnection, keys: Sequence[DeploymentKey]
+) -> dict[DeploymentKey, list[dict[str, Any]]]:
+    t = tables.placements
+    rows = _rows(
+        await conn.execute(
+            select(t).where(tuple_(t.c.origin_cluster, t.c.namespace, t.c.name).in_(list(keys))).order_by(t.c.cluster)
+        )
+    )
+    return _by_deployment(rows, "origin_cluster", "namespace", "name")
+
+
+async def workloads_for_many(
+    conn: AsyncConnection, keys: Sequence[DeploymentKey]
+) -> dict[DeploymentKey, list[dict[str, Any]]]:
+    t = tables.workloads
+    rows = _rows(
+        await conn.execute(
+            select(t).where(tuple_(t.c.origin_cluster, t.c.deployment_namespace, t.c.deployment_name).in_(list(keys)))
+        )
+    )
+    return _by_deployment(rows, "origin_cluster", "deployment_namespace", "deployment_name")
+
+
+async def last_workload_plans_many(
+    conn: AsyncConnection, keys: Sequence[DeploymentKey]
+) -> dict[DeploymentKey, list[dict[str, Any]]]:
+    """The newest workload plan per (deployment, cluster), for many deployments at once."""
+    t = tables.plans
+    mine = (tuple_(t.c.origin_cluster, t.c.namespace, t.c.name).in_(list(keys)), t.c.kind == "Workload")
+    newest = (
+        select(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster, func.max(t.c.sequence).label("sequence"))
+        .where(*mine)
+        .group_by(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster)
+        .subquery()
+    )
+    rows = _rows(
+        await conn.execute(
+            select(t)
+            .join(
+                newest,
+                and_(
+                    t.c.origin_cluster == newest.c.origin_cluster,
+                    t.c.namespace == newest.c.namespace,
+                    t.c.name == newest.c.name,
+                    t.c.cluster == newest.c.cluster,
+                    t.c.sequence == newest.c.sequence,
+                ),
+            )
+            .where(t.c.kind == "Workload")
+        )
+    )
+    return _by_deployment(rows, "origin_cluster", "namespace", "name")
+
+
+async def models_many(
+    conn: AsyncConnection, refs: Iterable[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    refs = list(set(refs))
+    if not refs:
+        return {}
+    t = tables.models
+    rows = _rows(await conn.execute(select(t).where(tuple_(t.c.cluster, t.c.namespace, t.c.name).in_(refs))))
+    return {(r["cluster"], r["namespace"], r["name"]): r for r in rows}
+
+
+async def plan_sequences(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -> dict[DeploymentKey, int]:
+    b = tables.deployment_plans
+    rows = await conn.execute(
+        select(b.c.origin_cluster, b.c.namespace, b.c.name, b.c.plan_sequence).where(
+            tuple_(b.c.origin_cluster, b.c.namespace, b.c.name).in_(list(keys))
+        )
+    )
+    return {(o, n, d): int(s) for o, n, d, s in rows}

@@ -278,6 +278,13 @@ async def outbox_put(conn: AsyncConnection, *, plan_id: str, subject: str, paylo
     await conn.execute(stmt.on_conflict_do_nothing(index_elements=["plan_id"]))
 
 
+async def outbox_put_many(conn: AsyncConnection, rows: Sequence[tuple[str, str, bytes]]) -> None:
+    """(plan id, subject, payload) rows; a plan already in the outbox is left as it is."""
+    if rows:
+        values = [{"plan_id": p, "subject": s, "payload": b} for p, s, b in rows]
+        await conn.execute(pg_insert(tables.outbox).values(values).on_conflict_do_nothing(index_elements=["plan_id"]))
+
+
 async def outbox_pending(conn: AsyncConnection, limit: int = 500) -> list[tuple[int, str, str, bytes]]:
     rows = await conn.execute(
         select(tables.outbox.c.id, tables.outbox.c.plan_id, tables.outbox.c.subject, tables.outbox.c.payload)
