@@ -13,7 +13,7 @@ help:
 	@echo "make test   - run the whole test suite on real Postgres, NATS and the kwok fleet"
 	@echo "make unit   - only the fast unit tests (no services)"
 	@echo "make lint   - ruff, mypy --strict, import-linter, CRD drift check"
-	@echo "make bench  - run the benchmarks (bench/)"
+	@echo "make bench  - run every benchmark (bench/, ~25 min; BENCHES=\"latency failover\" for some)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,10 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/llm-operator crds --check
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.placement
+# One after the other: each uses the whole machine. docs/benchmarks.md says what each measures.
+BENCHES ?= placement replay ingest latency failover throughput scale
+bench: $(STAMP) fleet-build
+	@for b in $(BENCHES); do echo "== bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -4,32 +4,47 @@ Guarantees:
 - One field manager, forced ownership: a hand edit to a field we manage is reverted by the next apply.
 - A plan is applied at most once: the Deployment records the (epoch, sequence, plan id) it came from and the
   LLMDeployment incarnation (uid); a plan for that incarnation whose (epoch, sequence) is not newer than the
-  record is skipped (`Duplicate` for the same plan id, `Stale` for an older plan). So is a plan from an epoch
-  older than the newest this applier has seen, and one older than a plan this process already executed for the
-  same deployment (which catches an old plan arriving after a removal deleted the record).
+  record is skipped (`Duplicate` for the same plan id, `Stale` for an older plan). So is one older than a plan
+  this process already executed for the same deployment (which catches an old plan arriving after a removal
+  deleted the record). A deposed planner's late plan is thereby refused wherever its successor already planned.
 - Objects go only into the plan's namespace, which is created (labelled managed-by) when this cluster lacks it;
   an existing namespace is never modified.
 - An object of the same name that belongs to someone else (another LLMDeployment, or not ours at all) is never
   overwritten: the plan fails with a message naming it.
 - A weights claim keeps the access modes, class and size it was created with (they are immutable, or can only
   grow); only its labels follow the plan.
-- Pruning only touches objects carrying this deployment's identity labels, in its own namespace.
+- Pruning only touches this deployment's objects in its own namespace: those the last plan recorded on the
+  Deployment and the new one no longer holds, or, with no record to trust, those carrying its identity labels.
+- Independent API calls go out together, and the Deployment, which carries the record, is written last.
 - A removal plan deletes everything of the deployment here; removing what is already gone succeeds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-from applier.render import ANNOTATION_UID, MANAGED_KINDS, identity_labels, render, selector_string
+import anyio
+
+from applier.render import (
+    ANNOTATION_OBJECTS,
+    ANNOTATION_UID,
+    MANAGED_KINDS,
+    identity_labels,
+    object_ref,
+    render,
+    selector_string,
+)
 from kubeapi import RESOURCES, Kube, KubeError, NotFound
 from store.events import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE, LABEL_MANAGED_BY, MANAGED_BY
 from store.plans import WorkloadPlan
 from store.quantity import bytes_of
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FIELD_MANAGER = "llm-operator"
 
@@ -43,17 +58,13 @@ class ApplyResult:
 
 @dataclass
 class EpochGuard:
-    """The newest planner epoch this applier has seen (plans from older epochs are refused), and the newest
-    (epoch, sequence) it executed per deployment incarnation."""
+    """The newest (epoch, sequence) this applier executed per deployment incarnation.
 
-    newest: int = 0
+    Per deployment, not per applier: plans of different deployments run concurrently, so a plan the previous
+    planner leader committed (and relayed late) may arrive after the new leader's plans for *other* deployments;
+    it is still that deployment's newest plan, and the new leader counts on it being applied."""
+
     executed: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    def admit(self, epoch: int) -> bool:
-        if epoch < self.newest:
-            return False
-        self.newest = epoch
-        return True
 
     def executed_for(self, plan: WorkloadPlan) -> tuple[int, int] | None:
         return self.executed.get(_incarnation(plan))
@@ -73,36 +84,40 @@ class _Record:
     sequence: int
     plan_id: str
     uid: str | None
+    objects: frozenset[str] | None
+    """`Kind/name` of what that plan applied (None on Deployments written before the record held it)."""
 
 
-async def _recorded(kube: Kube, plan: WorkloadPlan) -> _Record | None:
-    """The plan recorded on the existing Deployment, if any (and if it is ours)."""
-    try:
-        existing = await kube.get(RESOURCES["Deployment"], plan.deployment.name, plan.deployment.namespace)
-    except NotFound:
-        return None
-    if _owner_conflict(existing, plan) is not None:
+def _record_of(existing: dict[str, Any] | None, plan: WorkloadPlan) -> _Record | None:
+    """The plan recorded on the existing Deployment, if there is one and it is ours."""
+    if existing is None or _owner_conflict(existing, plan) is not None:
         return None
     annotations = existing.get("metadata", {}).get("annotations", {}) or {}
+    objects = annotations.get(ANNOTATION_OBJECTS)
     try:
         return _Record(
             int(annotations.get(ANNOTATION_EPOCH, 0)),
             int(annotations.get(ANNOTATION_SEQUENCE, 0)),
             annotations.get(ANNOTATION_PLAN, ""),
             annotations.get(ANNOTATION_UID),
+            frozenset(o for o in objects.split(",") if o) if objects is not None else None,
         )
     except ValueError:
+        return None
+
+
+async def _get_or_none(kube: Kube, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    try:
+        return await kube.get(RESOURCES[kind], name, namespace)
+    except NotFound:
         return None
 
 
 async def ensure_namespace(kube: Kube, namespace: str) -> None:
     """Create the namespace if this cluster lacks it (an existing one is never modified, so the applier needs
     only get and create on namespaces)."""
-    try:
-        await kube.get(RESOURCES["Namespace"], namespace)
+    if await _get_or_none(kube, "Namespace", namespace, "") is not None:
         return
-    except NotFound:
-        pass
     body = {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -132,43 +147,83 @@ def _skip_reason(plan: WorkloadPlan, record: _Record | None, guard: EpochGuard) 
     return None
 
 
+async def _all(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run independent API calls at once (each is one round trip; the apiserver serves them in parallel)."""
+    results: list[T | None] = [None] * len(calls)
+
+    async def run(index: int) -> None:
+        results[index] = await calls[index]()
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(calls)):
+            tg.start_soon(run, index)
+    return results  # type: ignore[return-value]
+
+
 async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) -> ApplyResult:
-    if not guard.admit(plan.epoch):
-        return ApplyResult("Stale", message=f"plan from epoch {plan.epoch} < newest epoch {guard.newest}")
-    skip = _skip_reason(plan, await _recorded(kube, plan), guard)
+    """Look, then write: every object the plan would overwrite is checked first (a plan that would overwrite
+    someone else's object writes nothing); then everything but the Deployment is applied, what the plan no
+    longer holds is deleted, and the Deployment, which carries the record, goes last: a plan interrupted
+    anywhere is not recorded as applied, and its redelivery does it all again."""
+    namespace = plan.deployment.namespace
+    current = await _get_or_none(kube, "Deployment", plan.deployment.name, namespace)
+    record = _record_of(current, plan)
+    skip = _skip_reason(plan, record, guard)
     if skip is not None:
         return skip
 
     manifests = render(plan)
-    wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
-    if manifests:
-        await ensure_namespace(kube, plan.deployment.namespace)
-    # Look first, write after: a plan that would overwrite someone else's object writes nothing.
-    bodies: list[tuple[dict[str, Any], bool]] = []
+    wanted = {object_ref(m) for m in manifests}
+    # What the last plan of this incarnation applied is ours: no need to look it up again (claims excepted:
+    # they are applied over what exists).
+    known = record.objects if record is not None and record.uid == plan.deployment.uid else None
+    looked_up = [
+        m
+        for m in manifests
+        if m["kind"] != "Deployment"
+        and (known is None or object_ref(m) not in known or m["kind"] == "PersistentVolumeClaim")
+    ]
+    lookups: list[Callable[[], Awaitable[dict[str, Any] | None]]] = [
+        partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in looked_up
+    ]
+    if manifests and current is None:
+        lookups.append(partial(_namespace_then_none, kube, namespace))
+    found = dict(zip((object_ref(m) for m in looked_up), await _all(lookups), strict=False))
     for manifest in manifests:
-        meta = manifest["metadata"]
-        try:
-            existing = await kube.get(RESOURCES[manifest["kind"]], meta["name"], meta["namespace"])
-        except NotFound:
-            bodies.append((manifest, False))
-            continue
-        problem = _owner_conflict(existing, plan)
+        ref = object_ref(manifest)
+        existing = current if manifest["kind"] == "Deployment" else found.get(ref)
+        problem = _owner_conflict(existing, plan) if existing is not None else None
         if problem is not None:
-            where = f"{manifest['kind']}/{meta['namespace']}/{meta['name']}"
-            return ApplyResult("Failed", message=f"not applied: {where} {problem}")
-        bodies.append(
-            (_keep_claim(manifest, existing) if manifest["kind"] == "PersistentVolumeClaim" else manifest, True)
-        )
-    applied: list[str] = []
-    for body, existed in bodies:
-        await _apply(kube, body, existed=existed)
-        applied.append(f"{body['kind']}/{body['metadata']['name']}")
-    pruned = await prune(kube, plan, wanted)
+            return ApplyResult(
+                "Failed", message=f"not applied: {manifest['kind']}/{namespace}/{ref.split('/')[1]} {problem}"
+            )
+
+    def body(manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        ref = object_ref(manifest)
+        existing = current if manifest["kind"] == "Deployment" else found.get(ref)
+        if existing is not None and manifest["kind"] == "PersistentVolumeClaim":
+            return _keep_claim(manifest, existing), True
+        return manifest, existing is not None or (known is not None and ref in known)
+
+    first = [body(m) for m in manifests if m["kind"] != "Deployment"]
+    last = [body(m) for m in manifests if m["kind"] == "Deployment"]
+    await _all([partial(_apply, kube, b, existed=existed) for b, existed in first])
+    if known is not None and manifests:
+        pruned = await _delete(kube, plan, sorted(known - wanted))
+    else:
+        pruned = await prune(kube, plan, wanted)
+    for b, existed in last:
+        await _apply(kube, b, existed=existed)
     guard.record(plan)
     if not manifests:
         return ApplyResult("Deleted", objects=pruned, message=f"removed {len(pruned)} object(s)")
+    applied = [object_ref(b) for b, _ in first + last]
     message = f"applied {len(applied)} object(s)" + (f", pruned {', '.join(pruned)}" if pruned else "")
     return ApplyResult("Applied", objects=applied, message=message)
+
+
+async def _namespace_then_none(kube: Kube, namespace: str) -> None:
+    await ensure_namespace(kube, namespace)
 
 
 async def _apply(kube: Kube, body: dict[str, Any], *, existed: bool) -> None:
@@ -225,20 +280,32 @@ def _keep_claim(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str,
     return {**manifest, "spec": spec}
 
 
-async def prune(kube: Kube, plan: WorkloadPlan, wanted: set[tuple[str, str]]) -> list[str]:
-    """Delete this deployment's objects that the plan no longer holds (only ours: selected by identity labels)."""
-    removed: list[str] = []
+async def prune(kube: Kube, plan: WorkloadPlan, wanted: set[str]) -> list[str]:
+    """Delete this deployment's objects that the plan no longer holds, found by their identity labels (only
+    ours) in its namespace, whatever the record says: for removals and when there is no record to trust."""
     namespace = plan.deployment.namespace
-    for kind in MANAGED_KINDS:
-        resource = RESOURCES[kind]
+
+    async def of_kind(kind: str) -> list[str]:
         try:
-            items, _ = await kube.list(resource, namespace=namespace, label_selector=selector_string(plan))
+            items, _ = await kube.list(RESOURCES[kind], namespace=namespace, label_selector=selector_string(plan))
         except NotFound:
-            continue  # the kind is not served here: nothing to prune
-        for item in items:
-            name = item["metadata"]["name"]
-            if (kind, name) in wanted:
-                continue
-            if await kube.delete(resource, name, namespace=namespace):
-                removed.append(f"{kind}/{name}")
-    return removed
+            return []  # the kind is not served here: nothing to prune
+        return [f"{kind}/{item['metadata']['name']}" for item in items]
+
+    found = [ref for refs in await _all([partial(of_kind, kind) for kind in MANAGED_KINDS]) for ref in refs]
+    return await _delete(kube, plan, [ref for ref in found if ref not in wanted])
+
+
+async def _delete(kube: Kube, plan: WorkloadPlan, refs: list[str]) -> list[str]:
+    """Delete `Kind/name`s in the plan's namespace, the Deployment (the record) last; those already gone are
+    not reported."""
+    namespace = plan.deployment.namespace
+
+    async def one(ref: str) -> str | None:
+        kind, name = ref.split("/", 1)
+        return ref if await kube.delete(RESOURCES[kind], name, namespace=namespace) else None
+
+    records = [ref for ref in refs if ref.startswith("Deployment/")]
+    rest = [ref for ref in refs if ref not in records]
+    removed = await _all([partial(one, ref) for ref in rest]) + await _all([partial(one, ref) for ref in records])
+    return [ref for ref in removed if ref is not None]

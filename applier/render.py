@@ -10,7 +10,8 @@ Guarantees:
 - What is rendered is accepted by the apiserver as is: no duplicate env names or mount paths
   (server-side apply refuses duplicate list keys), and quantities as strings.
 - Every object is annotated with the id of the plan that wrote it; the Deployment also records the plan's epoch and
-  sequence and the LLMDeployment incarnation (uid), which is how the applier recognises duplicate and stale plans.
+  sequence, the LLMDeployment incarnation (uid) and the objects the plan holds, which is how the applier
+  recognises duplicate and stale plans and knows what to prune.
   Nothing about the plan goes into the pod template, so a new plan with the same intent restarts no pod.
 """
 
@@ -42,6 +43,9 @@ LABEL_MODEL = "llm.example.com/model"
 ANNOTATION_UID = "llm.example.com/deployment-uid"
 """The uid of the LLMDeployment a workload was applied for: plans of another incarnation are not compared by
 sequence with it."""
+ANNOTATION_OBJECTS = "llm.example.com/objects"
+"""On the Deployment: every object its plan applied (`Kind/name`, comma-separated). The next plan deletes exactly
+those it no longer holds and need not look up the others again."""
 WEIGHTS_MARKER = ".llm-operator-complete"
 """Written by the loader into the weights claim once the weights are complete; it holds the source URI, so a
 changed source is loaded again and an unchanged one is skipped."""
@@ -109,7 +113,16 @@ def render(plan: WorkloadPlan) -> list[Manifest]:
         out.append(deployment(plan, spec, model))
     if plan.is_origin and spec.autoscaling is not None:
         out.append(autoscaler(plan, spec))
+    record = ",".join(sorted(object_ref(m) for m in out))
+    for manifest in out:
+        if manifest["kind"] == "Deployment":
+            manifest["metadata"]["annotations"][ANNOTATION_OBJECTS] = record
     return out
+
+
+def object_ref(manifest: Manifest) -> str:
+    """`Kind/name`: how results and the Deployment's record name an object (the namespace is the plan's)."""
+    return f"{manifest['kind']}/{manifest['metadata']['name']}"
 
 
 # ------------------------------------------------------------------------------------------------- the workload

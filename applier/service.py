@@ -1,22 +1,28 @@
 """The applier of one member cluster: take its plans in order, execute them, report each result.
 
 Guarantees:
-- Plans are consumed from a durable JetStream consumer, one at a time (max one unacknowledged), so they are
-  executed in the order the planner issued them; a plan is acknowledged only after its result was published.
-- Transient failures (apiserver unreachable, 5xx, NATS down) leave the plan unacknowledged and it is retried with
-  backoff; a permanent failure (the apiserver refused the object) is reported as `Failed` and acknowledged.
+- Plans are consumed from a durable JetStream consumer. Plans of different LLMDeployments run concurrently (up to
+  `workers`); the plans of one deployment run one at a time, in the order the planner issued them. A plan is
+  acknowledged only after its result was published.
+- Transient failures (apiserver unreachable, 5xx) are retried in place with backoff, holding back that
+  deployment's later plans; a permanent failure (the apiserver refused the object) is reported as `Failed` and
+  acknowledged. If NATS goes away, unacknowledged plans are delivered again.
 - Malformed plans, or plans for another cluster, go to the dead-letter subject and consumption continues.
 - Results are `ApplyReported` events with a deterministic id per (plan, cluster): reporting twice is harmless.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import anyio
 import nats.errors
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -32,75 +38,194 @@ from store.plans import Plan, StatusPlan, WorkloadPlan
 from store.subjects import Subjects
 
 logger = logging.getLogger(__name__)
+ACK_WAIT_SECONDS = 15.0
+"""A plan delivered to an applier that died is delivered again after this long; one being worked on is kept
+from that by a progress signal every third of it."""
 _PLAN: TypeAdapter[WorkloadPlan | StatusPlan] = TypeAdapter(Plan)
 
 
 @dataclass(frozen=True)
 class ApplierSettings:
     cluster: str
+    workers: int = 8
+    """Plans of different LLMDeployments executed at once; one deployment's plans always run one at a time."""
     retry_seconds: float = 1.0
     max_retry_seconds: float = 30.0
 
 
+@dataclass
+class _Lanes:
+    """Per-deployment order across concurrent workers: a deployment's plans always go to the same lane, and a
+    lane executes its plans one after the other. `done` holds the stream sequence of the last plan executed per
+    deployment and plan kind, so a copy redelivered after a later plan of its kind ran (its ack was lost) is not
+    executed again: an older status must not overwrite a newer one."""
+
+    guard: EpochGuard = field(default_factory=EpochGuard)
+    done: dict[str, int] = field(default_factory=dict)
+
+
 async def run_applier(*, kube: Kube, js: JetStreamContext, subjects: Subjects, settings: ApplierSettings) -> None:
-    guard = EpochGuard()
-    durable = f"applier-{settings.cluster}"
+    lanes = _Lanes()
     delay = settings.retry_seconds
-    logger.info("applier for cluster %s starting", settings.cluster)
+    logger.info("applier for cluster %s starting (%d workers)", settings.cluster, settings.workers)
     while True:
         try:
-            sub = await js.pull_subscribe(
-                subjects.plans(settings.cluster),
-                durable=durable,
-                stream=subjects.plans_stream,
-                config=ConsumerConfig(
-                    durable_name=durable,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=120,
-                    max_ack_pending=1,
-                    filter_subject=subjects.plans(settings.cluster),
-                ),
-            )
+            sub = await _subscribe(js, subjects, settings)
             delay = settings.retry_seconds
-            while True:
-                try:
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue
-                for msg in msgs:
-                    await _handle(msg, kube=kube, js=js, subjects=subjects, settings=settings, guard=guard)
-        except (nats.errors.Error, BusUnavailable, OSError, TimeoutError) as exc:
-            logger.warning("applier %s: NATS unavailable (%s); retrying in %.1fs", settings.cluster, exc, delay)
+            await _consume(sub, kube=kube, js=js, subjects=subjects, settings=settings, lanes=lanes)
+        except* (nats.errors.Error, BusUnavailable, OSError, TimeoutError) as group:  # also from a worker
+            exc = group.exceptions[0]
+            logger.warning(
+                "applier %s: NATS unavailable (%s: %s); retrying in %.1fs",
+                settings.cluster,
+                type(exc).__name__,
+                exc,
+                delay,
+                exc_info=exc,
+            )
             await anyio.sleep(delay)
             delay = min(delay * 2, settings.max_retry_seconds)
 
 
-async def _handle(
-    msg: Msg, *, kube: Kube, js: JetStreamContext, subjects: Subjects, settings: ApplierSettings, guard: EpochGuard
+async def _subscribe(
+    js: JetStreamContext, subjects: Subjects, settings: ApplierSettings
+) -> JetStreamContext.PullSubscription:
+    durable = f"applier-{settings.cluster}"
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_SECONDS,
+        max_ack_pending=settings.workers * 2,
+        filter_subject=subjects.plans(settings.cluster),
+    )
+    # Create or update (max_ack_pending follows the setting; the server keeps the consumer's position).
+    await js.add_consumer(subjects.plans_stream, config=config)
+    return await js.pull_subscribe_bind(durable=durable, stream=subjects.plans_stream)
+
+
+async def _consume(
+    sub: JetStreamContext.PullSubscription,
+    *,
+    kube: Kube,
+    js: JetStreamContext,
+    subjects: Subjects,
+    settings: ApplierSettings,
+    lanes: _Lanes,
 ) -> None:
+    async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
+        inboxes: list[MemoryObjectSendStream[tuple[Msg, WorkloadPlan | StatusPlan]]] = []
+        for _ in range(settings.workers):
+            send, receive = anyio.create_memory_object_stream[tuple[Msg, WorkloadPlan | StatusPlan]](1)
+            inboxes.append(await streams.enter_async_context(send))
+            tg.start_soon(partial(_lane, receive, kube=kube, js=js, subjects=subjects, settings=settings, lanes=lanes))
+        while True:
+            try:
+                msgs = await sub.fetch(settings.workers, timeout=1.0)
+            except TimeoutError:  # nats-py raises its own or the builtin one when nothing came
+                continue
+            try:
+                while msgs:
+                    plan = await _plan_of(msgs[0], js, subjects, settings)
+                    if plan is not None:
+                        lane = zlib.crc32(plan.deployment.key.encode()) % len(inboxes)
+                        await inboxes[lane].send((msgs[0], plan))
+                    msgs.pop(0)
+            except anyio.get_cancelled_exc_class():
+                await _hand_back(msgs)
+                raise
+
+
+async def _plan_of(
+    msg: Msg, js: JetStreamContext, subjects: Subjects, settings: ApplierSettings
+) -> WorkloadPlan | StatusPlan | None:
+    """The plan in `msg`, or None after dead-lettering what is not a plan for this cluster."""
     try:
         plan = _PLAN.validate_json(msg.data)
     except ValidationError as exc:
         await _dead_letter(msg, js, subjects, settings, f"not a plan: {exc.errors()[0]['msg']}")
-        return
+        return None
     if plan.cluster != settings.cluster:
         await _dead_letter(msg, js, subjects, settings, f"plan for cluster {plan.cluster} reached {settings.cluster}")
+        return None
+    return plan
+
+
+async def _lane(
+    inbox: MemoryObjectReceiveStream[tuple[Msg, WorkloadPlan | StatusPlan]],
+    *,
+    kube: Kube,
+    js: JetStreamContext,
+    subjects: Subjects,
+    settings: ApplierSettings,
+    lanes: _Lanes,
+) -> None:
+    async with inbox:
+        try:
+            async for msg, plan in inbox:
+                await _one(msg, plan, kube=kube, js=js, subjects=subjects, settings=settings, lanes=lanes)
+        except anyio.get_cancelled_exc_class():
+            # Stopping: hand back what waits here now, rather than after ack_wait.
+            waiting: list[Msg] = []
+            with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                while True:
+                    waiting.append(inbox.receive_nowait()[0])
+            await _hand_back(waiting)
+            raise
+
+
+async def _hand_back(msgs: list[Msg]) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        for msg in msgs:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+
+
+async def _one(
+    msg: Msg,
+    plan: WorkloadPlan | StatusPlan,
+    *,
+    kube: Kube,
+    js: JetStreamContext,
+    subjects: Subjects,
+    settings: ApplierSettings,
+    lanes: _Lanes,
+) -> None:
+    sequence = msg.metadata.sequence.stream if msg.metadata and msg.metadata.sequence else 0
+    # A later plan of the same kind supersedes an earlier one (each holds the whole intent); a status plan
+    # says nothing about the workload, and the other way round.
+    done_key = f"{plan.deployment.key}|{plan.kind}"
+    if sequence and sequence <= lanes.done.get(done_key, 0):
+        logger.info(
+            "plan %s: redelivered after a later %s plan of its deployment ran; skipped", plan.plan_id, plan.kind
+        )
+        await msg.ack_sync()
         return
-    started = datetime.now(UTC)
     try:
-        if isinstance(plan, WorkloadPlan):
-            result = await execute_workload(kube, plan, guard)
-        else:
-            result = await execute_status(kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
-    except TransientKubeError as exc:
-        retries = msg.metadata.num_delivered if msg.metadata else 1
-        wait = min(settings.retry_seconds * 2 ** min(retries, 6), settings.max_retry_seconds)
-        logger.warning("plan %s: %s; retrying in %.1fs", plan.plan_id, exc, wait)
-        metrics.APPLIES.labels(kind=plan.kind, outcome="Retry").inc()
-        await msg.nak(delay=wait)
-        return
-    except KubeError as exc:
-        result = ApplyResult("Failed", message=str(exc))
+        await _handle(msg, plan, kube=kube, js=js, subjects=subjects, settings=settings, guard=lanes.guard)
+    except anyio.get_cancelled_exc_class():
+        await _hand_back([msg])  # stopping: hand it back now rather than after ack_wait
+        raise
+    if sequence:
+        lanes.done[done_key] = max(sequence, lanes.done.get(done_key, 0))
+
+
+async def _handle(
+    msg: Msg,
+    plan: WorkloadPlan | StatusPlan,
+    *,
+    kube: Kube,
+    js: JetStreamContext,
+    subjects: Subjects,
+    settings: ApplierSettings,
+    guard: EpochGuard,
+) -> None:
+    """Execute, retrying transient failures in place (the lane waits, so the deployment's later plans cannot
+    overtake this one), then report and acknowledge."""
+    started = datetime.now(UTC)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_keep_alive, msg)
+        result = await _execute(plan, kube=kube, settings=settings, guard=guard)
+        tg.cancel_scope.cancel()
     seconds = (datetime.now(UTC) - started).total_seconds()
     metrics.APPLY_SECONDS.labels(kind=plan.kind).observe(seconds)
     metrics.APPLIES.labels(kind=plan.kind, outcome=result.outcome).inc()
@@ -132,6 +257,33 @@ async def _handle(
     )
     await publish(js, subjects.events(settings.cluster), encode_event(report), msg_id=report.event_id)
     await msg.ack_sync()
+
+
+async def _execute(
+    plan: WorkloadPlan | StatusPlan, *, kube: Kube, settings: ApplierSettings, guard: EpochGuard
+) -> ApplyResult:
+    attempt = 0
+    while True:
+        try:
+            if isinstance(plan, WorkloadPlan):
+                return await execute_workload(kube, plan, guard)
+            return await execute_status(kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
+        except TransientKubeError as exc:
+            attempt += 1
+            wait = min(settings.retry_seconds * 2 ** min(attempt - 1, 6), settings.max_retry_seconds)
+            logger.warning("plan %s: %s; retrying in %.1fs", plan.plan_id, exc, wait)
+            metrics.APPLIES.labels(kind=plan.kind, outcome="Retry").inc()
+            await anyio.sleep(wait)
+        except KubeError as exc:
+            return ApplyResult("Failed", message=str(exc))
+
+
+async def _keep_alive(msg: Msg) -> None:
+    """While a plan is being worked on (retries included), tell JetStream so: it is not delivered again."""
+    while True:
+        await anyio.sleep(ACK_WAIT_SECONDS / 3)
+        with contextlib.suppress(nats.errors.Error):
+            await msg.in_progress()
 
 
 async def _dead_letter(

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -102,14 +103,21 @@ async def _reachable(url: str, timeout: float = 5.0) -> str | None:
     return "; ".join(problems)
 
 
-async def connect_nats(url: str, *, name: str, credentials: Path | None = None) -> NatsClient:
-    """Connect, failing fast if no server answers now; once connected, reconnect forever."""
-    problem = await _reachable(url)
-    if problem:
-        raise OperatorError(
-            f"cannot reach NATS at {url} ({problem}): start NATS, fix LLMOP_NATS_URL, or unset it to use the "
-            "embedded server"
-        )
+async def connect_nats(
+    url: str, *, name: str, credentials: Path | None = None, wait_seconds: float = 30.0
+) -> NatsClient:
+    """Connect; once connected, reconnect forever. If no server answers, keep trying for `wait_seconds` (NATS
+    restarting while we start is normal), then fail with a message naming the URL and the fix."""
+    deadline = time.monotonic() + wait_seconds
+    while problem := await _reachable(url):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OperatorError(
+                f"cannot reach NATS at {url} ({problem}): start NATS, fix LLMOP_NATS_URL, or unset it to use the "
+                "embedded server"
+            )
+        logger.warning("NATS at %s not reachable (%s); retrying for another %.0fs", url, problem, left)
+        await anyio.sleep(min(1.0, left))
 
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS: %s", exc)
@@ -217,7 +225,10 @@ async def run_components(
     """Run the planner (optional) and, for each member, the `parts` ("watcher", "applier") until cancelled."""
     subjects = Subjects(settings.subject_prefix)
     nc = await connect_nats(
-        nats_url, name=f"llm-operator-{socket.gethostname()}", credentials=settings.nats_credentials
+        nats_url,
+        name=f"llm-operator-{socket.gethostname()}",
+        credentials=settings.nats_credentials,
+        wait_seconds=settings.connect_wait_seconds,
     )
     engine: AsyncEngine | None = None
     kubes: list[Kube] = []
@@ -262,7 +273,7 @@ async def run_components(
                 if "watcher" in parts:
                     tg.start_soon(partial(run_watcher, kube=kube, js=js, subjects=subjects, settings=watcher_settings))
                 if "applier" in parts:
-                    applier_settings = ApplierSettings(cluster=member.name)
+                    applier_settings = ApplierSettings(cluster=member.name, workers=settings.applier_workers)
                     tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=subjects, settings=applier_settings))
             if started is not None:
                 started.set()

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     """Kubeconfig file with the member clusters' contexts (default: $KUBECONFIG or ~/.kube/config)."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces whose LLMModels/LLMDeployments are watched; empty: all namespaces."""
+    connect_wait_seconds: float = Field(default=30.0, ge=0)
+    """At start, how long to keep trying a NATS that does not answer before giving up with an error."""
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     """How often each watcher heartbeats its cluster."""
     heartbeat_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     """How long an Unhealthy cluster stays Unhealthy at least, even if heartbeats resume (no flapping)."""
     unschedulable_seconds: float = Field(default=60.0, gt=0)
     """Replicas the cluster's scheduler has left Pending this long are placed elsewhere (no pods parked Pending)."""
+    applier_workers: int = Field(default=8, ge=1, le=256)
+    """Plans of different LLMDeployments each cluster's applier executes at once (one deployment's plans always
+    run one at a time, in order)."""
     resync_seconds: float = Field(default=600.0, gt=0)
     """Full relist period of every watch."""
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -5,7 +5,8 @@ Covers: every managed kind is accepted by the apiserver (and pods pass the `rest
 get scheduled onto the planned GPU product); hand edits are reverted; duplicate and stale plans are skipped;
 pruning removes only what the plan dropped and only this deployment's objects; the workload stays in its
 namespace (created when missing); status, finalizer and Events on the LLMDeployment; the RBAC rules of
-docs/rbac.md are enough; and, with the whole operator running, the LLMDeployment shows Placed/Applied Events.
+docs/rbac.md are enough; the applier service (through JetStream) runs each deployment's plans in order across
+its workers; and, with the whole operator running, the LLMDeployment shows Placed/Applied Events.
 """
 
 from __future__ import annotations
@@ -15,23 +16,28 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 import yaml
 from kubernetes_asyncio import config as k8s_config
+from nats.js import JetStreamContext
 
 from applier.apply import FIELD_MANAGER, EpochGuard, execute_workload
 from applier.render import MANAGED_KINDS
+from applier.service import ApplierSettings, run_applier
 from applier.status import execute_status
 from kubeapi import RESOURCES, Kube, KubeError
 from llm_operator.runtime import Member, connect_kube
 from store.api import ClusterPlacementStatus, LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
+from store.bus import SequenceReader, publish
 from store.conditions import Condition
+from store.events import ApplyReported, decode_event
 from store.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
 from tests.fixtures.operator import Kubectl, RunningOperator, eventually
-from tests.fixtures.services import repo_root
+from tests.fixtures.services import Hub, repo_root
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
 
@@ -224,13 +230,14 @@ async def test_a_full_plan_applies_every_kind_and_its_pods_run_on_the_planned_gp
         result = await execute_workload(kube, plan, EpochGuard())
 
         assert result.outcome == "Applied", result.message
+        # The Deployment carries the record of the plan, so it is written last.
         assert result.objects == [
             f"PersistentVolumeClaim/{name}-weights",
             f"Service/{name}",
             f"NetworkPolicy/{name}",
             f"PodDisruptionBudget/{name}",
-            f"Deployment/{name}",
             f"HorizontalPodAutoscaler/{name}",
+            f"Deployment/{name}",
         ]
         assert await objects_of(kubectl, role, name, namespace=namespace) == {
             f"PersistentVolumeClaim/{namespace}/{name}-weights",
@@ -828,6 +835,50 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
 
 
 # ----------------------------------------------------------------------------------------- the whole operator
+
+
+@pytest.mark.services
+async def test_the_applier_service_keeps_each_deployments_plans_in_order_across_workers(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener, js: JetStreamContext, hub: Hub
+) -> None:
+    """Through JetStream and `run_applier` with several workers: 12 deployments get 3 workload plans each
+    (replicas 1, then 3, then 2), published interleaved. Every plan must run, in its deployment's order (an
+    out-of-order one would be reported `Stale`), and be reported exactly once."""
+    cluster = kubectl.fleet.clusters["cpu"].name
+    kube = await open_kube("cpu")
+    chains = []
+    for i in range(12):
+        first = plan_for(kubectl, namespace, f"chat-{i}", uid=f"00000000-0000-4000-8000-{i:012d}", replicas=1)
+        chains.append([first, next_plan(first, replicas=3), next_plan(first, sequence=3, replicas=2)])
+    plans = [chain[step] for step in range(3) for chain in chains]
+    for plan in plans:
+        await publish(js, hub.subjects.plans(cluster), plan.model_dump_json().encode(), msg_id=plan.plan_id)
+
+    reports: dict[str, ApplyReported] = {}
+    settings = ApplierSettings(cluster=cluster, workers=4)
+    reader = SequenceReader(
+        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
+            with anyio.fail_after(120):
+                while len(reports) < len(plans):
+                    for received in await reader.fetch(64, timeout=1.0):
+                        event = decode_event(received.data)
+                        assert isinstance(event, ApplyReported)
+                        assert event.plan_id not in reports, f"plan {event.plan_id} reported twice"
+                        reports[event.plan_id] = event
+            tg.cancel_scope.cancel()
+    finally:
+        await reader.close()
+
+    assert {p.plan_id for p in plans} == set(reports)
+    assert {r.outcome for r in reports.values()} == {"Applied"}, [
+        (r.name, r.sequence, r.outcome, r.message) for r in reports.values() if r.outcome != "Applied"
+    ]
+    for i in range(12):
+        assert (await get(kubectl, "cpu", "deployment", f"chat-{i}", namespace))["spec"]["replicas"] == 2
 
 
 @pytest.mark.services

@@ -258,7 +258,8 @@ def chaos(kubectl: Kubectl, namespace: str, tmp_path: Path, postgres: Any) -> It
 async def test_kill_minus_nine_anything_during_a_stream_of_changes_and_converge(
     chaos: Chaos, kubectl: Kubectl, namespace: str
 ) -> None:
-    ns, rng = namespace, random.Random(20261127)
+    # Separate generators: the workload is the same every run, whatever the timing of the kills.
+    ns, rng, chaos_rng = namespace, random.Random(20261127), random.Random(1127)
     await chaos.start()
     origins = ["a100", "mixed", "cpu"]
     for role in origins:
@@ -298,9 +299,9 @@ async def test_kill_minus_nine_anything_during_a_stream_of_changes_and_converge(
 
     async def break_things() -> None:
         while not generation_done.is_set():
-            await anyio.sleep(rng.uniform(1.5, 3.0))
-            victim = chaos.kill_one(rng)
-            await anyio.sleep(rng.uniform(0.5, 2.0))
+            await anyio.sleep(chaos_rng.uniform(1.5, 3.0))
+            victim = chaos.kill_one(chaos_rng)
+            await anyio.sleep(chaos_rng.uniform(0.5, 2.0))
             chaos.restart(victim)
 
     async with anyio.create_task_group() as tg:
@@ -313,13 +314,19 @@ async def test_kill_minus_nine_anything_during_a_stream_of_changes_and_converge(
         seen = {name: w["spec"]["replicas"] for (_, name), w in workloads.items()}
         ready = {name: w.get("status", {}).get("readyReplicas", 0) for (_, name), w in workloads.items()}
         if seen != expected or ready != expected or len(workloads) != len(expected):
-            return False
+            differ = sorted(
+                n for n in set(seen) | set(expected) if (seen.get(n), ready.get(n)) != (expected.get(n),) * 2
+            )
+            details = [f"{n}: want {expected.get(n)}, have {seen.get(n)} ({ready.get(n)} ready)" for n in differ]
+            raise AssertionError(f"workloads: {'; '.join(details)}")
         for role in origins:
             items = (await kubectl.json(role, "get", "llmdeployments", "-n", ns))["items"]
-            if {i["metadata"]["name"] for i in items} != set(desired[role]):
-                return False  # a deleted one still waits for its finalizer
-            if any(i.get("status", {}).get("ready") != "Ready" for i in items):
-                return False
+            names = {i["metadata"]["name"] for i in items}
+            if names != set(desired[role]):  # a deleted one still waits for its finalizer
+                raise AssertionError(f"{role}: LLMDeployments {sorted(names ^ set(desired[role]))} differ")
+            waiting = {i["metadata"]["name"]: i.get("status", {}).get("ready") for i in items}
+            if any(ready != "Ready" for ready in waiting.values()):
+                raise AssertionError(f"{role}: not Ready: {sorted(n for n, r in waiting.items() if r != 'Ready')}")
         return True
 
     await eventually(converged, timeout=240, interval=1.0, what="the fleet to converge after the chaos")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,18 +35,21 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-def test_unreachable_nats() -> None:
+def test_unreachable_nats_is_retried_for_a_while_then_named() -> None:
     port = _free_port()
-    line = one_line_error(
-        run(
-            "planner",
-            "--nats-url",
-            f"nats://127.0.0.1:{port}",
-            "--database-url",
-            f"postgresql://postgres@127.0.0.1:{_free_port()}/x",
-        )
+    started = time.monotonic()
+    result = run(
+        "planner",
+        "--nats-url",
+        f"nats://127.0.0.1:{port}",
+        "--database-url",
+        f"postgresql://postgres@127.0.0.1:{_free_port()}/x",
+        env={"LLMOP_CONNECT_WAIT_SECONDS": "2"},
     )
+    line = one_line_error(result)
     assert f"cannot reach NATS at nats://127.0.0.1:{port}" in line
+    assert time.monotonic() - started >= 2
+    assert "not reachable" in result.stderr  # it said it was waiting, and for what
     assert "LLMOP_NATS_URL" in line
 
 

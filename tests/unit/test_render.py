@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from applier.render import (
+    ANNOTATION_OBJECTS,
     ANNOTATION_UID,
     CONTAINER,
     LOADER,
@@ -924,7 +925,9 @@ def test_the_deployment_records_the_plan_and_the_pods_carry_the_labels() -> None
         ANNOTATION_EPOCH: "4",
         ANNOTATION_SEQUENCE: "12",
         ANNOTATION_UID: plan.deployment.uid,
+        ANNOTATION_OBJECTS: ",".join(sorted(f"{m['kind']}/{m['metadata']['name']}" for m in render(plan))),
     }
+    assert "Deployment/" in deployment["metadata"]["annotations"][ANNOTATION_OBJECTS]
     template = deployment["spec"]["template"]["metadata"]
     assert template["labels"] == labels(plan)
     # The plan is not in the pod template: a new plan with the same intent must not restart the pods.
