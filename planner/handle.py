@@ -62,6 +62,8 @@ class Delivery:
     subject: str
     stream_sequence: int
     data: bytes
+    stored_at: datetime | None = None
+    """When JetStream stored the message: the time a heartbeat counts from."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ async def step(
     incoming: list[tuple[Event, dict[str, Any]]] = []
     incoming_raw: list[bytes | None] = []
     heartbeats: dict[str, ClusterHeartbeat] = {}
+    heard_at: dict[str, datetime] = {}
     for delivery in deliveries:
         if delivery.stream_sequence <= position:
             result.duplicates += 1
@@ -134,6 +137,7 @@ async def step(
             continue
         if isinstance(event, ClusterHeartbeat):
             heartbeats[event.cluster] = event
+            heard_at[event.cluster] = min(now, delivery.stored_at or now)
             continue
         incoming.append(
             (event, {"subject": delivery.subject, "stream_sequence": delivery.stream_sequence, "epoch": epoch})
@@ -148,12 +152,22 @@ async def step(
     result.recorded = len(recorded)
     result.duplicates += len(incoming) + len(generated) - len(recorded)
     await recorder.apply_ops(conn, [op for r in recorded for op in fold(r.event)])
-    for cluster in heartbeats:
-        await recorder.touch_heartbeat(conn, cluster, now)
+    for cluster, at in heard_at.items():
+        await recorder.touch_heartbeat(conn, cluster, at)
 
-    # Silence: clusters whose heartbeats stopped become unhealthy.
+    # Silence: clusters whose heartbeats stopped become unhealthy. Judged on the stream's clock, as of the
+    # newest message read: a planner that fell behind has not yet read the heartbeats sent since, and must not
+    # take its own lag for the whole fleet's silence.
     clusters = {c["name"]: c for c in await queries.clusters(conn)}
-    silent = [] if mode == "catch-up" else _silent_clusters(clusters.values(), now, config, health_grace_until)
+    stored = [d.stored_at for d in deliveries if d.stored_at is not None]
+    read_up_to = min(now, max(stored)) if stored else now
+    silent = (
+        []
+        if mode == "catch-up"
+        else _silent_clusters(
+            clusters.values(), now=now, read_up_to=read_up_to, config=config, grace_until=health_grace_until
+        )
+    )
     if silent:
         lost = await recorder.append(conn, [(e, {"epoch": epoch}) for e in silent])
         await recorder.apply_ops(conn, [op for r in lost for op in fold(r.event)])
@@ -224,14 +238,16 @@ def _cluster_events(
     return out
 
 
-def _silent_clusters(clusters: Any, now: datetime, config: StepConfig, grace_until: datetime) -> list[Event]:
+def _silent_clusters(
+    clusters: Any, *, now: datetime, read_up_to: datetime, config: StepConfig, grace_until: datetime
+) -> list[Event]:
     out: list[Event] = []
     for row in clusters:
         if not row["healthy"]:
             continue
         # A planner that just took over has not heard anyone yet: give every cluster one timeout from then.
         last = max(row["last_heartbeat_at"] or row["joined_at"], grace_until - config.heartbeat_timeout)
-        if now - last > config.heartbeat_timeout:
+        if read_up_to - last > config.heartbeat_timeout:
             out.append(
                 ClusterHealthChanged(
                     event_id=deterministic_id("unhealthy", row["name"], last.isoformat()),

@@ -104,7 +104,7 @@ async def _lead(
             try:
                 received = await reader.fetch(settings.batch_size, timeout=settings.tick_seconds)
                 caught_up = not received or received[-1].stream_sequence >= backlog_end
-                deliveries = [Delivery(r.subject, r.stream_sequence, r.data) for r in received]
+                deliveries = [Delivery(r.subject, r.stream_sequence, r.data, r.stored_at) for r in received]
                 started = time.perf_counter()
                 with translated("planner step"):
                     async with engine.begin() as conn:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import nats.errors
@@ -103,6 +104,8 @@ class Received:
     data: bytes
     pending: int = 0
     """Messages still in the stream after this one, for this reader (consumer lag)."""
+    stored_at: datetime | None = None
+    """When JetStream stored it (the server's clock)."""
 
 
 class SequenceReader:
@@ -163,7 +166,7 @@ class SequenceReader:
                     seq,
                 )
             self._next = seq + 1
-            out.append(Received(msg.subject, seq, msg.data, int(msg.metadata.num_pending or 0)))
+            out.append(Received(msg.subject, seq, msg.data, int(msg.metadata.num_pending or 0), msg.metadata.timestamp))
         return out
 
     async def rewind(self, sequence: int) -> None:

@@ -4,6 +4,7 @@ migrations, rebuild and as-of."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,9 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from planner.handle import StepConfig, step
+from planner.handle import Delivery, StepConfig, step
 from planner.leader import campaign
-from store import reader, recorder, replay, schema, tables
+from store import queries, reader, recorder, replay, schema, tables
 from store.events import ClusterHeartbeat, deterministic_id
 from store.projections import fold
 from tests import builders
@@ -238,6 +239,42 @@ async def test_a_step_from_a_deposed_leader_is_refused(engine: AsyncEngine, hub:
     with pytest.raises(Exception, match="superseded"):
         await run(engine, hub, feed, feed.deliver(builders.observed("a100", "Node", builders.gpu_node("g"))), old)
     assert await count(engine, tables.events) == 0
+
+
+async def test_a_planner_behind_the_stream_does_not_take_its_own_lag_for_a_clusters_silence(
+    engine: AsyncEngine, hub: Hub
+) -> None:
+    """Silence is judged on the stream's clock: as of the newest message read, not the wall clock. A planner
+    reading a backlog 15 s late must not fail a cluster over whose later heartbeats are still in that backlog;
+    once it has read 12 s of stream without one, the cluster is silent."""
+    epoch = await epoch_of(engine)
+    feed = Feed(hub.subjects)
+    t0 = feed.clock
+
+    def at(deliveries: list[Delivery], seconds: float) -> list[Delivery]:
+        return [replace(d, stored_at=t0 + timedelta(seconds=seconds)) for d in deliveries]
+
+    async def step_at(deliveries: list[Delivery], now_seconds: float) -> dict[str, bool]:
+        async with engine.begin() as conn:
+            await step(
+                conn,
+                deliveries=deliveries,
+                epoch=epoch,
+                now=t0 + timedelta(seconds=now_seconds),
+                config=config(hub),
+                health_grace_until=t0,  # the leader started at t0: no grace left to hide anything
+            )
+            return {c["name"]: c["healthy"] for c in await queries.clusters(conn)}
+
+    both = at(feed.deliver(heartbeat("a100", 0, t0), heartbeat("cpu", 0, t0)), 0)
+    assert await step_at(both, 0) == {"a100": True, "cpu": True}
+    # 15 s later the planner reads messages stored at 1-3 s; a100's next heartbeats come after them.
+    early = at(feed.deliver(*(heartbeat("cpu", n, t0) for n in (1, 2, 3))), 3)
+    assert await step_at(early, 15) == {"a100": True, "cpu": True}
+    # It reads on: a100 heartbeat stored at 4 s, then 12 s of stream in which only cpu is heard.
+    assert await step_at(at(feed.deliver(heartbeat("a100", 1, t0)), 4), 16) == {"a100": True, "cpu": True}
+    later = at(feed.deliver(heartbeat("cpu", 4, t0)), 16)
+    assert await step_at(later, 17) == {"a100": False, "cpu": True}
 
 
 # ---------------------------------------------------------------------------------------------- reading
