@@ -133,6 +133,11 @@ async def _consume(
             except anyio.get_cancelled_exc_class():
                 await _hand_back(msgs)
                 raise
+            except anyio.BrokenResourceError:
+                # A worker stopped on an error (NATS went away while it reported): the task group is already
+                # being torn down with that error, which run_applier handles; only hand the rest back.
+                await _hand_back(msgs)
+                return
 
 
 async def _plan_of(
