@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import time
@@ -187,6 +188,9 @@ def fleet_up(
                 since[spec.name] = time.time()
                 _create(toolchain, wd, kc, spec.name)
             _write_marker(wd, spec)
+            # kwokctl picks the next cluster's ports among those not listened on yet: wait until every
+            # component of this one has bound its ports, or the next cluster may be handed the same ones.
+            _wait_ports_bound(wd, spec.name)
             say(f"{spec.name}: apiserver serving ({elapsed(ts)})")
         if previous_context and _current_context(toolchain, kc) != previous_context:
             _kubectl_config(toolchain, kc, ["use-context", previous_context])
@@ -574,6 +578,37 @@ def _component_ports(wd: Path, name: str) -> dict[str, int]:
             if comp_ports and isinstance(comp_ports[0].get("port"), int):
                 ports[comp["name"]] = comp_ports[0]["port"]
     return ports
+
+
+def _wait_ports_bound(wd: Path, name: str) -> None:
+    def failure(missing: str) -> FleetError:
+        return FleetError(
+            f"cluster {name}: {missing} after {READY_TIMEOUT_S:.0f}s: see the logs in "
+            f"{wd / 'clusters' / name / 'logs'}, or recreate it (`llm-operator fleet down` then `up`)"
+        )
+
+    _poll(lambda: _unbound_ports(wd, name), timeout=READY_TIMEOUT_S, failure=failure)
+
+
+def _unbound_ports(wd: Path, name: str) -> str | None:
+    """None when every port in the cluster's saved configuration accepts connections, else which do not."""
+    path = wd / "clusters" / name / "kwok.yaml"
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        doc = next(yaml.load_all(path.read_text(), Loader=loader), None)
+    except (OSError, yaml.YAMLError):
+        return None  # nothing to check against
+    closed = []
+    for comp in (doc or {}).get("components") or []:
+        for entry in comp.get("ports") or []:
+            port = entry.get("port")
+            if not isinstance(port, int):
+                continue
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            except OSError:
+                closed.append(f"{comp.get('name')}:{port}")
+    return f"ports not listening yet: {', '.join(closed)}" if closed else None
 
 
 def _healthz(port: int) -> bool:
