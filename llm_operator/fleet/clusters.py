@@ -562,21 +562,27 @@ def _poll(check: Callable[[], str | None], *, timeout: float, failure: Callable[
         time.sleep(POLL_S)
 
 
-def _component_ports(wd: Path, name: str) -> dict[str, int]:
-    """The first port of each component, from the configuration kwokctl saved for the cluster."""
+def _saved_components(wd: Path, name: str) -> list[dict[str, Any]]:
+    """The components of the configuration kwokctl saved for the cluster ([] when it cannot be read)."""
     path = wd / "clusters" / name / "kwok.yaml"
-    ports: dict[str, int] = {}
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         # The KwokctlConfiguration comes first; the Stage documents after it are large and not needed.
         doc = next(yaml.load_all(path.read_text(), Loader=loader), None)
     except (OSError, yaml.YAMLError):
-        return ports
-    if isinstance(doc, dict) and doc.get("kind") == "KwokctlConfiguration":
-        for comp in doc.get("components") or []:
-            comp_ports = comp.get("ports") or []
-            if comp_ports and isinstance(comp_ports[0].get("port"), int):
-                ports[comp["name"]] = comp_ports[0]["port"]
+        return []
+    if not isinstance(doc, dict) or doc.get("kind") != "KwokctlConfiguration":
+        return []
+    return [c for c in doc.get("components") or [] if isinstance(c, dict)]
+
+
+def _component_ports(wd: Path, name: str) -> dict[str, int]:
+    """The first port of each component."""
+    ports: dict[str, int] = {}
+    for comp in _saved_components(wd, name):
+        comp_ports = comp.get("ports") or []
+        if comp_ports and isinstance(comp_ports[0].get("port"), int):
+            ports[comp["name"]] = comp_ports[0]["port"]
     return ports
 
 
@@ -591,15 +597,9 @@ def _wait_ports_bound(wd: Path, name: str) -> None:
 
 
 def _unbound_ports(wd: Path, name: str) -> str | None:
-    """None when every port in the cluster's saved configuration accepts connections, else which do not."""
-    path = wd / "clusters" / name / "kwok.yaml"
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        doc = next(yaml.load_all(path.read_text(), Loader=loader), None)
-    except (OSError, yaml.YAMLError):
-        return None  # nothing to check against
+    """None when every port of every component accepts connections, else which do not."""
     closed = []
-    for comp in (doc or {}).get("components") or []:
+    for comp in _saved_components(wd, name):
         for entry in comp.get("ports") or []:
             port = entry.get("port")
             if not isinstance(port, int):
