@@ -187,7 +187,7 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
         partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in looked_up
     ]
     if manifests and current is None:
-        lookups.append(partial(_namespace_then_none, kube, namespace))
+        lookups.append(partial(ensure_namespace, kube, namespace))
     found = dict(zip((object_ref(m) for m in looked_up), await _all(lookups), strict=False))
     for manifest in manifests:
         ref = object_ref(manifest)
@@ -220,10 +220,6 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
     applied = [object_ref(b) for b, _ in first + last]
     message = f"applied {len(applied)} object(s)" + (f", pruned {', '.join(pruned)}" if pruned else "")
     return ApplyResult("Applied", objects=applied, message=message)
-
-
-async def _namespace_then_none(kube: Kube, namespace: str) -> None:
-    await ensure_namespace(kube, namespace)
 
 
 async def _apply(kube: Kube, body: dict[str, Any], *, existed: bool) -> None:

@@ -18,7 +18,6 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 
 import anyio
 import nats.errors
@@ -54,25 +53,31 @@ class ApplierSettings:
 
 
 @dataclass
-class _Lanes:
-    """Per-deployment order across concurrent workers: a deployment's plans always go to the same lane, and a
-    lane executes its plans one after the other. `done` holds the stream sequence of the last plan executed per
+class _Applier:
+    """One cluster's applier: its dependencies, and what it remembers across plans.
+
+    Per-deployment order across concurrent workers: a deployment's plans always go to the same lane, and a lane
+    executes its plans one after the other. `done` holds the stream sequence of the last plan executed per
     deployment and plan kind, so a copy redelivered after a later plan of its kind ran (its ack was lost) is not
     executed again: an older status must not overwrite a newer one."""
 
+    kube: Kube
+    js: JetStreamContext
+    subjects: Subjects
+    settings: ApplierSettings
     guard: EpochGuard = field(default_factory=EpochGuard)
     done: dict[str, int] = field(default_factory=dict)
 
 
 async def run_applier(*, kube: Kube, js: JetStreamContext, subjects: Subjects, settings: ApplierSettings) -> None:
-    lanes = _Lanes()
+    app = _Applier(kube=kube, js=js, subjects=subjects, settings=settings)
     delay = settings.retry_seconds
     logger.info("applier for cluster %s starting (%d workers)", settings.cluster, settings.workers)
     while True:
         try:
             sub = await _subscribe(js, subjects, settings)
             delay = settings.retry_seconds
-            await _consume(sub, kube=kube, js=js, subjects=subjects, settings=settings, lanes=lanes)
+            await _consume(sub, app)
         except* (nats.errors.Error, BusUnavailable, OSError, TimeoutError) as group:  # also from a worker
             exc = group.exceptions[0]
             logger.warning(
@@ -103,21 +108,14 @@ async def _subscribe(
     return await js.pull_subscribe_bind(durable=durable, stream=subjects.plans_stream)
 
 
-async def _consume(
-    sub: JetStreamContext.PullSubscription,
-    *,
-    kube: Kube,
-    js: JetStreamContext,
-    subjects: Subjects,
-    settings: ApplierSettings,
-    lanes: _Lanes,
-) -> None:
+async def _consume(sub: JetStreamContext.PullSubscription, app: _Applier) -> None:
+    settings = app.settings
     async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
         inboxes: list[MemoryObjectSendStream[tuple[Msg, WorkloadPlan | StatusPlan]]] = []
         for _ in range(settings.workers):
             send, receive = anyio.create_memory_object_stream[tuple[Msg, WorkloadPlan | StatusPlan]](1)
             inboxes.append(await streams.enter_async_context(send))
-            tg.start_soon(partial(_lane, receive, kube=kube, js=js, subjects=subjects, settings=settings, lanes=lanes))
+            tg.start_soon(_lane, receive, app)
         while True:
             try:
                 msgs = await sub.fetch(settings.workers, timeout=1.0)
@@ -125,7 +123,7 @@ async def _consume(
                 continue
             try:
                 while msgs:
-                    plan = await _plan_of(msgs[0], js, subjects, settings)
+                    plan = await _plan_of(msgs[0], app)
                     if plan is not None:
                         lane = zlib.crc32(plan.deployment.key.encode()) % len(inboxes)
                         await inboxes[lane].send((msgs[0], plan))
@@ -140,34 +138,25 @@ async def _consume(
                 return
 
 
-async def _plan_of(
-    msg: Msg, js: JetStreamContext, subjects: Subjects, settings: ApplierSettings
-) -> WorkloadPlan | StatusPlan | None:
+async def _plan_of(msg: Msg, app: _Applier) -> WorkloadPlan | StatusPlan | None:
     """The plan in `msg`, or None after dead-lettering what is not a plan for this cluster."""
+    cluster = app.settings.cluster
     try:
         plan = _PLAN.validate_json(msg.data)
     except ValidationError as exc:
-        await _dead_letter(msg, js, subjects, settings, f"not a plan: {exc.errors()[0]['msg']}")
+        await _dead_letter(msg, app, f"not a plan: {exc.errors()[0]['msg']}")
         return None
-    if plan.cluster != settings.cluster:
-        await _dead_letter(msg, js, subjects, settings, f"plan for cluster {plan.cluster} reached {settings.cluster}")
+    if plan.cluster != cluster:
+        await _dead_letter(msg, app, f"plan for cluster {plan.cluster} reached {cluster}")
         return None
     return plan
 
 
-async def _lane(
-    inbox: MemoryObjectReceiveStream[tuple[Msg, WorkloadPlan | StatusPlan]],
-    *,
-    kube: Kube,
-    js: JetStreamContext,
-    subjects: Subjects,
-    settings: ApplierSettings,
-    lanes: _Lanes,
-) -> None:
+async def _lane(inbox: MemoryObjectReceiveStream[tuple[Msg, WorkloadPlan | StatusPlan]], app: _Applier) -> None:
     async with inbox:
         try:
             async for msg, plan in inbox:
-                await _one(msg, plan, kube=kube, js=js, subjects=subjects, settings=settings, lanes=lanes)
+                await _one(msg, plan, app)
         except anyio.get_cancelled_exc_class():
             # Stopping: hand back what waits here now, rather than after ack_wait.
             waiting: list[Msg] = []
@@ -185,51 +174,34 @@ async def _hand_back(msgs: list[Msg]) -> None:
                 await msg.nak()
 
 
-async def _one(
-    msg: Msg,
-    plan: WorkloadPlan | StatusPlan,
-    *,
-    kube: Kube,
-    js: JetStreamContext,
-    subjects: Subjects,
-    settings: ApplierSettings,
-    lanes: _Lanes,
-) -> None:
+async def _one(msg: Msg, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
     sequence = msg.metadata.sequence.stream if msg.metadata and msg.metadata.sequence else 0
     # A later plan of the same kind supersedes an earlier one (each holds the whole intent); a status plan
     # says nothing about the workload, and the other way round.
     done_key = f"{plan.deployment.key}|{plan.kind}"
-    if sequence and sequence <= lanes.done.get(done_key, 0):
+    if sequence and sequence <= app.done.get(done_key, 0):
         logger.info(
             "plan %s: redelivered after a later %s plan of its deployment ran; skipped", plan.plan_id, plan.kind
         )
         await msg.ack_sync()
         return
     try:
-        await _handle(msg, plan, kube=kube, js=js, subjects=subjects, settings=settings, guard=lanes.guard)
+        await _handle(msg, plan, app)
     except anyio.get_cancelled_exc_class():
         await _hand_back([msg])  # stopping: hand it back now rather than after ack_wait
         raise
     if sequence:
-        lanes.done[done_key] = max(sequence, lanes.done.get(done_key, 0))
+        app.done[done_key] = max(sequence, app.done.get(done_key, 0))
 
 
-async def _handle(
-    msg: Msg,
-    plan: WorkloadPlan | StatusPlan,
-    *,
-    kube: Kube,
-    js: JetStreamContext,
-    subjects: Subjects,
-    settings: ApplierSettings,
-    guard: EpochGuard,
-) -> None:
+async def _handle(msg: Msg, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
     """Execute, retrying transient failures in place (the lane waits, so the deployment's later plans cannot
     overtake this one), then report and acknowledge."""
+    settings = app.settings
     started = datetime.now(UTC)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_keep_alive, msg)
-        result = await _execute(plan, kube=kube, settings=settings, guard=guard)
+        result = await _execute(plan, app)
         tg.cancel_scope.cancel()
     seconds = (datetime.now(UTC) - started).total_seconds()
     metrics.APPLY_SECONDS.labels(kind=plan.kind).observe(seconds)
@@ -260,19 +232,18 @@ async def _handle(
         sequence=plan.sequence,
         finished_at=datetime.now(UTC),
     )
-    await publish(js, subjects.events(settings.cluster), encode_event(report), msg_id=report.event_id)
+    await publish(app.js, app.subjects.events(settings.cluster), encode_event(report), msg_id=report.event_id)
     await msg.ack_sync()
 
 
-async def _execute(
-    plan: WorkloadPlan | StatusPlan, *, kube: Kube, settings: ApplierSettings, guard: EpochGuard
-) -> ApplyResult:
+async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier) -> ApplyResult:
+    settings = app.settings
     attempt = 0
     while True:
         try:
             if isinstance(plan, WorkloadPlan):
-                return await execute_workload(kube, plan, guard)
-            return await execute_status(kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
+                return await execute_workload(app.kube, plan, app.guard)
+            return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
         except TransientKubeError as exc:
             attempt += 1
             wait = min(settings.retry_seconds * 2 ** min(attempt - 1, 6), settings.max_retry_seconds)
@@ -291,12 +262,10 @@ async def _keep_alive(msg: Msg) -> None:
             await msg.in_progress()
 
 
-async def _dead_letter(
-    msg: Msg, js: JetStreamContext, subjects: Subjects, settings: ApplierSettings, reason: str
-) -> None:
-    logger.error("applier %s: dead-lettering a message: %s", settings.cluster, reason)
-    await js.publish(
-        subjects.dead_letters(settings.cluster),
+async def _dead_letter(msg: Msg, app: _Applier, reason: str) -> None:
+    logger.error("applier %s: dead-lettering a message: %s", app.settings.cluster, reason)
+    await app.js.publish(
+        app.subjects.dead_letters(app.settings.cluster),
         msg.data,
         headers={"Llm-Operator-Reason": reason[:500], "Llm-Operator-Subject": msg.subject},
     )
