@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from planner.placement import (
     ClusterInfo,
+    Clusters,
     Demand,
     Policy,
     Requirement,
@@ -161,10 +162,12 @@ class Placed:
 def place_all(
     workloads: Sequence[Workload], clusters: Sequence[ClusterInfo], capacity: FleetCapacity
 ) -> tuple[list[Placed], FleetCapacity]:
-    """Every deployment in turn, each decision taking the capacity the previous one left (planner/handle.py)."""
+    """Every deployment in turn, each decision taking the capacity the previous one left, and all of them reading
+    one Clusters (as a planner step does, planner/handle.py)."""
     results: list[Placed] = []
+    fleet = Clusters(clusters)
     for w in workloads:
-        decision = place(w.demand, clusters=clusters, capacity=capacity, policy=w.policy)
+        decision = place(w.demand, clusters=fleet, capacity=capacity, policy=w.policy)
         capacity = decision.capacity
         results.append(Placed(decision.outcome, decision.placed, decision.shares))
     return results, capacity

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from planner import metrics
 from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
-from planner.placement import ClusterInfo
+from planner.placement import ClusterInfo, Clusters
 from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
 from store import queries, recorder
 from store.events import (
@@ -367,9 +367,10 @@ async def _decide(
                 free[node.gpu_product] = free.get(node.gpu_product, 0) + node.gpus
         for product, count in free.items():
             metrics.FREE_GPUS.labels(cluster=cluster, gpu_product=product).set(count)
-    cluster_infos = [
+    # One Clusters for the whole step: what each clusterSelector admits is worked out once, not per decision.
+    cluster_infos = Clusters(
         ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in await queries.clusters(conn)
-    ]
+    )
     rows = await queries.deployments(conn, keys)
     # Everything the decisions read, for all affected deployments at once: one query per table, not per
     # deployment (a step may reconcile thousands).
@@ -446,7 +447,7 @@ def _inputs(
     workloads: list[dict[str, Any]],
     plan_rows: list[dict[str, Any]],
     model: dict[str, Any] | None,
-    clusters: list[ClusterInfo],
+    clusters: Clusters,
     capacity: FleetCapacity,
     epoch: int,
     now: datetime,

@@ -41,10 +41,10 @@ nodes only of the clusters it may place on, not the whole fleet.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from planner.capacity import FleetCapacity, GpuKind, NodeFree
 from store.quantity import format_bytes, format_millicores
@@ -157,59 +157,97 @@ def gpu_type_matches(pattern: str, product: str | None) -> bool:
 
 
 _Exclusion = tuple[str, Literal["unhealthy", "unselected"]]
+_name = attrgetter("name")
 
 
-def rank_clusters(clusters: Sequence[ClusterInfo], policy: Policy, origin: str) -> tuple[list[str], list[str]]:
+class _Admission(NamedTuple):
+    eligible: tuple[str, ...]
+    """Healthy clusters the selector admits, in name order."""
+    eligible_set: frozenset[str]
+    excluded: tuple[_Exclusion, ...]
+    """The others with why, in name order."""
+    reasons: tuple[str, ...]
+    """`excluded` in words, for a decision's reasons."""
+
+
+class Clusters:
+    """The fleet's clusters as placement sees them, in name order, with what each clusterSelector admits worked out
+    once and remembered: build one per planner step and pass it to every decision of the step (a decision would
+    otherwise test every cluster of the fleet against its selector). Treat it as immutable."""
+
+    __slots__ = ("_admitted", "infos")
+
+    def __init__(self, infos: Iterable[ClusterInfo]) -> None:
+        self.infos: tuple[ClusterInfo, ...] = tuple(sorted(infos, key=_name))
+        self._admitted: dict[Hashable, _Admission] = {}
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def __iter__(self) -> Iterator[ClusterInfo]:
+        return iter(self.infos)
+
+    def admitted(self, policy: Policy) -> _Admission:
+        key = (policy.match_labels, policy.match_expressions)
+        known = self._admitted.get(key)
+        if known is None:
+            eligible: list[str] = []
+            excluded: list[_Exclusion] = []
+            for cluster in self.infos:
+                if not cluster.healthy:
+                    excluded.append((cluster.name, "unhealthy"))
+                elif not policy.selects(cluster.labels):
+                    excluded.append((cluster.name, "unselected"))
+                else:
+                    eligible.append(cluster.name)
+            known = _Admission(
+                tuple(eligible), frozenset(eligible), tuple(excluded), tuple(_exclusion_reasons(excluded))
+            )
+            self._admitted[key] = known
+        return known
+
+
+def _clusters(clusters: Clusters | Sequence[ClusterInfo]) -> Clusters:
+    return clusters if isinstance(clusters, Clusters) else Clusters(clusters)
+
+
+def rank_clusters(
+    clusters: Clusters | Sequence[ClusterInfo], policy: Policy, origin: str
+) -> tuple[list[str], list[str]]:
     """(eligible cluster names in preference order, reasons for each excluded cluster)."""
-    order, _, excluded = _rank(clusters, policy, origin)
-    return order, _exclusion_reasons(excluded)
+    fleet = _clusters(clusters)
+    order, _, _ = _rank(fleet, policy, origin)
+    return order, list(fleet.admitted(policy).reasons)
 
 
-def _exclusion_reasons(excluded: list[_Exclusion]) -> list[str]:
+def _exclusion_reasons(excluded: Sequence[_Exclusion]) -> list[str]:
     return [
         f"cluster {name} is unhealthy" if why == "unhealthy" else f"cluster {name} does not match the clusterSelector"
         for name, why in excluded
     ]
 
 
-def _rank(clusters: Sequence[ClusterInfo], policy: Policy, origin: str) -> tuple[list[str], int, list[_Exclusion]]:
+def _rank(clusters: Clusters, policy: Policy, origin: str) -> tuple[list[str], int, tuple[_Exclusion, ...]]:
     """(eligible clusters in preference order, how many lead it by preference, exclusions in name order)."""
-    excluded: list[_Exclusion] = []
-    if not policy.match_labels and not policy.match_expressions:
-        eligible = [c.name for c in clusters if c.healthy]
-        eligible.sort()
-        if len(eligible) < len(clusters):
-            excluded = sorted((c.name, "unhealthy") for c in clusters if not c.healthy)
-    else:
-        eligible = []
-        for cluster in sorted(clusters, key=_name):
-            if not cluster.healthy:
-                excluded.append((cluster.name, "unhealthy"))
-            elif not policy.selects(cluster.labels):
-                excluded.append((cluster.name, "unselected"))
-            else:
-                eligible.append(cluster.name)
+    admitted, _, excluded, _ = clusters.admitted(policy)
     # Preferred clusters first (in the listed order), then the origin, then the rest by name. Built by moving names
     # to the front rather than by sorting: this runs once per decision over the whole fleet.
     if policy.preferred_clusters:
-        names = set(eligible)
+        names = set(admitted)
         front = [name for name in dict.fromkeys(policy.preferred_clusters) if name in names]
     else:
         front = []
-    if policy.prefer_origin and origin not in front and origin in eligible:
+    if policy.prefer_origin and origin not in front and origin in admitted:
         front.append(origin)
     if not front:
-        return eligible, 0, excluded
+        return list(admitted), 0, excluded
     if len(front) == 1:
-        order = eligible.copy()
+        order = list(admitted)
         order.remove(front[0])
         order.insert(0, front[0])
         return order, 1, excluded
     chosen = set(front)
-    return front + [name for name in eligible if name not in chosen], len(front), excluded
-
-
-_name = attrgetter("name")
+    return front + [name for name in admitted if name not in chosen], len(front), excluded
 
 
 # --- Fitting replicas onto nodes -------------------------------------------------------------------------------
@@ -218,14 +256,13 @@ _UNBOUNDED = 1 << 40
 """Replicas a node holds of a shape that requests nothing the node counts (no GPUs, CPU or memory)."""
 
 
-@dataclass(frozen=True)
-class _ProductFit:
+class _ProductFit(NamedTuple):
     """Where replicas of one shape fit in a cluster on the nodes of one GPU product (None: CPU-only)."""
 
     product: str | None
     replicas: int
     first: tuple[int, int, str]
-    """Best-fit key of the node the first replica would take."""
+    """Best-fit key (free GPUs, free CPU, name) of the node the first replica would take."""
     nodes: tuple[tuple[int, int], ...]
     """(index in the cluster's nodes, replicas it holds), best fit first."""
 
@@ -238,35 +275,40 @@ def _count_fit(nodes: tuple[NodeFree, ...], positions: Sequence[int], demand: De
     """Per product: where replicas of `demand` fit among the nodes at `positions` (nodes of acceptable GPU kinds,
     or without GPUs for CPU-only replicas), best fit first: least GPUs left, then least CPU, then name."""
     gpus, cpu_m, memory = demand.gpus, demand.cpu_m, demand.memory_bytes
-    by_product: dict[str | None, list[tuple[tuple[int, int, str], int, int]]] = {}
+    # (free GPUs, free CPU, name, position, replicas it holds): sorting these is best fit, as the demand takes the
+    # same from every node. Flat tuples and one unpacking per node: this loop is the heart of every decision.
+    by_product: dict[str | None, list[tuple[int, int, str, int, int]]] = {}
     for i in positions:
-        node = nodes[i]
-        free = node.gpus
+        _, name, product, _, free, cpu, mem, _ = nodes[i]
         if gpus:
             if free < gpus:
                 continue
             fit = free // gpus
         else:
-            fit = _UNBOUNDED
-        if cpu_m and node.cpu_m // cpu_m < fit:
-            fit = node.cpu_m // cpu_m
-        if memory and node.memory_bytes // memory < fit:
-            fit = node.memory_bytes // memory
+            fit, product = _UNBOUNDED, None
+        if cpu_m and cpu // cpu_m < fit:
+            fit = cpu // cpu_m
+        if memory and mem // memory < fit:
+            fit = mem // memory
         if fit > 0:
-            product = node.gpu_product if gpus else None
-            entry = ((free - gpus, node.cpu_m - cpu_m, node.name), i, fit)
-            if product in by_product:
-                by_product[product].append(entry)
+            group = by_product.get(product)
+            if group is None:
+                by_product[product] = [(free, cpu, name, i, fit)]
             else:
-                by_product[product] = [entry]
+                group.append((free, cpu, name, i, fit))
     out = []
-    for product in sorted(by_product, key=lambda p: p or ""):
-        entries = sorted(by_product[product])
-        replicas, where = 0, []
-        for _, i, fit in entries:
-            replicas += fit
-            where.append((i, fit))
-        out.append(_ProductFit(product, replicas, entries[0][0], tuple(where)))
+    for product in sorted(by_product, key=lambda p: p or "") if len(by_product) > 1 else by_product:
+        entries = by_product[product]
+        entries.sort()
+        first = entries[0]
+        out.append(
+            _ProductFit(
+                product,
+                sum(e[4] for e in entries),
+                (first[0], first[1], first[2]),
+                tuple((e[3], e[4]) for e in entries),
+            )
+        )
     return tuple(out)
 
 
@@ -280,12 +322,15 @@ def _acceptable_kinds(capacity: FleetCapacity, demand: Demand, gpu_type: str | N
     return capacity.gpu_kinds_where(("acceptable", gpu_type, min_memory), accept)
 
 
-def _fit(capacity: FleetCapacity, cluster: str, demand: Demand, gpu_type: str | None) -> _ClusterFit:
+def _fit(
+    capacity: FleetCapacity, cluster: str, demand: Demand, gpu_type: str | None, kinds: tuple[GpuKind, ...]
+) -> _ClusterFit:
+    """Where replicas of `demand` fit in `cluster` on `gpu_type`, whose acceptable GPU kinds are `kinds`."""
+
     def count(nodes: tuple[NodeFree, ...]) -> _ClusterFit:
         by_kind = capacity.node_positions(cluster)  # derived from the same nodes
         if not demand.gpus:
             return _count_fit(nodes, by_kind.get(None, ()), demand)
-        kinds = _acceptable_kinds(capacity, demand, gpu_type)
         if len(kinds) == 1:
             return _count_fit(nodes, by_kind.get(kinds[0], ()), demand)
         return _count_fit(nodes, sorted(i for kind in kinds for i in by_kind.get(kind, ())), demand)
@@ -303,12 +348,13 @@ def _fill_cluster(
     cluster: str,
     demand: Demand,
     gpu_type: str | None,
+    kinds: tuple[GpuKind, ...],
     count: int,
     product: str | None = None,
 ) -> tuple[int, dict[str, int], FleetCapacity, str | None]:
     """Place up to `count` replicas in one cluster on one GPU product (`product`, or the one that holds the most,
     ties to the better first fit) by best fit; returns (placed, per node, capacity, product)."""
-    fit = _fit(capacity, cluster, demand, gpu_type)
+    fit = _fit(capacity, cluster, demand, gpu_type, kinds)
     if not demand.gpus:
         chosen = _on(fit, None)
     elif product is None:
@@ -378,15 +424,9 @@ class _Plan:
     reasons: list[str]
     front: int
     """How many clusters at the head of `order` are there by preference (the rest are in name order)."""
-    _rest: frozenset[str] | None = None
+    eligible: frozenset[str]
+    """The names in `order`."""
     _kinds: dict[str | None, tuple[GpuKind, ...]] = field(default_factory=dict)
-
-    @property
-    def rest(self) -> frozenset[str]:
-        """The clusters after the preferred ones, in name order."""
-        if self._rest is None:
-            self._rest = frozenset(self.order[self.front :])
-        return self._rest
 
     def allowed(self, cluster: str) -> bool:
         """May this decision put replicas in `cluster` (maxClusters)?"""
@@ -433,11 +473,12 @@ class _Plan:
             if cluster not in self.shares and self.capacity.gpu_slots(gpus, kinds, cluster) >= at_least:
                 yield cluster
         # The rest of the order is by name, which is the order the capacity index keeps clusters with room in.
-        rest = self.rest
+        eligible, head = self.eligible, self.order[: self.front]
         capacity = self.capacity  # clusters not yet yielded are unchanged by the fills in between
         for cluster in capacity.clusters_with_gpu_slots(gpus, kinds):
             if (
-                cluster in rest
+                cluster in eligible
+                and cluster not in head
                 and cluster not in self.shares
                 and (at_least == 1 or capacity.gpu_slots(gpus, kinds, cluster) >= at_least)
             ):
@@ -453,7 +494,7 @@ class _Plan:
             bound = self.gpu_bound(cluster, gpu_type)
             if bound < at_least:
                 return bound  # the exact count is no larger; not worth reading the nodes
-        fit = _fit(self.capacity, cluster, self.demand, gpu_type)
+        fit = _fit(self.capacity, cluster, self.demand, gpu_type, self.kinds(gpu_type))
         if product is None:
             return fit[0].replicas if len(fit) == 1 else max((p.replicas for p in fit), default=0)
         on = _on(fit, product)
@@ -464,7 +505,7 @@ class _Plan:
         if product is not None and gpu_type is not None and not gpu_type_matches(gpu_type, product):
             return 0
         placed, per_node, self.capacity, product = _fill_cluster(
-            self.capacity, cluster, self.demand, gpu_type, count, product
+            self.capacity, cluster, self.demand, gpu_type, self.kinds(gpu_type), count, product
         )
         if placed:
             self.shares[cluster] = _merge(self.shares.get(cluster), cluster, placed, per_node, product)
@@ -474,13 +515,15 @@ class _Plan:
 def place(
     demand: Demand,
     *,
-    clusters: Sequence[ClusterInfo],
+    clusters: Clusters | Sequence[ClusterInfo],
     capacity: FleetCapacity,
     policy: Policy,
     current: Sequence[Share] = (),
 ) -> Decision:
-    order, front, excluded = _rank(clusters, policy, demand.origin)
-    reasons = _exclusion_reasons(excluded)
+    fleet = _clusters(clusters)
+    order, front, excluded = _rank(fleet, policy, demand.origin)
+    admission = fleet.admitted(policy)
+    reasons = list(admission.reasons)
     # Stability: keep what is placed on healthy eligible clusters; shares elsewhere are the caller's business
     # (failover keeps them until replacements are available).
     shares: dict[str, Share] = {}
@@ -491,7 +534,7 @@ def place(
         for cluster in _ranked(shares, order)[policy.max_clusters :]:
             reasons.append(f"cluster {cluster} released: maxClusters is {policy.max_clusters}")
             del shares[cluster]
-    plan = _Plan(demand, policy, order, shares, capacity, reasons, front)
+    plan = _Plan(demand, policy, order, shares, capacity, reasons, front, admission.eligible_set)
     kept = sum(s.replicas for s in shares.values())
     if kept > demand.replicas:
         _shrink(shares, order, kept - demand.replicas, policy.strategy)
@@ -559,7 +602,7 @@ def _rehome(plan: _Plan, need: int, types: tuple[str | None, ...], existing: fro
         share = plan.shares[cluster]
         best: tuple[int, str | None, str | None] | None = None  # (replicas, gpu type, product)
         for gpu_type in types:
-            for fit in _fit(plan.capacity, cluster, demand, gpu_type):
+            for fit in _fit(plan.capacity, cluster, demand, gpu_type, plan.kinds(gpu_type)):
                 count = min(fit.replicas, share.replicas + need)
                 if fit.product != share.gpu_type and count > share.replicas and (best is None or count > best[0]):
                     best = (count, gpu_type, fit.product)
@@ -567,7 +610,9 @@ def _rehome(plan: _Plan, need: int, types: tuple[str | None, ...], existing: fro
             continue
         count, gpu_type, product = best
         plan.capacity = _release(plan.capacity, cluster, demand, share)
-        placed, per_node, plan.capacity, _ = _fill_cluster(plan.capacity, cluster, demand, gpu_type, count, product)
+        placed, per_node, plan.capacity, _ = _fill_cluster(
+            plan.capacity, cluster, demand, gpu_type, plan.kinds(gpu_type), count, product
+        )
         plan.shares[cluster] = Share(cluster, placed, product, tuple(sorted(per_node.items())))
         plan.reasons.append(
             f"cluster {cluster}: {placed} replica(s) on {product} instead of {share.replicas} on {share.gpu_type} "
@@ -701,7 +746,7 @@ def _block(node: NodeFree) -> str:
     return f"{node.gpus} × {node.gpu_product} on {node.cluster}/{node.name}"
 
 
-def _excluded_summary(excluded: list[_Exclusion]) -> str:
+def _excluded_summary(excluded: Sequence[_Exclusion]) -> str:
     """'excluded: 2 unhealthy (a, b), 74 not matching the clusterSelector (c, d, e, f, g, …)': short, for messages."""
     parts = []
     for why, label in (("unhealthy", "unhealthy"), ("unselected", "not matching the clusterSelector")):
@@ -716,10 +761,11 @@ _NAMES_SHOWN = 5
 
 
 def _ranked(shares: Mapping[str, Share], order: list[str]) -> list[str]:
-    """The clusters of `shares` in rank order (shares are few; the order is the whole fleet)."""
+    """The clusters of `shares` in rank order. Every share is on a cluster of `order` (`place` keeps only those);
+    shares are few, the order is the whole fleet."""
     if len(shares) <= 1:
-        return [c for c in shares if c in order]
-    return sorted((c for c in shares if c in order), key=order.index)
+        return list(shares)
+    return sorted(shares, key=order.index)
 
 
 def _summary(shares: dict[str, Share], order: list[str]) -> str:

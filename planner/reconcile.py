@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from planner.capacity import FleetCapacity
-from planner.placement import ClusterInfo, Decision, Demand, Policy, Requirement, Share, place, rank_clusters
+from planner.placement import ClusterInfo, Clusters, Decision, Demand, Policy, Requirement, Share, place, rank_clusters
 from planner.status import ClusterProgress, StatusInputs, compute_status
 from store.api import LLMDeploymentSpec, LLMModelSpec, gpu_count, gpu_min_memory_bytes
 from store.conditions import Condition
@@ -81,7 +81,7 @@ class Inputs:
     workloads: Sequence[WorkloadState]
     last_plans: Mapping[str, WorkloadPlan]
     """The latest workload plan sent to each cluster."""
-    clusters: Sequence[ClusterInfo]
+    clusters: Clusters | Sequence[ClusterInfo]
     capacity: FleetCapacity
     epoch: int
     now: datetime
