@@ -207,6 +207,23 @@ class FleetCapacity:
         new.holders = _moved_holders(index.holders, cluster, old_slots, new_slots, delta)
         return derived
 
+    def with_clusters_from(self, fresh: FleetCapacity, clusters: Iterable[str]) -> FleetCapacity:
+        """The same fleet with each of `clusters` as `fresh` has it (a cluster `fresh` lacks has no usable node
+        any more and is dropped); the others, and what is derived about them, carry over."""
+        clusters = set(clusters)
+        if any(c not in self.clusters for c in clusters & fresh.clusters.keys()) or any(
+            c in self.clusters for c in clusters - fresh.clusters.keys()
+        ):
+            # A cluster appears or disappears: start over from a dict in name order (rare: clusters join or lose
+            # every usable node).
+            merged = {c: ns for c, ns in self.clusters.items() if c not in clusters}
+            merged.update((c, ns) for c, ns in fresh.clusters.items() if c in clusters)
+            return FleetCapacity(dict(sorted(merged.items())))
+        result = self
+        for cluster in sorted(clusters & fresh.clusters.keys()):
+            result = result.with_cluster(cluster, fresh.clusters[cluster])
+        return result
+
     def with_node(self, node: NodeFree) -> FleetCapacity:
         updated = tuple(node if n.name == node.name else n for n in self.clusters[node.cluster])
         return self.with_cluster(node.cluster, updated)

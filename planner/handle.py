@@ -22,7 +22,8 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from planner import metrics
-from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
+from planner.capacity import FleetCapacity
+from planner.memory import CapacityMemory
 from planner.placement import ClusterInfo, Clusters
 from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
 from store import queries, recorder
@@ -97,12 +98,16 @@ async def step(
     config: StepConfig,
     health_grace_until: datetime,
     mode: Literal["normal", "catch-up", "full"] = "normal",
+    memory: CapacityMemory | None = None,
 ) -> StepResult:
     """Run one step inside the caller's transaction (the caller commits, then relays the outbox).
 
     `mode`: "catch-up" records and folds without deciding (a new leader first reads the whole backlog);
     "full" reconciles every deployment (once, when the backlog is read).
+    `memory`: the fleet's capacity carried from the previous step (planner/memory.py); the caller must `forget`
+    it if this step does not commit. None: read the whole fleet's capacity.
     """
+    memory = CapacityMemory() if memory is None else memory
     result = StepResult()
     await recorder.lock_writers(conn)
     latest = await queries.latest_epoch(conn)
@@ -173,6 +178,7 @@ async def step(
         await recorder.apply_ops(conn, [op for r in lost for op in fold(r.event)])
         recorded += lost
 
+    memory.note(r.event for r in recorded)
     if mode == "catch-up":
         await recorder.record_position(conn, config.consumer, result.position)
         return result
@@ -183,7 +189,7 @@ async def step(
     if mode == "full":
         affected = sorted(set(affected) | set(await queries.all_deployment_keys(conn)))
     if affected:
-        result.decisions, result.plans = await _decide(conn, affected, recorded, epoch, now, config)
+        result.decisions, result.plans = await _decide(conn, affected, recorded, epoch, now, config, memory)
     await recorder.record_position(conn, config.consumer, result.position)
     return result
 
@@ -308,49 +314,6 @@ async def _affected(conn: AsyncConnection, events: Sequence[Event]) -> list[Depl
     return sorted(k for k in keys if all(k))
 
 
-async def _capacity(conn: AsyncConnection) -> FleetCapacity:
-    nodes = [
-        NodeFacts(
-            cluster=n["cluster"],
-            name=n["name"],
-            gpu_product=n["gpu_product"],
-            gpu_memory_bytes=n["gpu_memory_bytes"],
-            gpu_allocatable=n["gpu_allocatable"],
-            cpu_allocatable_m=n["cpu_allocatable_m"],
-            memory_allocatable_bytes=n["memory_allocatable_bytes"],
-            ready=n["ready"],
-            schedulable=n["schedulable"],
-            taints=tuple((t.get("key", ""), t.get("effect", "")) for t in n["taints"]),
-        )
-        for n in await queries.nodes(conn)
-    ]
-    pods = [
-        PodUsage(
-            cluster=p["cluster"],
-            node=p["node_name"],
-            gpus=p["gpu_request"],
-            cpu_m=p["cpu_request_m"],
-            memory_bytes=p["memory_request_bytes"],
-            deployment_key=p["deployment_key"],
-        )
-        for p in await queries.bound_pods(conn)
-    ]
-    reservations = [
-        Reservation(
-            deployment_key=f"{p['origin_cluster']}/{p['namespace']}/{p['name']}",
-            cluster=p["cluster"],
-            replicas=p["replicas"],
-            expected_nodes=p["nodes"],
-            gpus=p["replica_gpus"],
-            cpu_m=p["replica_cpu_m"],
-            memory_bytes=p["replica_memory_bytes"],
-        )
-        for p in await queries.all_placements(conn)
-        if p["replicas"] > 0
-    ]
-    return free_capacity(nodes, pods, reservations)
-
-
 async def _decide(
     conn: AsyncConnection,
     keys: Sequence[DeploymentKey],
@@ -358,8 +321,9 @@ async def _decide(
     epoch: int,
     now: datetime,
     config: StepConfig,
+    memory: CapacityMemory,
 ) -> tuple[int, int]:
-    capacity = await _capacity(conn)
+    capacity = await memory.current(conn)
     for cluster, nodes in capacity.clusters.items():
         free: dict[str, int] = {}
         for node in nodes:
@@ -432,6 +396,11 @@ async def _decide(
             (plan.plan_id, config.subjects.plans(plan.cluster), plan.model_dump_json().encode())
             for plan in outcome.plans
         )
+    memory.carry(
+        capacity,
+        (e for e in new_events if isinstance(e, PlacementDecided)),
+        (p["cluster"] for key in ordered for p in placements.get(key, [])),
+    )
     # Decisions of different deployments touch different rows (capacity is carried in memory), so their events,
     # projections and outbox rows are written together.
     stored = await recorder.append(conn, [(e, {"epoch": epoch}) for e in new_events])

@@ -175,11 +175,12 @@ class Clusters:
     once and remembered: build one per planner step and pass it to every decision of the step (a decision would
     otherwise test every cluster of the fleet against its selector). Treat it as immutable."""
 
-    __slots__ = ("_admitted", "infos")
+    __slots__ = ("_admitted", "_ranked", "infos")
 
     def __init__(self, infos: Iterable[ClusterInfo]) -> None:
         self.infos: tuple[ClusterInfo, ...] = tuple(sorted(infos, key=_name))
         self._admitted: dict[Hashable, _Admission] = {}
+        self._ranked: dict[Hashable, tuple[tuple[str, ...], int, tuple[_Exclusion, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -206,6 +207,28 @@ class Clusters:
             self._admitted[key] = known
         return known
 
+    def ranked(self, policy: Policy, origin: str) -> tuple[tuple[str, ...], int, tuple[_Exclusion, ...]]:
+        """(eligible clusters in preference order, how many lead it by preference, exclusions in name order)."""
+        key = (
+            policy.match_labels,
+            policy.match_expressions,
+            policy.preferred_clusters,
+            origin if policy.prefer_origin else None,
+        )
+        known = self._ranked.get(key)
+        if known is None:
+            known = self._ranked[key] = self._rank(policy, origin)
+        return known
+
+    def _rank(self, policy: Policy, origin: str) -> tuple[tuple[str, ...], int, tuple[_Exclusion, ...]]:
+        admitted, names, excluded, _ = self.admitted(policy)
+        # Preferred clusters first (in the listed order), then the origin, then the rest by name.
+        front = [name for name in dict.fromkeys(policy.preferred_clusters) if name in names]
+        if policy.prefer_origin and origin not in front and origin in names:
+            front.append(origin)
+        chosen = set(front)
+        return tuple(front) + tuple(name for name in admitted if name not in chosen), len(front), excluded
+
 
 def _clusters(clusters: Clusters | Sequence[ClusterInfo]) -> Clusters:
     return clusters if isinstance(clusters, Clusters) else Clusters(clusters)
@@ -217,7 +240,7 @@ def rank_clusters(
     """(eligible cluster names in preference order, reasons for each excluded cluster)."""
     fleet = _clusters(clusters)
     order, _, _ = _rank(fleet, policy, origin)
-    return order, list(fleet.admitted(policy).reasons)
+    return list(order), list(fleet.admitted(policy).reasons)
 
 
 def _exclusion_reasons(excluded: Sequence[_Exclusion]) -> list[str]:
@@ -227,27 +250,9 @@ def _exclusion_reasons(excluded: Sequence[_Exclusion]) -> list[str]:
     ]
 
 
-def _rank(clusters: Clusters, policy: Policy, origin: str) -> tuple[list[str], int, tuple[_Exclusion, ...]]:
+def _rank(clusters: Clusters, policy: Policy, origin: str) -> tuple[tuple[str, ...], int, tuple[_Exclusion, ...]]:
     """(eligible clusters in preference order, how many lead it by preference, exclusions in name order)."""
-    admitted, _, excluded, _ = clusters.admitted(policy)
-    # Preferred clusters first (in the listed order), then the origin, then the rest by name. Built by moving names
-    # to the front rather than by sorting: this runs once per decision over the whole fleet.
-    if policy.preferred_clusters:
-        names = set(admitted)
-        front = [name for name in dict.fromkeys(policy.preferred_clusters) if name in names]
-    else:
-        front = []
-    if policy.prefer_origin and origin not in front and origin in admitted:
-        front.append(origin)
-    if not front:
-        return list(admitted), 0, excluded
-    if len(front) == 1:
-        order = list(admitted)
-        order.remove(front[0])
-        order.insert(0, front[0])
-        return order, 1, excluded
-    chosen = set(front)
-    return front + [name for name in admitted if name not in chosen], len(front), excluded
+    return clusters.ranked(policy, origin)
 
 
 # --- Fitting replicas onto nodes -------------------------------------------------------------------------------
@@ -390,7 +395,7 @@ def _merge(share: Share | None, cluster: str, count: int, per_node: dict[str, in
     return Share(cluster, share.replicas + count, share.gpu_type or product, tuple(sorted(nodes.items())))
 
 
-def _shrink(shares: dict[str, Share], order: list[str], surplus: int, strategy: str) -> None:
+def _shrink(shares: dict[str, Share], order: Sequence[str], surplus: int, strategy: str) -> None:
     while surplus > 0:
         live = [c for c in _ranked(shares, order) if shares[c].replicas > 0]
         victim = max(reversed(live), key=lambda c: shares[c].replicas) if strategy == "Spread" else live[-1]
@@ -418,7 +423,7 @@ class _Plan:
 
     demand: Demand
     policy: Policy
-    order: list[str]
+    order: tuple[str, ...]
     shares: dict[str, Share]
     capacity: FleetCapacity
     reasons: list[str]
@@ -528,7 +533,7 @@ def place(
     # (failover keeps them until replacements are available).
     shares: dict[str, Share] = {}
     if current:
-        eligible = set(order)
+        eligible = admission.eligible_set
         shares = {s.cluster: s for s in current if s.cluster in eligible and s.replicas > 0}
     if policy.max_clusters is not None and len(shares) > policy.max_clusters:
         for cluster in _ranked(shares, order)[policy.max_clusters :]:
@@ -760,7 +765,7 @@ def _excluded_summary(excluded: Sequence[_Exclusion]) -> str:
 _NAMES_SHOWN = 5
 
 
-def _ranked(shares: Mapping[str, Share], order: list[str]) -> list[str]:
+def _ranked(shares: Mapping[str, Share], order: Sequence[str]) -> list[str]:
     """The clusters of `shares` in rank order. Every share is on a cluster of `order` (`place` keeps only those);
     shares are few, the order is the whole fleet."""
     if len(shares) <= 1:
@@ -768,7 +773,7 @@ def _ranked(shares: Mapping[str, Share], order: list[str]) -> list[str]:
     return sorted(shares, key=order.index)
 
 
-def _summary(shares: dict[str, Share], order: list[str]) -> str:
+def _summary(shares: dict[str, Share], order: Sequence[str]) -> str:
     return _summary_of(_final(shares, order))
 
 
@@ -777,7 +782,7 @@ def _summary_of(final: tuple[Share, ...]) -> str:
     return "placed " + (", ".join(parts) if parts else "nothing (0 replicas requested)")
 
 
-def _final(shares: dict[str, Share], order: list[str]) -> tuple[Share, ...]:
+def _final(shares: dict[str, Share], order: Sequence[str]) -> tuple[Share, ...]:
     """The shares with replicas, in rank order."""
     return tuple(shares[c] for c in _ranked(shares, order) if shares[c].replicas > 0)
 

@@ -6,6 +6,7 @@ Guarantees:
 - A new leader first catches up on the backlog (recording and folding without deciding), then reconciles every
   deployment once, then plans step by step.
 - Plans are relayed to NATS after each committing step; a failed relay is retried on the next step.
+- The fleet's capacity is carried from step to step (planner/memory.py) and forgotten when a step fails.
 - A step that fails transiently (database or NATS gone) is rolled back and retried from the same position after
   a backoff; losing the leader lock stops planning and the service campaigns again.
 """
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from planner import metrics
 from planner.handle import Delivery, LostLeadership, StepConfig, step
 from planner.leader import Lease, LeaseLost, campaign
+from planner.memory import CapacityMemory
 from planner.outbox import relay
 from store import recorder
 from store.bus import BusUnavailable, SequenceReader
@@ -99,6 +101,7 @@ async def _lead(
     reader = SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1)
     mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
     outbox_dirty = True  # a previous leader may have left committed plans unsent
+    memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
     try:
         while True:
             try:
@@ -116,6 +119,7 @@ async def _lead(
                             config=config,
                             health_grace_until=grace_until,
                             mode=mode,
+                            memory=memory,
                         )
                 metrics.observe_step(result, time.perf_counter() - started, len(deliveries))
                 if received:
@@ -131,6 +135,7 @@ async def _lead(
                 metrics.ERRORS.labels(kind=type(exc).__name__).inc()
                 logger.warning("planner step failed, retrying from %d: %s", position + 1, exc)
                 outbox_dirty = True
+                memory.forget()  # it may describe the step that was rolled back
                 await reader.rewind(position + 1)
                 await anyio.sleep(settings.retry_seconds)
             except StoreError:

@@ -6,7 +6,7 @@ the projections exactly as folded so far in that transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,31 +26,38 @@ async def clusters(conn: AsyncConnection) -> list[dict[str, Any]]:
     return _rows(await conn.execute(select(tables.clusters).order_by(tables.clusters.c.name)))
 
 
-async def nodes(conn: AsyncConnection) -> list[dict[str, Any]]:
+async def nodes(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Every node, or those of `clusters`."""
     t = tables.nodes
-    return _rows(await conn.execute(select(t).order_by(t.c.cluster, t.c.name)))
+    query = select(t).order_by(t.c.cluster, t.c.name)
+    if clusters is not None:
+        query = query.where(t.c.cluster.in_(sorted(clusters)))
+    return _rows(await conn.execute(query))
 
 
-async def bound_pods(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """Pods holding resources on a node: bound and not terminated."""
+async def bound_pods(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Pods holding resources on a node: bound and not terminated (all, or those in `clusters`)."""
     t = tables.pods
-    return _rows(
-        await conn.execute(
-            select(
-                t.c.cluster,
-                t.c.node_name,
-                t.c.gpu_request,
-                t.c.cpu_request_m,
-                t.c.memory_request_bytes,
-                t.c.deployment_key,
-            ).where(t.c.node_name.is_not(None), t.c.phase.not_in(["Succeeded", "Failed"]))
-        )
-    )
+    query = select(
+        t.c.cluster,
+        t.c.node_name,
+        t.c.gpu_request,
+        t.c.cpu_request_m,
+        t.c.memory_request_bytes,
+        t.c.deployment_key,
+    ).where(t.c.node_name.is_not(None), t.c.phase.not_in(["Succeeded", "Failed"]))
+    if clusters is not None:
+        query = query.where(t.c.cluster.in_(sorted(clusters)))
+    return _rows(await conn.execute(query))
 
 
-async def all_placements(conn: AsyncConnection) -> list[dict[str, Any]]:
+async def all_placements(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Every placement, or those in `clusters`."""
     t = tables.placements
-    return _rows(await conn.execute(select(t).order_by(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster)))
+    query = select(t).order_by(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster)
+    if clusters is not None:
+        query = query.where(t.c.cluster.in_(sorted(clusters)))
+    return _rows(await conn.execute(query))
 
 
 async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> dict[DeploymentKey, dict[str, Any]]:

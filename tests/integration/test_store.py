@@ -17,8 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from planner.handle import Delivery, StepConfig, step
 from planner.leader import campaign
+from planner.memory import CapacityMemory, read_capacity
 from store import queries, reader, recorder, replay, schema, tables
-from store.events import ClusterHeartbeat, deterministic_id
+from store.events import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_NAMESPACE,
+    LABEL_ORIGIN,
+    ClusterHeartbeat,
+    ResyncCompleted,
+    deterministic_id,
+)
 from store.projections import fold
 from tests import builders
 from tests.builders import Feed
@@ -510,3 +519,109 @@ async def test_reporting_views_answer_from_the_projections(engine: AsyncEngine, 
 async def test_fold_is_pure(engine: AsyncEngine) -> None:
     event = builders.observed("a100", "Node", builders.gpu_node("gpu-1"))
     assert fold(event) == fold(event)
+
+
+# ------------------------------------------------------------------------------------------ capacity memory
+
+
+def _pod(name: str, node: str, gpus: int, *, ours: bool = True, phase: str = "Running") -> dict[str, Any]:
+    labels = (
+        {LABEL_ORIGIN: "cpu", LABEL_NAMESPACE: "team", LABEL_DEPLOYMENT: "big", LABEL_MANAGED_BY: "llm-operator"}
+        if ours
+        else {"app": "someone-elses-job"}
+    )
+    requests = {"cpu": "8", "memory": "80Gi", "nvidia.com/gpu": str(gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": builders.meta(name, "team", uid=f"{name}-uid", labels=labels),
+        "spec": {"nodeName": node, "containers": [{"name": "main", "resources": {"requests": requests}}]},
+        "status": {"phase": phase},
+    }
+
+
+async def test_capacity_carried_from_step_to_step_equals_a_full_rebuild(engine: AsyncEngine, hub: Hub) -> None:
+    """The planner keeps the fleet's capacity in memory and reads again only the clusters that changed; after
+    every step of a history with placements, pods binding where the planner did not expect them, someone else's
+    pods, a node shrinking, a scale-down, a node vanishing in a resync and a deletion, what it holds equals a
+    rebuild from every node, pod and placement. A step that does not commit makes it forget."""
+    epoch = await epoch_of(engine)
+    feed = Feed(hub.subjects)
+    memory = CapacityMemory()
+    gpu_1, gpu_2 = builders.gpu_node("gpu-1", uid="gpu-1-uid"), builders.gpu_node("gpu-2", uid="gpu-2-uid")
+
+    def big(replicas: int, generation: int, **extra: Any) -> Any:
+        spec = {"modelRef": "llama", "replicas": replicas, "port": 8080}
+        obj = builders.llm_deployment("big", "team", spec, uid="big-uid", generation=generation, **extra)
+        return builders.observed("cpu", "LLMDeployment", obj)
+
+    history: list[list[Any]] = [
+        [heartbeat("a100", 0, feed.clock), heartbeat("cpu", 0, feed.clock)],
+        [
+            builders.observed("a100", "Node", gpu_1),
+            builders.observed("a100", "Node", gpu_2),
+            builders.observed("cpu", "Node", builders.cpu_node("cpu-1")),
+            builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
+        ],
+        [big(3, 1)],
+        # Someone else's job takes 2 GPUs of gpu-2; one of ours binds on gpu-2, wherever the planner expected it.
+        [
+            builders.observed("a100", "Pod", _pod("other-job", "gpu-2", 2, ours=False)),
+            builders.observed("a100", "Pod", _pod("big-0", "gpu-2", 4)),
+        ],
+        [builders.observed("a100", "Node", builders.gpu_node("gpu-1", uid="gpu-1-uid", gpus=4))],
+        [big(1, 2)],
+        [builders.observed("a100", "Pod", _pod("other-job", "gpu-2", 2, ours=False, phase="Succeeded"))],
+        [
+            ResyncCompleted(
+                event_id="resync-gpu-2",
+                cluster="a100",
+                kind="Node",
+                uids=["gpu-1-uid"],
+                resource_version="9999",
+                observed_at=feed.clock,
+            )
+        ],
+        [big(1, 3, deleting=True, finalizers=["llm.example.com/cleanup"])],
+    ]
+    compared = 0
+    for events in history:
+        feed.tick(5)
+        async with engine.begin() as conn:
+            await step(
+                conn,
+                deliveries=feed.deliver(*events),
+                epoch=epoch,
+                now=feed.clock,
+                config=config(hub),
+                health_grace_until=feed.clock,
+                memory=memory,
+            )
+        async with engine.connect() as conn:
+            carried, rebuilt = await memory.current(conn), await read_capacity(conn)
+        assert carried.clusters == rebuilt.clusters, f"after {[type(e).__name__ for e in events]}"
+        compared += 1
+    async with engine.connect() as conn:
+        placements = await queries.all_placements(conn)
+    assert compared == len(history) and placements, "the history placed nothing: it would prove nothing"
+
+    # A step that is rolled back leaves the memory describing a transaction that never happened: forget it.
+    feed.tick(5)
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        await step(
+            conn,
+            deliveries=feed.deliver(builders.observed("a100", "Pod", _pod("ghost", "gpu-1", 4, ours=False))),
+            epoch=epoch,
+            now=feed.clock,
+            config=config(hub),
+            health_grace_until=feed.clock,
+            memory=memory,
+        )
+        with_ghost = await memory.current(conn)
+        await transaction.rollback()
+        rebuilt = await read_capacity(conn)
+    assert with_ghost.clusters != rebuilt.clusters  # the memory holds the ghost pod the rollback undid
+    memory.forget()
+    async with engine.connect() as conn:
+        assert (await memory.current(conn)).clusters == (await read_capacity(conn)).clusters
