@@ -1,8 +1,9 @@
 """Store errors: the one boundary where database driver exceptions become the store's own.
 
 Guarantees: code outside `store` never sees SQLAlchemy/asyncpg exceptions from store calls wrapped with
-`translated`; it sees `TransientStoreError` (retry later: connection lost, server restarting, serialization
-failure) or `PermanentStoreError` (a bug or a broken schema: retrying will not help).
+`translated` (including the driver's own exceptions from the COPY the recorder runs directly); it sees
+`TransientStoreError` (retry later: connection lost, server restarting, serialization failure) or
+`PermanentStoreError` (a bug or a broken schema: retrying will not help).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 
@@ -55,4 +57,12 @@ def translated(action: str) -> Iterator[None]:
             raise SchemaNotReady(f"{action}: the database is not migrated; run `llm-operator migrate`") from exc
         raise PermanentStoreError(f"{action}: {exc.orig}") from exc
     except sa_exc.SQLAlchemyError as exc:
+        raise PermanentStoreError(f"{action}: {exc}") from exc
+    # The recorder writes events with the driver's COPY, whose errors SQLAlchemy never sees.
+    except asyncpg.InterfaceError as exc:
+        raise TransientStoreError(f"{action}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if isinstance(exc, asyncpg.PostgresConnectionError) or sqlstate in _TRANSIENT_SQLSTATES:
+            raise TransientStoreError(f"{action}: {exc}") from exc
         raise PermanentStoreError(f"{action}: {exc}") from exc

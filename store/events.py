@@ -272,10 +272,12 @@ def encode_event(event: _Event) -> bytes:
 
 def stream_of(event: _Event) -> str:
     """The store stream an event belongs to; see the module docstring."""
-    match event:
-        case ResourceObserved() | ResourceDeleted() if event.kind == "LLMDeployment":
+    # Exact-class tests, not `match`/`isinstance`: pydantic models' metaclass is an ABCMeta, whose instance check
+    # runs Python code, and the recorder asks this for every event it appends.
+    if type(event) is ResourceObserved or type(event) is ResourceDeleted:
+        if event.kind == "LLMDeployment":
             return deployment_stream(event.cluster, event.namespace or "", event.name)
-        case ResourceObserved() | ResourceDeleted() if event.kind == "Deployment":
+        if event.kind == "Deployment":
             labels = event.object.get("labels", {})
             origin = labels.get(LABEL_ORIGIN)
             if origin and LABEL_DEPLOYMENT in labels:
@@ -283,16 +285,14 @@ def stream_of(event: _Event) -> str:
                     origin, labels.get(LABEL_NAMESPACE, event.namespace or ""), labels[LABEL_DEPLOYMENT]
                 )
             return f"Deployment/{event.cluster}/{event.namespace}/{event.name}"
-        case ResourceObserved() | ResourceDeleted():
-            if event.namespace:
-                return f"{event.kind}/{event.cluster}/{event.namespace}/{event.name}"
-            return f"{event.kind}/{event.cluster}/{event.name}"
-        case ResyncCompleted():
-            return f"Resync/{event.cluster}/{event.kind}"
-        case ApplyReported() | PlacementDecided():
-            return deployment_stream(event.origin_cluster, event.namespace, event.name)
-        case PlanIssued():
-            ref = event.plan.deployment
-            return deployment_stream(ref.origin_cluster, ref.namespace, ref.name)
-        case _:
-            return f"Cluster/{event.cluster}"
+        if event.namespace:
+            return f"{event.kind}/{event.cluster}/{event.namespace}/{event.name}"
+        return f"{event.kind}/{event.cluster}/{event.name}"
+    if type(event) is ResyncCompleted:
+        return f"Resync/{event.cluster}/{event.kind}"
+    if type(event) is ApplyReported or type(event) is PlacementDecided:
+        return deployment_stream(event.origin_cluster, event.namespace, event.name)
+    if type(event) is PlanIssued:
+        ref = event.plan.deployment
+        return deployment_stream(ref.origin_cluster, ref.namespace, ref.name)
+    return f"Cluster/{event.cluster}"
