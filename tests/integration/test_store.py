@@ -13,12 +13,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from planner.handle import Delivery, StepConfig, step
 from planner.leader import campaign
 from planner.memory import CapacityMemory, read_capacity
 from store import queries, reader, recorder, replay, schema, tables
+from store.errors import PermanentStoreError, translated
 from store.events import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
@@ -101,6 +102,77 @@ async def test_append_is_idempotent_and_numbers_each_stream_from_one(engine: Asy
     assert [r.stream_id for r in first] == ["Node/a100/gpu-1", "Node/a100/gpu-2"]
     assert again == []
     assert await count(engine, tables.events) == 2
+
+
+async def test_append_numbers_only_new_events_and_keeps_batch_order(engine: AsyncEngine) -> None:
+    """A batch mixing stored and new events of the same streams (and repeats inside it): new events get the next
+    versions of their stream with no gap, positions follow the batch order, and what is returned is in order."""
+    node = builders.gpu_node("gpu-1")
+    v1 = builders.observed("a100", "Node", node)
+    v2 = builders.observed("a100", "Node", {**node, "metadata": {**node["metadata"], "resourceVersion": "2"}})
+    v3 = builders.observed("a100", "Node", {**node, "metadata": {**node["metadata"], "resourceVersion": "3"}})
+    other = builders.observed("a100", "Node", builders.gpu_node("gpu-2"))
+    async with engine.begin() as conn:
+        await recorder.lock_writers(conn)
+        await recorder.append(conn, [(v1, {})])
+    async with engine.begin() as conn:
+        await recorder.lock_writers(conn)
+        recorded = await recorder.append(conn, [(v2, {}), (other, {"n": 1}), (v1, {}), (v2, {}), (v3, {})])
+    assert [r.event.event_id for r in recorded] == [v2.event_id, other.event_id, v3.event_id]
+    assert [(r.stream_id, r.stream_version) for r in recorded] == [
+        ("Node/a100/gpu-1", 2),
+        ("Node/a100/gpu-2", 1),
+        ("Node/a100/gpu-1", 3),
+    ]
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(tables.events.c.event_id, tables.events.c.position, tables.events.c.metadata).order_by(
+                    tables.events.c.position
+                )
+            )
+        ).all()
+    assert [r.event_id for r in rows] == [v1.event_id, v2.event_id, other.event_id, v3.event_id]
+    assert [r.position for r in rows[1:]] == [r.position for r in recorded]
+    assert rows[2].metadata == {"n": 1}
+
+
+async def test_a_broken_locking_rule_fails_the_write_and_is_translated(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer ignoring the writers' lock takes a stream version between this batch's look-up and its COPY: the
+    unique constraint refuses the write, and the driver's error leaves the store as a PermanentStoreError."""
+    event = builders.observed("a100", "Node", builders.gpu_node("n"))
+    real_execute = AsyncConnection.execute
+
+    async def execute(self: AsyncConnection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if statement is recorder._RESERVE:  # between the look-up and the COPY
+            async with engine.begin() as intruder:
+                await intruder.execute(
+                    insert(tables.events).values(
+                        event_id="intruder",
+                        stream_id="Node/a100/n",
+                        stream_version=1,
+                        type="ResourceObserved",
+                        schema_version=1,
+                        cluster="a100",
+                        payload={},
+                        metadata={},
+                        occurred_at=builders.T0,
+                    )
+                )
+        return await real_execute(self, statement, *args, **kwargs)
+
+    async def write() -> None:
+        with translated("append"):
+            async with engine.begin() as conn:
+                await recorder.lock_writers(conn)
+                await recorder.append(conn, [(event, {})])
+
+    monkeypatch.setattr(AsyncConnection, "execute", execute)
+    with pytest.raises(PermanentStoreError, match="uq_events_stream_id_stream_version"):
+        await write()
+    assert await count(engine, tables.events) == 1
 
 
 async def test_concurrent_writers_never_make_a_tailing_reader_skip_a_row(engine: AsyncEngine) -> None:
