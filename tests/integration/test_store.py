@@ -423,7 +423,12 @@ async def test_migrations_upgrade_downgrade_upgrade_and_match_the_models(hub: Hu
 
         async with engine.connect() as conn:
             differences = await conn.run_sync(diff)
+            found = await conn.execute(
+                text("SELECT relname, reloptions FROM pg_class WHERE relname IN ('pods', 'events')")
+            )
+            options: dict[str, Any] = dict(found.all())
         assert differences == []
+        assert options == {"pods": ["fillfactor=70"], "events": None}  # projections updated in place keep room
     finally:
         await engine.dispose()
         hub.postgres.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
