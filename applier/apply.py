@@ -15,7 +15,8 @@ Guarantees:
   grow); only its labels follow the plan.
 - Pruning only touches this deployment's objects in its own namespace: those the last plan recorded on the
   Deployment and the new one no longer holds, or, with no record to trust, those carrying its identity labels.
-- Independent API calls go out together, and the Deployment, which carries the record, is written last.
+- Independent API calls go out together (a deployment new to this process is looked up in one round), and the
+  Deployment, which carries the record, is written last.
 - A removal plan deletes everything of the deployment here; removing what is already gone succeeds.
 """
 
@@ -45,6 +46,7 @@ from store.quantity import bytes_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+U = TypeVar("U")
 
 FIELD_MANAGER = "llm-operator"
 
@@ -162,33 +164,47 @@ async def _all(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
 
 async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) -> ApplyResult:
     """Look, then write: every object the plan would overwrite is checked first (a plan that would overwrite
-    someone else's object writes nothing); then everything but the Deployment is applied, what the plan no
+    someone else's object writes nothing); then everything but the Deployment is applied while what the plan no
     longer holds is deleted, and the Deployment, which carries the record, goes last: a plan interrupted
-    anywhere is not recorded as applied, and its redelivery does it all again."""
+    anywhere is not recorded as applied, and its redelivery does it all again.
+
+    Round trips: a deployment this process has not applied before (new, or first since a restart) is looked up
+    in one round (its Deployment, every object, the namespace), then written in two. A known one reads its
+    Deployment first, whose record names the objects that need no lookup."""
     namespace = plan.deployment.namespace
-    current = await _get_or_none(kube, "Deployment", plan.deployment.name, namespace)
+    manifests = render(plan)
+    others = [m for m in manifests if m["kind"] != "Deployment"]
+    first_time = bool(manifests) and guard.executed_for(plan) is None
+    found: dict[str, dict[str, Any] | None] = {}
+    if first_time:
+        lookups: list[Callable[[], Awaitable[dict[str, Any] | None]]] = [
+            partial(_get_or_none, kube, "Deployment", plan.deployment.name, namespace),
+            *(partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in others),
+            partial(ensure_namespace, kube, namespace),
+        ]
+        current, *rest = await _all(lookups)
+        found = dict(zip((object_ref(m) for m in others), rest, strict=False))
+    else:
+        current = await _get_or_none(kube, "Deployment", plan.deployment.name, namespace)
     record = _record_of(current, plan)
     skip = _skip_reason(plan, record, guard)
     if skip is not None:
         return skip
 
-    manifests = render(plan)
     wanted = {object_ref(m) for m in manifests}
     # What the last plan of this incarnation applied is ours: no need to look it up again (claims excepted:
     # they are applied over what exists).
     known = record.objects if record is not None and record.uid == plan.deployment.uid else None
-    looked_up = [
-        m
-        for m in manifests
-        if m["kind"] != "Deployment"
-        and (known is None or object_ref(m) not in known or m["kind"] == "PersistentVolumeClaim")
-    ]
-    lookups: list[Callable[[], Awaitable[dict[str, Any] | None]]] = [
-        partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in looked_up
-    ]
-    if manifests and current is None:
-        lookups.append(partial(ensure_namespace, kube, namespace))
-    found = dict(zip((object_ref(m) for m in looked_up), await _all(lookups), strict=False))
+    if not first_time:
+        looked_up = [
+            m for m in others if known is None or object_ref(m) not in known or m["kind"] == "PersistentVolumeClaim"
+        ]
+        later: list[Callable[[], Awaitable[dict[str, Any] | None]]] = [
+            partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in looked_up
+        ]
+        if manifests and current is None:
+            later.append(partial(ensure_namespace, kube, namespace))
+        found = dict(zip((object_ref(m) for m in looked_up), await _all(later), strict=False))
     for manifest in manifests:
         ref = object_ref(manifest)
         existing = current if manifest["kind"] == "Deployment" else found.get(ref)
@@ -205,13 +221,16 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
             return _keep_claim(manifest, existing), True
         return manifest, existing is not None or (known is not None and ref in known)
 
-    first = [body(m) for m in manifests if m["kind"] != "Deployment"]
+    first = [body(m) for m in others]
     last = [body(m) for m in manifests if m["kind"] == "Deployment"]
-    await _all([partial(_apply, kube, b, existed=existed) for b, existed in first])
+    # Pruning touches only objects the plan does not hold, so it runs alongside the applies; the Deployment's
+    # own removal (when the plan has none) stays last inside _delete.
     if known is not None and manifests:
-        pruned = await _delete(kube, plan, sorted(known - wanted))
+        cleanup: Callable[[], Awaitable[list[str]]] = partial(_delete, kube, plan, sorted(known - wanted))
     else:
-        pruned = await prune(kube, plan, wanted)
+        cleanup = partial(prune, kube, plan, wanted)
+    applies = partial(_all, [partial(_apply, kube, b, existed=existed) for b, existed in first])
+    _, pruned = await _both(applies, cleanup)
     for b, existed in last:
         await _apply(kube, b, existed=existed)
     guard.record(plan)
@@ -220,6 +239,23 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
     applied = [object_ref(b) for b, _ in first + last]
     message = f"applied {len(applied)} object(s)" + (f", pruned {', '.join(pruned)}" if pruned else "")
     return ApplyResult("Applied", objects=applied, message=message)
+
+
+async def _both(a: Callable[[], Awaitable[T]], b: Callable[[], Awaitable[U]]) -> tuple[T, U]:
+    """Run two independent groups of calls at once."""
+    first: list[T] = []
+    second: list[U] = []
+
+    async def run_a() -> None:
+        first.append(await a())
+
+    async def run_b() -> None:
+        second.append(await b())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_a)
+        tg.start_soon(run_b)
+    return first[0], second[0]
 
 
 async def _apply(kube: Kube, body: dict[str, Any], *, existed: bool) -> None:
