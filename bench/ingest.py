@@ -1,5 +1,6 @@
 """Ingest benchmark: events/s from JetStream into the event store (idempotent append + projections + consumer
-position, in the planner's real step), against the raw JetStream fetch+ack rate measured in the same run.
+position, in the planner's real step, read as the planner service reads: the next batch read and decoded while
+the current step runs), against the raw JetStream fetch+ack rate measured in the same run.
 
 Run: `python -m bench.ingest [--events 100000]`. Targets (issue 4): ≥ 20,000 events/s and ≥ 50 % of raw.
 """
@@ -16,8 +17,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import observations, print_table, servers, write_result
-from planner.handle import Delivery, StepConfig, step
+from llm_operator.runtime import tune_gc
+from planner.handle import StepConfig, step
 from planner.leader import campaign
+from planner.memory import CapacityMemory
+from planner.readahead import ReadAhead
 from store import schema
 from store.bus import SequenceReader, ensure_streams
 from store.events import encode_event
@@ -66,16 +70,31 @@ async def ingest(js: nats.js.JetStreamContext, subjects: Subjects, url: str, cou
     config = StepConfig(
         consumer="planner", subjects=subjects, heartbeat_timeout=timedelta(days=1), recovery_hold=timedelta(seconds=1)
     )
-    reader = SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=1)
+    # As the planner service reads: the next batch is read and prepared while the current step runs.
+    reader = ReadAhead(
+        SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=1),
+        subjects=subjects,
+        batch_size=batch,
+        timeout=5,
+    )
+    memory = CapacityMemory()
     seen = 0
     started = time.perf_counter()
     while seen < count:
-        received = await reader.fetch(batch, timeout=5)
-        deliveries = [Delivery(r.subject, r.stream_sequence, r.data) for r in received]
+        ahead = await reader.next()
         now = datetime.now(UTC)
         async with engine.begin() as conn:
-            await step(conn, deliveries=deliveries, epoch=lease.epoch, now=now, config=config, health_grace_until=now)
-        seen += len(received)
+            await step(
+                conn,
+                deliveries=ahead.deliveries,
+                decoded=ahead.decoded,
+                epoch=lease.epoch,
+                now=now,
+                config=config,
+                health_grace_until=now,
+                memory=memory,
+            )
+        seen += len(ahead.deliveries)
     elapsed = time.perf_counter() - started
     await reader.close()
     await lease.release()
@@ -84,6 +103,7 @@ async def ingest(js: nats.js.JetStreamContext, subjects: Subjects, url: str, cou
 
 
 async def main(count: int, batch: int) -> None:
+    tune_gc()  # as every operator process does (llm_operator.cli): the step runs in this process
     with servers() as hub:
         subjects = Subjects("bench")
         nc = await nats.connect(hub.nats.url)

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from llm_operator import logs
-from llm_operator.runtime import Member, OperatorError, hub_urls, run_components
+from llm_operator.runtime import Member, OperatorError, hub_urls, run_components, tune_gc
 from llm_operator.settings import Settings, parse_cluster, parse_labels
 
 app = typer.Typer(
@@ -75,6 +75,7 @@ def run_async(fn: Callable[[], Awaitable[None]]) -> None:
             await fn()
             tg.cancel_scope.cancel()
 
+    tune_gc()
     try:
         anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     except* OperatorError as group:

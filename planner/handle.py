@@ -9,16 +9,19 @@ Guarantees:
 - Decisions are level-based: every affected deployment is reconciled from the projections (after this step's
   events are folded), in a deterministic order, with capacity carried from one decision to the next so two
   deployments never receive the same GPUs.
+- The pure part of a step (decoding, origin checks, folding) can be done ahead by `prepare`, outside the
+  transaction, so the planner works on the next batch while Postgres works on the current one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import anyio.lowlevel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from planner import metrics
@@ -45,7 +48,7 @@ from store.events import (
     encode_event,
 )
 from store.plans import DeploymentRef, WorkloadPlan
-from store.projections import fold
+from store.projections import Op, fold
 from store.subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,43 @@ class Delivery:
     data: bytes
     stored_at: datetime | None = None
     """When JetStream stored the message: the time a heartbeat counts from."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One delivery decoded, checked and folded: the pure part of a step, which `prepare` does ahead of it."""
+
+    event: Event | None
+    """None: the message is malformed (`malformed` says why)."""
+    malformed: str | None = None
+    ops: Sequence[Op] = ()
+    """What folding the event does to the projections (applied only if the event is new)."""
+
+
+def decode_delivery(delivery: Delivery, subjects: Subjects) -> Decoded:
+    try:
+        event = decode_event(delivery.data)
+        _check_origin(event, delivery.subject, subjects)
+    except MalformedEvent as exc:
+        return Decoded(None, exc.reason)
+    return Decoded(event, None, () if isinstance(event, ClusterHeartbeat) else fold(event))
+
+
+async def prepare(deliveries: Sequence[Delivery], subjects: Subjects, *, chunk: int = 64) -> list[Decoded]:
+    """`decode_delivery` for each, yielding to the event loop every `chunk` deliveries: the planner prepares the
+    next batch while the current step waits on Postgres, and the step's replies must not wait behind a whole
+    batch of decoding."""
+    out: list[Decoded] = []
+    for index, delivery in enumerate(deliveries):
+        if index and index % chunk == 0:
+            await anyio.lowlevel.checkpoint()
+        out.append(decode_delivery(delivery, subjects))
+    return out
+
+
+def _ops(event: Event, folded: Mapping[str, Sequence[Op]]) -> Sequence[Op]:
+    ops = folded.get(event.event_id)
+    return fold(event) if ops is None else ops
 
 
 @dataclass(frozen=True)
@@ -99,6 +139,7 @@ async def step(
     health_grace_until: datetime,
     mode: Literal["normal", "catch-up", "full"] = "normal",
     memory: CapacityMemory | None = None,
+    decoded: Sequence[Decoded] | None = None,
 ) -> StepResult:
     """Run one step inside the caller's transaction (the caller commits, then relays the outbox).
 
@@ -106,7 +147,10 @@ async def step(
     "full" reconciles every deployment (once, when the backlog is read).
     `memory`: the fleet's capacity carried from the previous step (planner/memory.py); the caller must `forget`
     it if this step does not commit. None: read the whole fleet's capacity.
+    `decoded`: the deliveries already through `prepare` (one per delivery, in order); None: decoded here.
     """
+    if decoded is None:
+        decoded = [decode_delivery(d, config.subjects) for d in deliveries]
     memory = CapacityMemory() if memory is None else memory
     result = StepResult()
     await recorder.lock_writers(conn)
@@ -120,26 +164,27 @@ async def step(
     incoming_raw: list[bytes | None] = []
     heartbeats: dict[str, ClusterHeartbeat] = {}
     heard_at: dict[str, datetime] = {}
-    for delivery in deliveries:
+    folded: dict[str, Sequence[Op]] = {}
+    for delivery, outcome in zip(deliveries, decoded, strict=True):
         if delivery.stream_sequence <= position:
             result.duplicates += 1
             continue
         result.position = max(result.position, delivery.stream_sequence)
-        try:
-            event = decode_event(delivery.data)
-            _check_origin(event, delivery.subject, config.subjects)
-        except MalformedEvent as exc:
+        event = outcome.event
+        if event is None:
+            reason = outcome.malformed or "malformed"
             await recorder.dead_letter(
                 conn,
                 consumer=config.consumer,
                 subject=delivery.subject,
                 stream_sequence=delivery.stream_sequence,
-                reason=exc.reason,
+                reason=reason,
                 raw=delivery.data,
             )
             result.dead_letters += 1
-            logger.warning("dead-lettered message %s on %s: %s", delivery.stream_sequence, delivery.subject, exc.reason)
+            logger.warning("dead-lettered message %s on %s: %s", delivery.stream_sequence, delivery.subject, reason)
             continue
+        folded[event.event_id] = outcome.ops
         if isinstance(event, ClusterHeartbeat):
             heartbeats[event.cluster] = event
             heard_at[event.cluster] = min(now, delivery.stored_at or now)
@@ -156,7 +201,7 @@ async def step(
     )
     result.recorded = len(recorded)
     result.duplicates += len(incoming) + len(generated) - len(recorded)
-    await recorder.apply_ops(conn, [op for r in recorded for op in fold(r.event)])
+    await recorder.apply_ops(conn, [op for r in recorded for op in _ops(r.event, folded)])
     for cluster, at in heard_at.items():
         await recorder.touch_heartbeat(conn, cluster, at)
 

@@ -7,6 +7,8 @@ Guarantees:
   deployment once, then plans step by step.
 - Plans are relayed to NATS after each committing step; a failed relay is retried on the next step.
 - The fleet's capacity is carried from step to step (planner/memory.py) and forgotten when a step fails.
+- The next batch is read and decoded while the current step runs (planner/readahead.py); a failed step drops
+  it and reads again from the committed position.
 - A step that fails transiently (database or NATS gone) is rolled back and retried from the same position after
   a backoff; losing the leader lock stops planning and the service campaigns again.
 """
@@ -24,10 +26,11 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from planner import metrics
-from planner.handle import Delivery, LostLeadership, StepConfig, step
+from planner.handle import LostLeadership, StepConfig, step
 from planner.leader import Lease, LeaseLost, campaign
 from planner.memory import CapacityMemory
 from planner.outbox import relay
+from planner.readahead import ReadAhead
 from store import recorder
 from store.bus import BusUnavailable, SequenceReader
 from store.errors import StoreError, TransientStoreError, translated
@@ -98,16 +101,21 @@ async def _lead(
         backlog_end,
     )
     grace_until = _now() + config.heartbeat_timeout
-    reader = SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1)
+    reader = ReadAhead(
+        SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1),
+        subjects=subjects,
+        batch_size=settings.batch_size,
+        timeout=settings.tick_seconds,
+    )
     mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
     outbox_dirty = True  # a previous leader may have left committed plans unsent
     memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
     try:
         while True:
             try:
-                received = await reader.fetch(settings.batch_size, timeout=settings.tick_seconds)
+                batch = await reader.next()
+                received, deliveries = batch.received, batch.deliveries
                 caught_up = not received or received[-1].stream_sequence >= backlog_end
-                deliveries = [Delivery(r.subject, r.stream_sequence, r.data, r.stored_at) for r in received]
                 started = time.perf_counter()
                 with translated("planner step"):
                     async with engine.begin() as conn:
@@ -120,6 +128,7 @@ async def _lead(
                             health_grace_until=grace_until,
                             mode=mode,
                             memory=memory,
+                            decoded=batch.decoded,
                         )
                 metrics.observe_step(result, time.perf_counter() - started, len(deliveries))
                 if received:

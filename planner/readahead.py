@@ -1,0 +1,67 @@
+"""Read and prepare the planner's next batch while the current one's step runs.
+
+A step spends much of its time waiting on Postgres; the pure part of the next step (reading it from JetStream,
+decoding, checking, folding: `prepare`) fits in those waits, so Python and Postgres work at the same time.
+
+Guarantees:
+- Batches come out in stream order, each exactly as `SequenceReader.fetch` would have returned it.
+- At most one batch is read ahead (memory stays bounded by one batch).
+- `rewind` drops what was read ahead and reads again from the given sequence; `close` drops it and stops
+  reading. A reading error (`BusUnavailable`) surfaces from the `next` call that would have returned the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from planner.handle import Decoded, Delivery, prepare
+from store.bus import Received, SequenceReader
+from store.subjects import Subjects
+
+
+@dataclass(frozen=True)
+class Batch:
+    received: list[Received]
+    deliveries: list[Delivery]
+    decoded: list[Decoded]
+
+
+class ReadAhead:
+    def __init__(self, reader: SequenceReader, *, subjects: Subjects, batch_size: int, timeout: float) -> None:
+        self._reader = reader
+        self._subjects = subjects
+        self._batch_size = batch_size
+        self._timeout = timeout
+        self._pending: asyncio.Task[Batch] | None = None
+
+    async def next(self) -> Batch:
+        """The next batch ([] deliveries after `timeout` with nothing new); starts reading the one after it."""
+        task = self._pending or asyncio.ensure_future(self._read())
+        self._pending = None
+        batch = await task
+        self._pending = asyncio.ensure_future(self._read())
+        return batch
+
+    async def rewind(self, sequence: int) -> None:
+        await self._drop()
+        await self._reader.rewind(sequence)
+
+    async def close(self) -> None:
+        await self._drop()
+        await self._reader.close()
+
+    async def _read(self) -> Batch:
+        received = await self._reader.fetch(self._batch_size, timeout=self._timeout)
+        deliveries = [Delivery(r.subject, r.stream_sequence, r.data, r.stored_at) for r in received]
+        return Batch(received, deliveries, await prepare(deliveries, self._subjects))
+
+    async def _drop(self) -> None:
+        task, self._pending = self._pending, None
+        if task is not None:
+            task.cancel()
+            # Wait for it without taking on its outcome: whatever it read or failed with is dropped (the next read
+            # starts from a known sequence), while a cancellation of the caller itself still propagates.
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not report it as never retrieved

@@ -1,0 +1,70 @@
+"""The planner's read-ahead on real NATS JetStream: batches in stream order, decoded as the step would, one batch
+ahead at most, and a rewind that drops what was read ahead and reads again from where the caller says."""
+
+from __future__ import annotations
+
+import pytest
+from nats.js import JetStreamContext
+
+from planner.handle import decode_delivery
+from planner.readahead import ReadAhead
+from store.bus import SequenceReader, publish
+from store.events import encode_event
+from tests import builders
+from tests.fixtures.services import Hub
+
+pytestmark = [pytest.mark.anyio, pytest.mark.services]
+
+
+async def _publish_nodes(js: JetStreamContext, hub: Hub, count: int) -> None:
+    for i in range(count):
+        event = builders.observed("a100", "Node", builders.gpu_node(f"gpu-{i}", uid=f"gpu-{i}-uid"))
+        await publish(js, hub.subjects.events("a100"), encode_event(event), msg_id=event.event_id)
+    # And one that is not an event at all: it must come out decoded as malformed, in its place.
+    await publish(js, hub.subjects.events("a100"), b"{not json", msg_id="garbage")
+
+
+def _reader(js: JetStreamContext, hub: Hub, start: int, batch: int) -> ReadAhead:
+    sequences = SequenceReader(
+        js, stream=hub.subjects.events_stream, subject=hub.subjects.all_events, start_sequence=start
+    )
+    return ReadAhead(sequences, subjects=hub.subjects, batch_size=batch, timeout=2.0)
+
+
+async def test_batches_come_in_stream_order_decoded_as_the_step_would(js: JetStreamContext, hub: Hub) -> None:
+    await _publish_nodes(js, hub, 25)
+    reader = _reader(js, hub, 1, batch=10)
+    try:
+        sequences: list[int] = []
+        while len(sequences) < 26:
+            batch = await reader.next()
+            assert len(batch.deliveries) <= 10
+            assert [d.stream_sequence for d in batch.deliveries] == [r.stream_sequence for r in batch.received]
+            for delivery, decoded in zip(batch.deliveries, batch.decoded, strict=True):
+                assert decoded == decode_delivery(delivery, hub.subjects)
+            sequences += [d.stream_sequence for d in batch.deliveries]
+        assert sequences == list(range(1, 27))
+        assert batch.decoded[-1].event is None and batch.decoded[-1].malformed
+        assert [d.event is not None for d in batch.decoded[:-1]] == [True] * (len(batch.decoded) - 1)
+        assert (await reader.next()).deliveries == []  # nothing more: an empty batch after the timeout
+    finally:
+        await reader.close()
+
+
+async def test_rewind_drops_the_batch_read_ahead_and_reads_again_from_the_given_sequence(
+    js: JetStreamContext, hub: Hub
+) -> None:
+    await _publish_nodes(js, hub, 30)
+    reader = _reader(js, hub, 1, batch=10)
+    try:
+        first = await reader.next()  # 1..10 out; 11..20 is being read ahead
+        assert [d.stream_sequence for d in first.deliveries] == list(range(1, 11))
+        await reader.rewind(4)  # the step of 1..10 failed after committing 1..3, say
+        again = await reader.next()
+        assert again.deliveries[0].stream_sequence == 4
+        seen = [d.stream_sequence for d in again.deliveries]
+        while seen[-1] < 31:
+            seen += [d.stream_sequence for d in (await reader.next()).deliveries]
+        assert seen == list(range(4, 32))
+    finally:
+        await reader.close()
