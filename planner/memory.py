@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,13 +40,16 @@ class CapacityMemory:
     def note(self, events: Iterable[Event]) -> None:
         """Mark the clusters whose capacity these recorded events change."""
         for event in events:
-            match event:
-                case ResourceObserved() | ResourceDeleted() if event.kind in _CAPACITY_KINDS:
+            # Exact classes, not `match`: class patterns are isinstance checks through pydantic's ABCMeta, and
+            # this runs for every event a step records.
+            kind = type(event)
+            if kind is ResourceObserved or kind is ResourceDeleted:
+                if cast(ResourceObserved | ResourceDeleted, event).kind in _CAPACITY_KINDS:
                     self.stale.add(event.cluster)
-                case ResyncCompleted():
-                    self.stale.add(event.cluster)
-                case PlacementDecided():
-                    self.stale.update(share.cluster for share in event.shares)
+            elif kind is ResyncCompleted:
+                self.stale.add(event.cluster)
+            elif kind is PlacementDecided:
+                self.stale.update(share.cluster for share in cast(PlacementDecided, event).shares)
 
     async def current(self, conn: AsyncConnection) -> FleetCapacity:
         """The fleet's free capacity as the projections say now."""
