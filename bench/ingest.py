@@ -22,6 +22,7 @@ from planner.handle import StepConfig, step
 from planner.leader import campaign
 from planner.memory import CapacityMemory
 from planner.readahead import ReadAhead
+from planner.service import BATCH_SIZE
 from store import schema
 from store.bus import SequenceReader, ensure_streams
 from store.events import encode_event
@@ -145,7 +146,7 @@ async def main(count: int, batch: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE, help="events per step (the planner's default)")
     args = parser.parse_args()
     try:
         import uvloop

@@ -39,10 +39,17 @@ from store.subjects import Subjects
 logger = logging.getLogger(__name__)
 
 
+BATCH_SIZE = 2048
+"""Events per step at most. A step has a fixed cost (the writers' lock, the epoch check, the cluster and
+deployment look-ups, the position) of about 30 statements: at 512 it was a quarter of the per-event cost of a
+backlog; at 2048, ingest is ~30 % faster (bench.ingest). Batches are whatever has arrived, so this only
+matters when the planner is behind."""
+
+
 @dataclass(frozen=True)
 class PlannerSettings:
     holder: str
-    batch_size: int = 512
+    batch_size: int = BATCH_SIZE
     tick_seconds: float = 0.5
     heartbeat_timeout_seconds: float = 10.0
     recovery_hold_seconds: float = 5.0
