@@ -259,6 +259,18 @@ class FleetCapacity:
             entry.positions = {kind: tuple(p) for kind, p in positions.items()}
         return entry.positions
 
+    def positions_of(self, cluster: str, kinds: tuple[GpuKind, ...]) -> tuple[int, ...]:
+        """Positions of `cluster`'s nodes of any of `kinds`, in node order (remembered per set of kinds for as
+        long as the cluster's node shapes are unchanged, which taking capacity never changes)."""
+        by_kind = self.node_positions(cluster)
+        if len(kinds) == 1:
+            return by_kind.get(kinds[0], ())
+        merged = cast(dict[Hashable, tuple[int, ...]], by_kind)  # kinds tuples never collide with one kind
+        found = merged.get(kinds)
+        if found is None:
+            found = merged[kinds] = tuple(sorted(i for kind in kinds for i in by_kind.get(kind, ())))
+        return found
+
     def gpu_slots(self, gpus: int, kinds: Iterable[GpuKind], cluster: str | None = None) -> int:
         """How many blocks of `gpus` free GPUs on one node (Σ ⌊free / gpus⌋) `kinds` offer, in `cluster` or the fleet.
 

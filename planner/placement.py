@@ -333,12 +333,10 @@ def _fit(
     """Where replicas of `demand` fit in `cluster` on `gpu_type`, whose acceptable GPU kinds are `kinds`."""
 
     def count(nodes: tuple[NodeFree, ...]) -> _ClusterFit:
-        by_kind = capacity.node_positions(cluster)  # derived from the same nodes
+        # Positions are derived from the same nodes.
         if not demand.gpus:
-            return _count_fit(nodes, by_kind.get(None, ()), demand)
-        if len(kinds) == 1:
-            return _count_fit(nodes, by_kind.get(kinds[0], ()), demand)
-        return _count_fit(nodes, sorted(i for kind in kinds for i in by_kind.get(kind, ())), demand)
+            return _count_fit(nodes, capacity.node_positions(cluster).get(None, ()), demand)
+        return _count_fit(nodes, capacity.positions_of(cluster, kinds), demand)
 
     key = ("fit", demand.gpus, demand.cpu_m, demand.memory_bytes, demand.gpu_min_memory_bytes, gpu_type)
     return capacity.memo(cluster, key, count)
