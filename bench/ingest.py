@@ -17,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import observations, print_table, servers, write_result
-from llm_operator.runtime import tune_gc
+from llm_operator.gc_tuning import tune_gc
 from planner.handle import StepConfig, step
 from planner.leader import campaign
 from planner.memory import CapacityMemory

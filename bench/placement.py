@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llm_operator.runtime import tune_gc
+from llm_operator.gc_tuning import tune_gc
 from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from planner.placement import (
     ClusterInfo,

@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 
 from llm_operator import logs
-from llm_operator.runtime import Member, OperatorError, hub_urls, run_components, tune_gc
+from llm_operator.gc_tuning import tune_gc
+from llm_operator.runtime import Member, OperatorError, hub_urls, run_components
 from llm_operator.settings import Settings, parse_cluster, parse_labels
 
 app = typer.Typer(
