@@ -4,7 +4,8 @@ A step spends much of its time waiting on Postgres; the pure part of the next st
 decoding, checking, folding: `prepare`) fits in those waits, so Python and Postgres work at the same time.
 
 Guarantees:
-- Batches come out in stream order, each exactly as `SequenceReader.fetch` would have returned it.
+- Batches come out in stream order, with everything that has arrived by the time the caller asks (up to the
+  batch size), as `SequenceReader.fetch` at that moment would have returned it.
 - At most one batch is read ahead (memory stays bounded by one batch).
 - `rewind` drops what was read ahead and reads again from the given sequence; `close` drops it and stops
   reading. A reading error (`BusUnavailable`) surfaces from the `next` call that would have returned the batch.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from planner.handle import Decoded, Delivery, prepare
+from planner.handle import Decoded, Delivery, decode_delivery, prepare
 from store.bus import Received, SequenceReader
 from store.subjects import Subjects
 
@@ -36,10 +37,22 @@ class ReadAhead:
         self._pending: asyncio.Task[Batch] | None = None
 
     async def next(self) -> Batch:
-        """The next batch ([] deliveries after `timeout` with nothing new); starts reading the one after it."""
+        """The next batch ([] deliveries after `timeout` with nothing new); starts reading the one after it.
+
+        The batch read ahead may have been taken when only its first message had arrived; what has arrived
+        since joins it (up to the batch size), so reading ahead never splits what one step would have taken
+        into two steps (each with its fixed cost, one waiting for the other)."""
         task = self._pending or asyncio.ensure_future(self._read())
         self._pending = None
         batch = await task
+        more = self._reader.ready(self._batch_size - len(batch.received)) if batch.received else []
+        if more:
+            deliveries = _deliveries(more)
+            batch = Batch(
+                batch.received + more,
+                batch.deliveries + deliveries,
+                batch.decoded + [decode_delivery(d, self._subjects) for d in deliveries],
+            )
         self._pending = asyncio.ensure_future(self._read())
         return batch
 
@@ -53,7 +66,7 @@ class ReadAhead:
 
     async def _read(self) -> Batch:
         received = await self._reader.fetch(self._batch_size, timeout=self._timeout)
-        deliveries = [Delivery(r.subject, r.stream_sequence, r.data, r.stored_at) for r in received]
+        deliveries = _deliveries(received)
         return Batch(received, deliveries, await prepare(deliveries, self._subjects))
 
     async def _drop(self) -> None:
@@ -65,3 +78,7 @@ class ReadAhead:
             await asyncio.wait([task])
             if not task.cancelled():
                 task.exception()  # retrieved, so asyncio does not report it as never retrieved
+
+
+def _deliveries(received: list[Received]) -> list[Delivery]:
+    return [Delivery(r.subject, r.stream_sequence, r.data, r.stored_at) for r in received]

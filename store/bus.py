@@ -153,6 +153,22 @@ class SequenceReader:
         msgs = [first]
         while len(msgs) < batch and not queue.empty():
             msgs.append(queue.get_nowait())
+        return self._in_order(msgs)
+
+    def pending_in_buffer(self) -> int:
+        """Messages received from the server and not yet handed out."""
+        return 0 if self._queue is None else self._queue.qsize()
+
+    def ready(self, batch: int) -> list[Received]:
+        """Up to `batch` messages that have already arrived, without waiting ([] if none)."""
+        if self._queue is None:
+            return []
+        msgs: list[Msg] = []
+        while len(msgs) < batch and not self._queue.empty():
+            msgs.append(self._queue.get_nowait())
+        return self._in_order(msgs)
+
+    def _in_order(self, msgs: list[Msg]) -> list[Received]:
         out = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream

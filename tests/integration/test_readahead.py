@@ -11,6 +11,7 @@ from planner.readahead import ReadAhead
 from store.bus import SequenceReader, publish
 from store.events import encode_event
 from tests import builders
+from tests.fixtures.operator import eventually
 from tests.fixtures.services import Hub
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
@@ -66,5 +67,34 @@ async def test_rewind_drops_the_batch_read_ahead_and_reads_again_from_the_given_
         while seen[-1] < 31:
             seen += [d.stream_sequence for d in (await reader.next()).deliveries]
         assert seen == list(range(4, 32))
+    finally:
+        await reader.close()
+
+
+async def test_what_arrived_while_the_step_ran_joins_the_batch_read_ahead(js: JetStreamContext, hub: Hub) -> None:
+    """The batch read ahead is taken as soon as its first message arrives; messages that arrive before the
+    caller asks for it join it, so reading ahead does not split them into two steps."""
+    sequences = SequenceReader(js, stream=hub.subjects.events_stream, subject=hub.subjects.all_events, start_sequence=1)
+    reader = ReadAhead(sequences, subjects=hub.subjects, batch_size=10, timeout=5.0)
+    events = [builders.observed("a100", "Node", builders.gpu_node(f"gpu-{i}", uid=f"gpu-{i}-uid")) for i in range(5)]
+
+    async def send(index: int) -> None:
+        event = events[index]
+        await publish(js, hub.subjects.events("a100"), encode_event(event), msg_id=event.event_id)
+
+    try:
+        await send(0)
+        assert [d.stream_sequence for d in (await reader.next()).deliveries] == [1]
+        # The caller is "in its step" now; the read ahead takes message 2 alone as soon as it arrives ...
+        for index in range(1, 5):
+            await send(index)
+
+        async def buffered() -> bool:  # ... and 3, 4, 5 wait in the reader's buffer
+            return sequences.pending_in_buffer() >= 3
+
+        await eventually(buffered, timeout=10, what="messages 3-5 in the reader's buffer", interval=0.01)
+        batch = await reader.next()
+        assert [d.stream_sequence for d in batch.deliveries] == [2, 3, 4, 5]
+        assert [d.event for d in batch.decoded] == events[1:]
     finally:
         await reader.close()
