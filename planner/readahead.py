@@ -42,9 +42,12 @@ class ReadAhead:
         The batch read ahead may have been taken when only its first message had arrived; what has arrived
         since joins it (up to the batch size), so reading ahead never splits what one step would have taken
         into two steps (each with its fixed cost, one waiting for the other)."""
-        task = self._pending or asyncio.ensure_future(self._read())
-        self._pending = None
-        batch = await task
+        task = self._pending = self._pending or asyncio.ensure_future(self._read())
+        try:
+            batch = await task
+        finally:
+            if task.done():  # taken, or failed; if the caller was cancelled instead, `close` cancels it
+                self._pending = None
         more = self._reader.ready(self._batch_size - len(batch.received)) if batch.received else []
         if more:
             deliveries = _deliveries(more)

@@ -81,6 +81,21 @@ async def run(engine: AsyncEngine, hub: Hub, feed: Feed, deliveries: list[Any], 
         )
 
 
+def _version_one_of_node_n(event_id: str) -> Any:
+    """An INSERT of version 1 of stream Node/a100/n that bypasses the recorder (and its lock)."""
+    return insert(tables.events).values(
+        event_id=event_id,
+        stream_id="Node/a100/n",
+        stream_version=1,
+        type="ResourceObserved",
+        schema_version=1,
+        cluster="a100",
+        payload={},
+        metadata={},
+        occurred_at=builders.T0,
+    )
+
+
 async def count(engine: AsyncEngine, table: Any) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
@@ -148,19 +163,7 @@ async def test_a_broken_locking_rule_fails_the_write_and_is_translated(
     async def execute(self: AsyncConnection, statement: Any, *args: Any, **kwargs: Any) -> Any:
         if statement is recorder._RESERVE:  # between the look-up and the COPY
             async with engine.begin() as intruder:
-                await intruder.execute(
-                    insert(tables.events).values(
-                        event_id="intruder",
-                        stream_id="Node/a100/n",
-                        stream_version=1,
-                        type="ResourceObserved",
-                        schema_version=1,
-                        cluster="a100",
-                        payload={},
-                        metadata={},
-                        occurred_at=builders.T0,
-                    )
-                )
+                await intruder.execute(_version_one_of_node_n("intruder"))
         return await real_execute(self, statement, *args, **kwargs)
 
     async def write() -> None:
@@ -233,19 +236,7 @@ async def test_stream_versions_are_unique_per_stream(engine: AsyncEngine) -> Non
         await recorder.append(conn, [(event, {})])
     with pytest.raises(Exception, match="uq_events_stream_id_stream_version"):
         async with engine.begin() as conn:
-            await conn.execute(
-                insert(tables.events).values(
-                    event_id="other",
-                    stream_id="Node/a100/n",
-                    stream_version=1,
-                    type="ResourceObserved",
-                    schema_version=1,
-                    cluster="a100",
-                    payload={},
-                    metadata={},
-                    occurred_at=builders.T0,
-                )
-            )
+            await conn.execute(_version_one_of_node_n("other"))
 
 
 # ---------------------------------------------------------------------------------------------- planner step
