@@ -25,7 +25,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import T0, print_table, servers, write_result
-from store import replay, schema
+from store import recorder, replay, schema
 
 
 def _node_payload(cluster: int, node: int, version: int, rng: random.Random) -> dict[str, Any]:
@@ -188,18 +188,7 @@ async def load(dsn: str, count: int) -> float:
             await conn.copy_records_to_table(
                 "events",
                 records=batch,
-                columns=[
-                    "event_id",
-                    "stream_id",
-                    "stream_version",
-                    "type",
-                    "schema_version",
-                    "cluster",
-                    "payload",
-                    "metadata",
-                    "occurred_at",
-                    "object_key",
-                ],
+                columns=[c for c in recorder.EVENT_COLUMNS if c != "position"],  # positions from the sequence
             )
         await conn.execute("VACUUM ANALYZE events")  # what autovacuum does after a bulk load
     finally:

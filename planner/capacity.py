@@ -104,6 +104,8 @@ GpuKind = tuple[str, int]
 """(GPU product, GPU memory in bytes): what a GPU type pattern and a minimum GPU memory select."""
 SlotKey = tuple[int, GpuKind]
 """(k, kind): blocks of k free GPUs of one kind on one node."""
+PositionKey = GpuKind | None | tuple[GpuKind, ...]
+"""What node positions are filed under: one GPU kind, None (nodes without GPUs), or several kinds together."""
 
 
 class _Known:
@@ -115,7 +117,7 @@ class _Known:
         self,
         nodes: tuple[NodeFree, ...],
         slots: dict[SlotKey, int] | None = None,
-        positions: dict[GpuKind | None, tuple[int, ...]] | None = None,
+        positions: dict[PositionKey, tuple[int, ...]] | None = None,
     ) -> None:
         self.nodes = nodes  # held, so the id() this is filed under cannot be reused while it is filed
         self.memo: dict[Hashable, Any] = {}
@@ -246,30 +248,32 @@ class FleetCapacity:
             where[key] = tuple(kind for kind in self.gpu_kinds() if accept(kind))
         return where[key]
 
-    def node_positions(self, cluster: str) -> Mapping[GpuKind | None, tuple[int, ...]]:
+    def node_positions(self, cluster: str) -> Mapping[PositionKey, tuple[int, ...]]:
         """Positions of `cluster`'s nodes by GPU kind; None: the nodes without GPUs (for CPU-only pods)."""
-        entry = self._known(cluster)
-        if entry.positions is None:
-            positions: dict[GpuKind | None, list[int]] = {}
-            for i, node in enumerate(entry.nodes):
-                if node.gpu_product is not None:
-                    positions.setdefault((node.gpu_product, node.gpu_memory_bytes), []).append(i)
-                if node.gpu_allocatable == 0:
-                    positions.setdefault(None, []).append(i)
-            entry.positions = {kind: tuple(p) for kind, p in positions.items()}
-        return entry.positions
+        return self._positions(cluster)
 
     def positions_of(self, cluster: str, kinds: tuple[GpuKind, ...]) -> tuple[int, ...]:
         """Positions of `cluster`'s nodes of any of `kinds`, in node order (remembered per set of kinds for as
         long as the cluster's node shapes are unchanged, which taking capacity never changes)."""
-        by_kind = self.node_positions(cluster)
+        positions = self._positions(cluster)
         if len(kinds) == 1:
-            return by_kind.get(kinds[0], ())
-        merged = cast(dict[Hashable, tuple[int, ...]], by_kind)  # kinds tuples never collide with one kind
-        found = merged.get(kinds)
+            return positions.get(kinds[0], ())
+        found = positions.get(kinds)
         if found is None:
-            found = merged[kinds] = tuple(sorted(i for kind in kinds for i in by_kind.get(kind, ())))
+            found = positions[kinds] = tuple(sorted(i for kind in kinds for i in positions.get(kind, ())))
         return found
+
+    def _positions(self, cluster: str) -> dict[PositionKey, tuple[int, ...]]:
+        entry = self._known(cluster)
+        if entry.positions is None:
+            by_kind: dict[PositionKey, list[int]] = {}
+            for i, node in enumerate(entry.nodes):
+                if node.gpu_product is not None:
+                    by_kind.setdefault((node.gpu_product, node.gpu_memory_bytes), []).append(i)
+                if node.gpu_allocatable == 0:
+                    by_kind.setdefault(None, []).append(i)
+            entry.positions = {kind: tuple(p) for kind, p in by_kind.items()}
+        return entry.positions
 
     def gpu_slots(self, gpus: int, kinds: Iterable[GpuKind], cluster: str | None = None) -> int:
         """How many blocks of `gpus` free GPUs on one node (Σ ⌊free / gpus⌋) `kinds` offer, in `cluster` or the fleet.

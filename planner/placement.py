@@ -239,7 +239,7 @@ def rank_clusters(
 ) -> tuple[list[str], list[str]]:
     """(eligible cluster names in preference order, reasons for each excluded cluster)."""
     fleet = _clusters(clusters)
-    order, _, _ = _rank(fleet, policy, origin)
+    order, _, _ = fleet.ranked(policy, origin)
     return list(order), list(fleet.admitted(policy).reasons)
 
 
@@ -248,11 +248,6 @@ def _exclusion_reasons(excluded: Sequence[_Exclusion]) -> list[str]:
         f"cluster {name} is unhealthy" if why == "unhealthy" else f"cluster {name} does not match the clusterSelector"
         for name, why in excluded
     ]
-
-
-def _rank(clusters: Clusters, policy: Policy, origin: str) -> tuple[tuple[str, ...], int, tuple[_Exclusion, ...]]:
-    """(eligible clusters in preference order, how many lead it by preference, exclusions in name order)."""
-    return clusters.ranked(policy, origin)
 
 
 # --- Fitting replicas onto nodes -------------------------------------------------------------------------------
@@ -524,7 +519,7 @@ def place(
     current: Sequence[Share] = (),
 ) -> Decision:
     fleet = _clusters(clusters)
-    order, front, excluded = _rank(fleet, policy, demand.origin)
+    order, front, excluded = fleet.ranked(policy, demand.origin)
     admission = fleet.admitted(policy)
     reasons = list(admission.reasons)
     # Stability: keep what is placed on healthy eligible clusters; shares elsewhere are the caller's business

@@ -99,7 +99,7 @@ SELECT
 _RESERVE = text(
     "SELECT nextval(pg_get_serial_sequence('events', 'position')) FROM generate_series(1, CAST(:count AS integer))"
 )
-_COPY_COLUMNS = (
+EVENT_COLUMNS = (  # the events table's columns, in the order the log's COPY writes them
     "position",
     "event_id",
     "stream_id",
@@ -189,7 +189,7 @@ async def append(
         recorded.append(Recorded(event, position, stream, version[stream]))
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
-    await driver.copy_records_to_table("events", columns=_COPY_COLUMNS, records=rows)
+    await driver.copy_records_to_table("events", columns=EVENT_COLUMNS, records=rows)
     return recorded
 
 
