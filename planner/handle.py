@@ -158,10 +158,9 @@ async def step(
     memory = CapacityMemory() if memory is None else memory
     result = StepResult()
     await recorder.lock_writers(conn)
-    latest = await queries.latest_epoch(conn)
+    latest, position = await recorder.epoch_and_position(conn, config.consumer)
     if latest != epoch:
         raise LostLeadership(f"planner epoch {epoch} was superseded by {latest}")
-    position = await recorder.consumer_position(conn, config.consumer)
     result.position = position
 
     incoming: list[tuple[Event, dict[str, Any]]] = []
@@ -211,8 +210,10 @@ async def step(
 
     # Silence: clusters whose heartbeats stopped become unhealthy. Judged on the stream's clock, as of the
     # newest message read: a planner that fell behind has not yet read the heartbeats sent since, and must not
-    # take its own lag for the whole fleet's silence.
-    clusters = {c["name"]: c for c in await queries.clusters(conn)}
+    # take its own lag for the whole fleet's silence. Only the planner's own cluster events and heartbeats change
+    # the clusters table, so it is read again only after those.
+    if generated or heard_at:
+        clusters = {c["name"]: c for c in await queries.clusters(conn)}
     stored = [d.stored_at for d in deliveries if d.stored_at is not None]
     read_up_to = min(now, max(stored)) if stored else now
     silent = (
@@ -226,6 +227,7 @@ async def step(
         lost = await recorder.append(conn, [(e, {"epoch": epoch}) for e in silent])
         await recorder.apply_ops(conn, [op for r in lost for op in fold(r.event)])
         recorded += lost
+        clusters = {c["name"]: c for c in await queries.clusters(conn)}
 
     memory.note(r.event for r in recorded)
     if mode == "catch-up":
@@ -238,7 +240,9 @@ async def step(
     if mode == "full":
         affected = sorted(set(affected) | set(await queries.all_deployment_keys(conn)))
     if affected:
-        result.decisions, result.plans = await _decide(conn, affected, recorded, epoch, now, config, memory)
+        result.decisions, result.plans = await _decide(
+            conn, affected, recorded, epoch, now, config, memory, list(clusters.values())
+        )
     await recorder.record_position(conn, config.consumer, result.position)
     return result
 
@@ -371,6 +375,7 @@ async def _decide(
     now: datetime,
     config: StepConfig,
     memory: CapacityMemory,
+    cluster_rows: Sequence[dict[str, Any]],
 ) -> tuple[int, int]:
     capacity = await memory.current(conn)
     for cluster, nodes in capacity.clusters.items():
@@ -381,9 +386,7 @@ async def _decide(
         for product, count in free.items():
             metrics.FREE_GPUS.labels(cluster=cluster, gpu_product=product).set(count)
     # One Clusters for the whole step: what each clusterSelector admits is worked out once, not per decision.
-    cluster_infos = Clusters(
-        ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in await queries.clusters(conn)
-    )
+    cluster_infos = Clusters(ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in cluster_rows)
     rows = await queries.deployments(conn, keys)
     # Everything the decisions read, for all affected deployments at once: one query per table, not per
     # deployment (a step may reconcile thousands).

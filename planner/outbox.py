@@ -16,18 +16,17 @@ from store.errors import translated
 
 
 async def relay(engine: AsyncEngine, js: JetStreamContext, *, limit: int = 500) -> int:
-    """Publish unsent plans (oldest first); returns how many were sent. Raises BusUnavailable/StoreError."""
+    """Publish unsent plans (oldest first); returns how many were sent. Raises BusUnavailable/StoreError.
+
+    Each batch is read, published and marked sent in one transaction: a failed publish rolls the marks back."""
     sent = 0
     while True:
-        with translated("read outbox"):
-            async with engine.connect() as conn:
-                rows = await recorder.outbox_pending(conn, limit)
-        if not rows:
-            return sent
-        await publish_many(js, [(subject, payload, plan_id) for _, plan_id, subject, payload in rows])
-        with translated("mark outbox sent"):
+        with translated("relay outbox"):
             async with engine.begin() as conn:
-                await recorder.outbox_mark_sent(conn, [row_id for row_id, _, _, _ in rows])
+                rows = await recorder.outbox_pending(conn, limit)
+                if rows:
+                    await publish_many(js, [(subject, payload, plan_id) for _, plan_id, subject, payload in rows])
+                    await recorder.outbox_mark_sent(conn, [row_id for row_id, _, _, _ in rows])
         sent += len(rows)
         if len(rows) < limit:
             return sent

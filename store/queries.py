@@ -1,7 +1,9 @@
-"""Reads of the projections that the planner and the CLI need, returned as plain rows (dicts).
+"""Reads of the projections that the planner needs, returned as plain rows (dicts) or keys.
 
-Guarantees: read-only; every query runs on the caller's connection, so inside the planner's transaction it sees
-the projections exactly as folded so far in that transaction.
+Guarantees: read-only; every query runs on the caller's connection (`store.sql`: fixed SQL on the driver, the
+planner's hot path), so inside the planner's transaction it sees the projections exactly as folded so far in
+that transaction. Sets of deployments travel as three parallel arrays (`unnest`), one prepared statement
+whatever their number.
 """
 
 from __future__ import annotations
@@ -10,54 +12,49 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import tables
+from store import sql
 
 DeploymentKey = tuple[str, str, str]  # (origin cluster, namespace, name)
 
-
-def _rows(result: Any) -> list[dict[str, Any]]:
-    return [dict(r) for r in result.mappings().all()]
+_KEYS = "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+"""The deployment keys passed as the first three parameters, as a row set for `(a, b, c) IN ...`."""
+_LIVE = "phase NOT IN ('Succeeded', 'Failed')"
 
 
 async def clusters(conn: AsyncConnection) -> list[dict[str, Any]]:
-    return _rows(await conn.execute(select(tables.clusters).order_by(tables.clusters.c.name)))
+    return await sql.rows(conn, "SELECT * FROM clusters ORDER BY name")
 
 
 async def nodes(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Every node, or those of `clusters`."""
-    t = tables.nodes
-    query = select(t).order_by(t.c.cluster, t.c.name)
-    if clusters is not None:
-        query = query.where(t.c.cluster.in_(sorted(clusters)))
-    return _rows(await conn.execute(query))
+    if clusters is None:
+        return await sql.rows(conn, "SELECT * FROM nodes ORDER BY cluster, name")
+    return await sql.rows(
+        conn, "SELECT * FROM nodes WHERE cluster = ANY($1::text[]) ORDER BY cluster, name", sorted(clusters)
+    )
+
+
+_BOUND_PODS = (
+    "SELECT cluster, node_name, gpu_request, cpu_request_m, memory_request_bytes, deployment_key FROM pods "
+    f"WHERE node_name IS NOT NULL AND {_LIVE}"
+)
 
 
 async def bound_pods(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Pods holding resources on a node: bound and not terminated (all, or those in `clusters`)."""
-    t = tables.pods
-    query = select(
-        t.c.cluster,
-        t.c.node_name,
-        t.c.gpu_request,
-        t.c.cpu_request_m,
-        t.c.memory_request_bytes,
-        t.c.deployment_key,
-    ).where(t.c.node_name.is_not(None), t.c.phase.not_in(["Succeeded", "Failed"]))
-    if clusters is not None:
-        query = query.where(t.c.cluster.in_(sorted(clusters)))
-    return _rows(await conn.execute(query))
+    if clusters is None:
+        return await sql.rows(conn, _BOUND_PODS)
+    return await sql.rows(conn, _BOUND_PODS + " AND cluster = ANY($1::text[])", sorted(clusters))
 
 
 async def all_placements(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Every placement, or those in `clusters`."""
-    t = tables.placements
-    query = select(t).order_by(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster)
-    if clusters is not None:
-        query = query.where(t.c.cluster.in_(sorted(clusters)))
-    return _rows(await conn.execute(query))
+    order = " ORDER BY origin_cluster, namespace, name, cluster"
+    if clusters is None:
+        return await sql.rows(conn, "SELECT * FROM placements" + order)
+    return await sql.rows(conn, "SELECT * FROM placements WHERE cluster = ANY($1::text[])" + order, sorted(clusters))
 
 
 async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> dict[DeploymentKey, dict[str, Any]]:
@@ -65,41 +62,41 @@ async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> d
     keys = list(keys)
     if not keys:
         return {}
-    d, b = tables.deployments, tables.deployment_plans
-    joined = d.outerjoin(
-        b, and_(b.c.origin_cluster == d.c.origin_cluster, b.c.namespace == d.c.namespace, b.c.name == d.c.name)
+    found = await sql.rows(
+        conn,
+        "SELECT d.*, coalesce(b.plan_sequence, 0) AS plan_sequence, b.last_status, b.last_outcome, "
+        "b.last_decision_at FROM deployments d LEFT JOIN deployment_plans b "
+        "ON b.origin_cluster = d.origin_cluster AND b.namespace = d.namespace AND b.name = d.name "
+        f"WHERE (d.origin_cluster, d.namespace, d.name) IN {_KEYS}",
+        *sql.key_arrays(keys),
     )
-    query = select(
-        d,
-        func.coalesce(b.c.plan_sequence, 0).label("plan_sequence"),
-        b.c.last_status,
-        b.c.last_outcome,
-        b.c.last_decision_at,
-    ).select_from(joined)
-    rows = _rows(await conn.execute(query.where(tuple_(d.c.origin_cluster, d.c.namespace, d.c.name).in_(keys))))
-    return {(r["origin_cluster"], r["namespace"], r["name"]): r for r in rows}
+    return {(r["origin_cluster"], r["namespace"], r["name"]): r for r in found}
+
+
+def _keys(found: Iterable[Any]) -> list[DeploymentKey]:
+    return [(a, b, c) for a, b, c in found]
 
 
 async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     """Deployments waiting for capacity or holding replicas that may need to move (re-evaluated on any change)."""
-    b = tables.deployment_plans
-    p = tables.placements
-    waiting = select(b.c.origin_cluster, b.c.namespace, b.c.name).where(
-        b.c.last_outcome.in_(["InsufficientGPU", "PartiallyPlaced", "NoEligibleCluster"])
+    return _keys(
+        await sql.records(
+            conn,
+            "SELECT origin_cluster, namespace, name FROM deployment_plans "
+            "WHERE last_outcome IN ('InsufficientGPU', 'PartiallyPlaced', 'NoEligibleCluster') "
+            "UNION SELECT origin_cluster, namespace, name FROM placements WHERE role <> 'active'",
+        )
     )
-    moving = select(p.c.origin_cluster, p.c.namespace, p.c.name).where(p.c.role != "active")
-    rows = (await conn.execute(waiting.union(moving))).all()
-    return [(a, b, c) for a, b, c in rows]
 
 
 async def deployment_keys_on_clusters(conn: AsyncConnection, clusters_: Sequence[str]) -> list[DeploymentKey]:
-    p = tables.placements
-    rows = (
-        await conn.execute(
-            select(p.c.origin_cluster, p.c.namespace, p.c.name).where(p.c.cluster.in_(list(clusters_))).distinct()
+    return _keys(
+        await sql.records(
+            conn,
+            "SELECT DISTINCT origin_cluster, namespace, name FROM placements WHERE cluster = ANY($1::text[])",
+            list(clusters_),
         )
-    ).all()
-    return [(a, b, c) for a, b, c in rows]
+    )
 
 
 async def deployment_keys_using_models(
@@ -109,50 +106,41 @@ async def deployment_keys_using_models(
     models_ = list(models_)
     if not models_:
         return []
-    d = tables.deployments
-    cond = or_(
-        *(
-            and_(d.c.origin_cluster == c, d.c.namespace == ns, d.c.spec["modelRef"].astext == name)
-            for c, ns, name in models_
+    return _keys(
+        await sql.records(
+            conn,
+            "SELECT DISTINCT d.origin_cluster, d.namespace, d.name FROM deployments d "
+            "JOIN unnest($1::text[], $2::text[], $3::text[]) AS m(cluster, namespace, name) "
+            "ON d.origin_cluster = m.cluster AND d.namespace = m.namespace AND d.spec->>'modelRef' = m.name",
+            *sql.key_arrays(models_),
         )
     )
-    rows = (await conn.execute(select(d.c.origin_cluster, d.c.namespace, d.c.name).where(cond))).all()
-    return [(a, b, c) for a, b, c in rows]
 
 
 async def orphan_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     """Placements or observed workloads whose LLMDeployment is gone: their workloads must be removed."""
-    d = tables.deployments
-    p = tables.placements
-    w = tables.workloads
-    orphan_placements = select(p.c.origin_cluster, p.c.namespace, p.c.name).where(
-        ~select(d.c.name)
-        .where(d.c.origin_cluster == p.c.origin_cluster, d.c.namespace == p.c.namespace, d.c.name == p.c.name)
-        .exists()
-    )
-    orphan_workloads = select(w.c.origin_cluster, w.c.deployment_namespace, w.c.deployment_name).where(
-        w.c.origin_cluster.is_not(None),
-        ~select(d.c.name)
-        .where(
-            d.c.origin_cluster == w.c.origin_cluster,
-            d.c.namespace == w.c.deployment_namespace,
-            d.c.name == w.c.deployment_name,
+    return _keys(
+        await sql.records(
+            conn,
+            "SELECT p.origin_cluster, p.namespace, p.name FROM placements p WHERE NOT EXISTS "
+            "(SELECT 1 FROM deployments d WHERE d.origin_cluster = p.origin_cluster AND d.namespace = p.namespace "
+            "AND d.name = p.name) "
+            "UNION SELECT w.origin_cluster, w.deployment_namespace, w.deployment_name FROM workloads w "
+            "WHERE w.origin_cluster IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deployments d "
+            "WHERE d.origin_cluster = w.origin_cluster AND d.namespace = w.deployment_namespace "
+            "AND d.name = w.deployment_name)",
         )
-        .exists(),
     )
-    rows = (await conn.execute(orphan_placements.union(orphan_workloads))).all()
-    return [(a, b, c) for a, b, c in rows]
 
 
 async def latest_epoch(conn: AsyncConnection) -> int:
-    return int(await conn.scalar(select(func.coalesce(func.max(tables.planner_epochs.c.epoch), 0))) or 0)
+    return int(await sql.value(conn, "SELECT coalesce(max(epoch), 0) FROM planner_epochs") or 0)
 
 
 async def all_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     """Every deployment, plus every orphaned placement or workload."""
-    d = tables.deployments
-    rows = (await conn.execute(select(d.c.origin_cluster, d.c.namespace, d.c.name))).all()
-    return [(a, b, c) for a, b, c in rows] + await orphan_keys(conn)
+    every = _keys(await sql.records(conn, "SELECT origin_cluster, namespace, name FROM deployments"))
+    return every + await orphan_keys(conn)
 
 
 async def scheduling(
@@ -162,36 +150,30 @@ async def scheduling(
     wanted = {f"{o}/{n}/{d}": (o, n, d) for o, n, d in keys}
     if not wanted:
         return {}
-    t = tables.pods
-    live = t.c.phase.not_in(["Succeeded", "Failed"])
-    bound = func.count().filter(t.c.node_name.is_not(None))
-    stuck = func.count().filter(t.c.node_name.is_(None), t.c.phase == "Pending", t.c.updated_at < stuck_before)
-    rows = await conn.execute(
-        select(t.c.deployment_key, t.c.cluster, bound, stuck)
-        .where(t.c.deployment_key.in_(list(wanted)), live)
-        .group_by(t.c.deployment_key, t.c.cluster)
+    found = await sql.records(
+        conn,
+        "SELECT deployment_key, cluster, count(*) FILTER (WHERE node_name IS NOT NULL), "
+        "count(*) FILTER (WHERE node_name IS NULL AND phase = 'Pending' AND updated_at < $2) "
+        f"FROM pods WHERE deployment_key = ANY($1::text[]) AND {_LIVE} GROUP BY deployment_key, cluster",
+        list(wanted),
+        stuck_before,
     )
     out: dict[DeploymentKey, dict[str, tuple[int, int]]] = {}
-    for key, cluster, bound_count, stuck_count in rows:
+    for key, cluster, bound_count, stuck_count in found:
         out.setdefault(wanted[key], {})[cluster] = (int(bound_count), int(stuck_count))
     return out
 
 
 async def stuck_deployment_keys(conn: AsyncConnection, *, stuck_before: datetime) -> list[DeploymentKey]:
     """Deployments with pods that no node has taken for too long."""
-    t = tables.pods
-    rows = await conn.execute(
-        select(t.c.deployment_key)
-        .where(
-            t.c.deployment_key.is_not(None),
-            t.c.node_name.is_(None),
-            t.c.phase == "Pending",
-            t.c.updated_at < stuck_before,
-        )
-        .distinct()
+    found = await sql.records(
+        conn,
+        "SELECT DISTINCT deployment_key FROM pods WHERE deployment_key IS NOT NULL AND node_name IS NULL "
+        "AND phase = 'Pending' AND updated_at < $1",
+        stuck_before,
     )
     out = []
-    for (key,) in rows:
+    for (key,) in found:
         origin, namespace, name = str(key).split("/", 2)
         out.append((origin, namespace, name))
     return out
@@ -212,56 +194,40 @@ def _by_deployment(
 async def placements_for_many(
     conn: AsyncConnection, keys: Sequence[DeploymentKey]
 ) -> dict[DeploymentKey, list[dict[str, Any]]]:
-    t = tables.placements
-    rows = _rows(
-        await conn.execute(
-            select(t).where(tuple_(t.c.origin_cluster, t.c.namespace, t.c.name).in_(list(keys))).order_by(t.c.cluster)
-        )
+    found = await sql.rows(
+        conn,
+        f"SELECT * FROM placements WHERE (origin_cluster, namespace, name) IN {_KEYS} ORDER BY cluster",
+        *sql.key_arrays(keys),
     )
-    return _by_deployment(rows, "origin_cluster", "namespace", "name")
+    return _by_deployment(found, "origin_cluster", "namespace", "name")
 
 
 async def workloads_for_many(
     conn: AsyncConnection, keys: Sequence[DeploymentKey]
 ) -> dict[DeploymentKey, list[dict[str, Any]]]:
-    t = tables.workloads
-    rows = _rows(
-        await conn.execute(
-            select(t).where(tuple_(t.c.origin_cluster, t.c.deployment_namespace, t.c.deployment_name).in_(list(keys)))
-        )
+    found = await sql.rows(
+        conn,
+        f"SELECT * FROM workloads WHERE (origin_cluster, deployment_namespace, deployment_name) IN {_KEYS}",
+        *sql.key_arrays(keys),
     )
-    return _by_deployment(rows, "origin_cluster", "deployment_namespace", "deployment_name")
+    return _by_deployment(found, "origin_cluster", "deployment_namespace", "deployment_name")
 
 
 async def last_workload_plans_many(
     conn: AsyncConnection, keys: Sequence[DeploymentKey]
 ) -> dict[DeploymentKey, list[dict[str, Any]]]:
     """The newest workload plan per (deployment, cluster), for many deployments at once."""
-    t = tables.plans
-    mine = (tuple_(t.c.origin_cluster, t.c.namespace, t.c.name).in_(list(keys)), t.c.kind == "Workload")
-    newest = (
-        select(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster, func.max(t.c.sequence).label("sequence"))
-        .where(*mine)
-        .group_by(t.c.origin_cluster, t.c.namespace, t.c.name, t.c.cluster)
-        .subquery()
+    found = await sql.rows(
+        conn,
+        "SELECT p.* FROM plans p JOIN (SELECT origin_cluster, namespace, name, cluster, max(sequence) AS sequence "
+        f"FROM plans WHERE (origin_cluster, namespace, name) IN {_KEYS} AND kind = 'Workload' "
+        "GROUP BY origin_cluster, namespace, name, cluster) newest "
+        "ON p.origin_cluster = newest.origin_cluster AND p.namespace = newest.namespace "
+        "AND p.name = newest.name AND p.cluster = newest.cluster AND p.sequence = newest.sequence "
+        "WHERE p.kind = 'Workload'",
+        *sql.key_arrays(keys),
     )
-    rows = _rows(
-        await conn.execute(
-            select(t)
-            .join(
-                newest,
-                and_(
-                    t.c.origin_cluster == newest.c.origin_cluster,
-                    t.c.namespace == newest.c.namespace,
-                    t.c.name == newest.c.name,
-                    t.c.cluster == newest.c.cluster,
-                    t.c.sequence == newest.c.sequence,
-                ),
-            )
-            .where(t.c.kind == "Workload")
-        )
-    )
-    return _by_deployment(rows, "origin_cluster", "namespace", "name")
+    return _by_deployment(found, "origin_cluster", "namespace", "name")
 
 
 async def models_many(
@@ -270,16 +236,17 @@ async def models_many(
     refs = list(set(refs))
     if not refs:
         return {}
-    t = tables.models
-    rows = _rows(await conn.execute(select(t).where(tuple_(t.c.cluster, t.c.namespace, t.c.name).in_(refs))))
-    return {(r["cluster"], r["namespace"], r["name"]): r for r in rows}
+    found = await sql.rows(
+        conn, f"SELECT * FROM models WHERE (cluster, namespace, name) IN {_KEYS}", *sql.key_arrays(refs)
+    )
+    return {(r["cluster"], r["namespace"], r["name"]): r for r in found}
 
 
 async def plan_sequences(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -> dict[DeploymentKey, int]:
-    b = tables.deployment_plans
-    rows = await conn.execute(
-        select(b.c.origin_cluster, b.c.namespace, b.c.name, b.c.plan_sequence).where(
-            tuple_(b.c.origin_cluster, b.c.namespace, b.c.name).in_(list(keys))
-        )
+    found = await sql.records(
+        conn,
+        "SELECT origin_cluster, namespace, name, plan_sequence FROM deployment_plans "
+        f"WHERE (origin_cluster, namespace, name) IN {_KEYS}",
+        *sql.key_arrays(keys),
     )
-    return {(o, n, d): int(s) for o, n, d, s in rows}
+    return {(o, n, d): int(s) for o, n, d, s in found}

@@ -20,13 +20,13 @@ from functools import lru_cache
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import Column, Table, and_, delete, func, literal_column, select, text, update
+from sqlalchemy import Column, Table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import tables
+from store import sql, tables
 from store.events import (
     ApplyReported,
     ClusterHealthChanged,
@@ -87,18 +87,22 @@ _ENVELOPE = {"event_id", "type", "schema_version", "cluster"}
 
 # What a batch needs to know before it is written, in one round trip: which of its event ids are stored already,
 # and each of its streams' current version.
-_LOOKUP = text("""
+_LOOKUP = """
 SELECT
-    ARRAY(SELECT i.event_id FROM unnest(CAST(:event_ids AS text[])) AS i(event_id)
+    ARRAY(SELECT i.event_id FROM unnest($1::text[]) AS i(event_id)
           WHERE EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)) AS stored,
     ARRAY(SELECT coalesce((SELECT max(e.stream_version) FROM events e WHERE e.stream_id = s.stream_id), 0)
-          FROM unnest(CAST(:stream_ids AS text[])) WITH ORDINALITY AS s(stream_id, ord) ORDER BY s.ord) AS versions
-""")
+          FROM unnest($2::text[]) WITH ORDINALITY AS s(stream_id, ord) ORDER BY s.ord) AS versions
+"""
 # Positions for the new events, taken in batch order (nextval is evaluated row by row in series order; they are
 # sorted again in Python, so the guarantee does not rest on that).
-_RESERVE = text(
-    "SELECT nextval(pg_get_serial_sequence('events', 'position')) FROM generate_series(1, CAST(:count AS integer))"
-)
+_RESERVE = "SELECT nextval(pg_get_serial_sequence('events', 'position')) FROM generate_series(1, $1::integer)"
+
+
+async def _reserve_positions(conn: AsyncConnection, count: int) -> list[int]:
+    return sorted(r[0] for r in await sql.records(conn, _RESERVE, count))
+
+
 EVENT_COLUMNS = (  # the events table's columns, in the order the log's COPY writes them
     "position",
     "event_id",
@@ -155,13 +159,13 @@ async def append(
     candidates = list(first.values())
     streams = {index: stream_of(items[index][0]) for index in candidates}
     distinct_streams = list(dict.fromkeys(streams.values()))
-    looked_up = (await conn.execute(_LOOKUP, {"event_ids": list(first), "stream_ids": distinct_streams})).one()
-    stored = set(looked_up.stored)
-    version = dict(zip(distinct_streams, looked_up.versions, strict=True))
+    looked_up = (await sql.records(conn, _LOOKUP, list(first), distinct_streams))[0]
+    stored = set(looked_up["stored"])
+    version = dict(zip(distinct_streams, looked_up["versions"], strict=True))
     fresh = [index for index in candidates if items[index][0].event_id not in stored]
     if not fresh:
         return []
-    positions = sorted((await conn.execute(_RESERVE, {"count": len(fresh)})).scalars())
+    positions = await _reserve_positions(conn, len(fresh))
 
     raws = raw or [None] * len(items)
     recorded: list[Recorded] = []
@@ -187,9 +191,7 @@ async def append(
             )
         )
         recorded.append(Recorded(event, position, stream, version[stream]))
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None
-    await driver.copy_records_to_table("events", columns=EVENT_COLUMNS, records=rows)
+    await (await sql.driver(conn)).copy_records_to_table("events", columns=EVENT_COLUMNS, records=rows)
     return recorded
 
 
@@ -214,21 +216,59 @@ async def apply_ops(conn: AsyncConnection, ops: Iterable[Op]) -> None:
             pending.setdefault(group, []).append(op)
             continue
         await flush(op.table)
-        table = _TABLES[op.table]
+        # A None in a where clause means IS NULL (as SQLAlchemy's `==` renders it), so it is not a parameter.
+        where = tuple((c, v is None) for c, v in op.where.items())
+        matched = {c: v for c, v in op.where.items() if v is not None}
         match op:
             case Update():
-                await conn.execute(update(table).where(_eq(table, op.where)).values(op.values))
+                statement = _update_statement(op.table, where, tuple(op.values))
+                await sql.execute(conn, statement, *_bound(op.table, op.values), *_bound(op.table, matched))
             case Delete():
-                await conn.execute(delete(table).where(_eq(table, op.where)))
+                await sql.execute(conn, _delete_statement(op.table, where), *_bound(op.table, matched))
             case DeleteMissing():
                 # One array parameter, not one bind per kept value: a resync of a big cluster keeps thousands.
-                keep = text(f"NOT ({op.column} = ANY(CAST(:keep AS text[])))").bindparams(keep=list(op.keep))
-                await conn.execute(delete(table).where(_eq(table, op.where), keep))
+                statement = _delete_statement(op.table, where, keep=op.column)
+                await sql.execute(conn, statement, *_bound(op.table, matched), list(op.keep))
     await flush()
 
 
-def _eq(table: Table, where: dict[str, Any]) -> Any:
-    return and_(*(table.c[k] == v for k, v in where.items()))
+def _is_json(table_name: str, column: str) -> bool:
+    return isinstance(_TABLES[table_name].c[column].type, JSONB)
+
+
+def _bound(table_name: str, values: dict[str, Any]) -> list[Any]:
+    """Parameter values in the dict's order; JSONB values travel as JSON text (see store.sql)."""
+    return [
+        (None if v is None else json.dumps(v, default=str)) if _is_json(table_name, k) else v for k, v in values.items()
+    ]
+
+
+def _conditions(where: tuple[tuple[str, bool], ...], first: int) -> list[str]:
+    """`column = $n` for each (column, is None) of a where clause, numbered from `first`; `column IS NULL` for
+    a None (which then takes no parameter)."""
+    out: list[str] = []
+    number = first
+    for column, is_null in where:
+        if is_null:
+            out.append(f"{column} IS NULL")
+        else:
+            out.append(f"{column} = ${number}")
+            number += 1
+    return out
+
+
+@lru_cache(maxsize=256)
+def _update_statement(table_name: str, where: tuple[tuple[str, bool], ...], values: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(values, 1))
+    return f"UPDATE {table_name} SET {sets} WHERE {' AND '.join(_conditions(where, len(values) + 1))}"
+
+
+@lru_cache(maxsize=256)
+def _delete_statement(table_name: str, where: tuple[tuple[str, bool], ...], keep: str | None = None) -> str:
+    conditions = _conditions(where, 1)
+    if keep is not None:
+        conditions.append(f"NOT ({keep} = ANY(${sum(1 for _, is_null in where if not is_null) + 1}::text[]))")
+    return f"DELETE FROM {table_name} WHERE {' AND '.join(conditions)}"
 
 
 def _array_type(column: Column[Any]) -> str:
@@ -240,14 +280,14 @@ def _array_type(column: Column[Any]) -> str:
 
 
 @lru_cache(maxsize=256)
-def _upsert_statement(table_name: str, keys: tuple[str, ...], values: tuple[str, ...]) -> Any:
+def _upsert_statement(table_name: str, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
     table = _TABLES[table_name]
     columns = [*keys, *values]
-    arrays = ", ".join(f"CAST(:c{i} AS {_array_type(table.c[c])}[])" for i, c in enumerate(columns))
+    arrays = ", ".join(f"${i}::{_array_type(table.c[c])}[]" for i, c in enumerate(columns, 1))
     selects = ", ".join(f"CAST(u.{c} AS jsonb)" if isinstance(table.c[c].type, JSONB) else f"u.{c}" for c in columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
     conflict = f"DO UPDATE SET {updates}" if values else "DO NOTHING"
-    return text(
+    return (
         f"INSERT INTO {table_name} ({', '.join(columns)}) SELECT {selects} FROM unnest({arrays}) "
         f"AS u({', '.join(columns)}) ON CONFLICT ({', '.join(keys)}) {conflict}"
     )
@@ -261,38 +301,45 @@ async def _upsert_many(conn: AsyncConnection, ops: list[Upsert]) -> None:
     for op in ops:
         merged[tuple(op.key.values())] = {**op.key, **op.values}
     keys, values = tuple(ops[0].key), tuple(ops[0].values)
-    params: dict[str, list[Any]] = {}
-    for i, column in enumerate((*keys, *values)):
-        as_json = isinstance(table.c[column].type, JSONB)
-        params[f"c{i}"] = [
-            (None if row[column] is None else json.dumps(row[column], default=str)) if as_json else row[column]
-            for row in merged.values()
-        ]
-    await conn.execute(_upsert_statement(table.name, keys, values), params)
+    arrays: list[list[Any]] = []
+    for column in (*keys, *values):
+        if isinstance(table.c[column].type, JSONB):
+            arrays.append([None if r[column] is None else json.dumps(r[column], default=str) for r in merged.values()])
+        else:
+            arrays.append([row[column] for row in merged.values()])
+    await sql.execute(conn, _upsert_statement(table.name, keys, values), *arrays)
 
 
 # --------------------------------------------------------------------------------------- consumer bookkeeping
 
 
+async def epoch_and_position(conn: AsyncConnection, consumer: str) -> tuple[int, int]:
+    """The newest planner epoch and `consumer`'s position, in one round trip (a step starts with both)."""
+    found = (
+        await sql.records(
+            conn,
+            "SELECT (SELECT coalesce(max(epoch), 0) FROM planner_epochs), "
+            "(SELECT stream_sequence FROM consumer_positions WHERE consumer = $1)",
+            consumer,
+        )
+    )[0]
+    return int(found[0]), int(found[1] or 0)
+
+
 async def consumer_position(conn: AsyncConnection, consumer: str) -> int:
-    found = await conn.scalar(
-        select(tables.consumer_positions.c.stream_sequence).where(tables.consumer_positions.c.consumer == consumer)
-    )
+    found = await sql.value(conn, "SELECT stream_sequence FROM consumer_positions WHERE consumer = $1", consumer)
     return int(found or 0)
 
 
 async def record_position(conn: AsyncConnection, consumer: str, stream_sequence: int) -> None:
-    stmt = pg_insert(tables.consumer_positions).values(consumer=consumer, stream_sequence=stream_sequence)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["consumer"],
-        set_={
-            "stream_sequence": func.greatest(
-                tables.consumer_positions.c.stream_sequence, stmt.excluded.stream_sequence
-            ),
-            "updated_at": func.now(),
-        },
+    await sql.execute(
+        conn,
+        "INSERT INTO consumer_positions (consumer, stream_sequence) VALUES ($1, $2) ON CONFLICT (consumer) DO UPDATE "
+        "SET stream_sequence = greatest(consumer_positions.stream_sequence, EXCLUDED.stream_sequence), "
+        "updated_at = now()",
+        consumer,
+        stream_sequence,
     )
-    await conn.execute(stmt)
 
 
 async def dead_letter(
@@ -308,32 +355,33 @@ async def dead_letter(
 
 
 async def outbox_put(conn: AsyncConnection, *, plan_id: str, subject: str, payload: bytes) -> None:
-    stmt = pg_insert(tables.outbox).values(plan_id=plan_id, subject=subject, payload=payload)
-    await conn.execute(stmt.on_conflict_do_nothing(index_elements=["plan_id"]))
+    await outbox_put_many(conn, [(plan_id, subject, payload)])
 
 
 async def outbox_put_many(conn: AsyncConnection, rows: Sequence[tuple[str, str, bytes]]) -> None:
-    """(plan id, subject, payload) rows; a plan already in the outbox is left as it is."""
+    """(plan id, subject, payload) rows, ids in this order; a plan already in the outbox is left as it is."""
     if rows:
-        values = [{"plan_id": p, "subject": s, "payload": b} for p, s, b in rows]
-        await conn.execute(pg_insert(tables.outbox).values(values).on_conflict_do_nothing(index_elements=["plan_id"]))
+        await sql.execute(
+            conn,
+            "INSERT INTO outbox (plan_id, subject, payload) "
+            "SELECT p, s, b FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS r(p, s, b, n) "
+            "ORDER BY n ON CONFLICT (plan_id) DO NOTHING",
+            [p for p, _, _ in rows],
+            [s for _, s, _ in rows],
+            [b for _, _, b in rows],
+        )
 
 
 async def outbox_pending(conn: AsyncConnection, limit: int = 500) -> list[tuple[int, str, str, bytes]]:
-    rows = await conn.execute(
-        select(tables.outbox.c.id, tables.outbox.c.plan_id, tables.outbox.c.subject, tables.outbox.c.payload)
-        .where(tables.outbox.c.sent_at.is_(None))
-        .order_by(tables.outbox.c.id)
-        .limit(limit)
+    found = await sql.records(
+        conn, "SELECT id, plan_id, subject, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1", limit
     )
-    return [(int(i), str(p), str(s), bytes(b)) for i, p, s, b in rows]
+    return [(int(i), str(p), str(s), bytes(b)) for i, p, s, b in found]
 
 
 async def outbox_mark_sent(conn: AsyncConnection, ids: Sequence[int]) -> None:
     if ids:
-        await conn.execute(
-            update(tables.outbox).where(tables.outbox.c.id.in_(list(ids))).values(sent_at=literal_column("now()"))
-        )
+        await sql.execute(conn, "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", list(ids))
 
 
 # ------------------------------------------------------------------------------------------- cluster heartbeats
@@ -341,8 +389,9 @@ async def outbox_mark_sent(conn: AsyncConnection, ids: Sequence[int]) -> None:
 
 async def touch_heartbeat(conn: AsyncConnection, cluster: str, at: datetime) -> None:
     """Heartbeats are volatile: they move `last_heartbeat_at` forward and are not logged."""
-    await conn.execute(
-        update(tables.clusters)
-        .where(tables.clusters.c.name == cluster)
-        .values(last_heartbeat_at=func.greatest(func.coalesce(tables.clusters.c.last_heartbeat_at, at), at))
+    await sql.execute(
+        conn,
+        "UPDATE clusters SET last_heartbeat_at = greatest(coalesce(last_heartbeat_at, $2), $2) WHERE name = $1",
+        cluster,
+        at,
     )

@@ -158,13 +158,12 @@ async def test_a_broken_locking_rule_fails_the_write_and_is_translated(
     """A writer ignoring the writers' lock takes a stream version between this batch's look-up and its COPY: the
     unique constraint refuses the write, and the driver's error leaves the store as a PermanentStoreError."""
     event = builders.observed("a100", "Node", builders.gpu_node("n"))
-    real_execute = AsyncConnection.execute
+    real_reserve = recorder._reserve_positions
 
-    async def execute(self: AsyncConnection, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        if statement is recorder._RESERVE:  # between the look-up and the COPY
-            async with engine.begin() as intruder:
-                await intruder.execute(_version_one_of_node_n("intruder"))
-        return await real_execute(self, statement, *args, **kwargs)
+    async def reserve(conn: AsyncConnection, count: int) -> list[int]:  # between the look-up and the COPY
+        async with engine.begin() as intruder:
+            await intruder.execute(_version_one_of_node_n("intruder"))
+        return await real_reserve(conn, count)
 
     async def write() -> None:
         with translated("append"):
@@ -172,7 +171,7 @@ async def test_a_broken_locking_rule_fails_the_write_and_is_translated(
                 await recorder.lock_writers(conn)
                 await recorder.append(conn, [(event, {})])
 
-    monkeypatch.setattr(AsyncConnection, "execute", execute)
+    monkeypatch.setattr(recorder, "_reserve_positions", reserve)
     with pytest.raises(PermanentStoreError, match="uq_events_stream_id_stream_version"):
         await write()
     assert await count(engine, tables.events) == 1
