@@ -14,7 +14,9 @@ Guarantees:
 - A weights claim keeps the access modes, class and size it was created with (they are immutable, or can only
   grow); only its labels follow the plan.
 - Pruning only touches this deployment's objects in its own namespace: those the last plan recorded on the
-  Deployment and the new one no longer holds, or, with no record to trust, those carrying its identity labels.
+  Deployment and the new one no longer holds; with no record to trust, for a deployment new to this process,
+  those found at the names its objects have (`render.object_name`, looked up with the rest), and otherwise
+  (removals, a record lost by hand) those carrying its identity labels.
 - Independent API calls go out together (a deployment new to this process is looked up in one round), and the
   Deployment, which carries the record, is written last.
 - A removal plan deletes everything of the deployment here; removing what is already gone succeeds.
@@ -35,6 +37,7 @@ from applier.render import (
     ANNOTATION_UID,
     MANAGED_KINDS,
     identity_labels,
+    object_name,
     object_ref,
     render,
     selector_string,
@@ -176,14 +179,26 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
     others = [m for m in manifests if m["kind"] != "Deployment"]
     first_time = bool(manifests) and guard.executed_for(plan) is None
     found: dict[str, dict[str, Any] | None] = {}
+    leftovers: list[str] | None = None
     if first_time:
+        # The kinds this plan does not render are looked up too, at the names they would have: with no record to
+        # trust, that is what there is to prune (no label-selected lists of every kind in a second round).
+        rendered = {m["kind"] for m in manifests}
+        absent = [(kind, object_name(plan, kind)) for kind in MANAGED_KINDS if kind not in rendered]
         lookups: list[Callable[[], Awaitable[dict[str, Any] | None]]] = [
             partial(_get_or_none, kube, "Deployment", plan.deployment.name, namespace),
             *(partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in others),
+            *(partial(_get_or_none, kube, kind, name, namespace) for kind, name in absent),
             partial(ensure_namespace, kube, namespace),
         ]
         current, *rest = await _all(lookups)
         found = dict(zip((object_ref(m) for m in others), rest, strict=False))
+        absent_found = rest[len(others) : len(others) + len(absent)]
+        leftovers = [
+            f"{kind}/{name}"
+            for (kind, name), obj in zip(absent, absent_found, strict=True)
+            if obj and _owner_conflict(obj, plan) is None
+        ]
     else:
         current = await _get_or_none(kube, "Deployment", plan.deployment.name, namespace)
     record = _record_of(current, plan)
@@ -227,6 +242,8 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
     # own removal (when the plan has none) stays last inside _delete.
     if known is not None and manifests:
         cleanup: Callable[[], Awaitable[list[str]]] = partial(_delete, kube, plan, sorted(known - wanted))
+    elif leftovers is not None:
+        cleanup = partial(_delete, kube, plan, leftovers)
     else:
         cleanup = partial(prune, kube, plan, wanted)
     applies = partial(_all, [partial(_apply, kube, b, existed=existed) for b, existed in first])

@@ -552,6 +552,12 @@ def autoscaler(plan: WorkloadPlan, spec: LLMDeploymentSpec) -> Manifest:
     }
 
 
+def object_name(plan: WorkloadPlan, kind: str) -> str:
+    """The name an object of `kind` of this deployment has whenever a plan renders one (names never depend on
+    the spec, so these are every name the deployment's objects can have here)."""
+    return weights_claim_name(plan) if kind == "PersistentVolumeClaim" else plan.deployment.name
+
+
 MANAGED_KINDS = (
     "Deployment",
     "Service",

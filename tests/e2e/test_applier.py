@@ -479,6 +479,40 @@ async def test_prune_removes_what_the_plan_no_longer_holds(
     }
 
 
+async def test_with_no_record_a_new_applier_prunes_what_it_finds_at_the_deployments_names(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    """The record (the Deployment) was deleted by hand and the applier restarted: what the next plan no longer
+    holds is found at the names this deployment's objects have, and removed; someone else's object is kept."""
+    role, name = "cpu", "chat"
+    kube = await open_kube(role)
+    plan = plan_for(kubectl, namespace, name)
+    assert (await execute_workload(kube, plan, EpochGuard())).outcome == "Applied"
+    await kubectl(role, "delete", "deployment", name, "-n", namespace, "--wait=true")
+    # Someone else's autoscaler at the name ours would have (this plan renders none): not ours, so kept.
+    await kubectl(role, "create", "deployment", "unrelated", "--image=nginx", "-n", namespace)
+    await kubectl(role, "autoscale", "deployment", "unrelated", f"--name={name}", "--max=2", "-n", namespace)
+
+    without_policy = next_plan(
+        plan,
+        spec=plan.spec.model_copy(
+            update={"network_policy": plan.spec.network_policy.model_copy(update={"enabled": False})}
+        )
+        if plan.spec
+        else None,
+    )
+    result = await execute_workload(kube, without_policy, EpochGuard())
+
+    assert result.outcome == "Applied", result.message
+    assert f"NetworkPolicy/{name}" in result.message
+    assert await objects_of(kubectl, role, name, namespace=namespace) == {
+        f"Service/{namespace}/{name}",
+        f"PodDisruptionBudget/{namespace}/{name}",
+        f"Deployment/{namespace}/{name}",
+    }
+    assert await kubectl.get(role, "horizontalpodautoscaler", name, "-n", namespace) is not None
+
+
 @pytest.mark.parametrize("how", ["spec None", "replicas 0"])
 async def test_removal_deletes_everything_of_that_deployment_and_nothing_else(
     kubectl: Kubectl, namespace: str, open_kube: KubeOpener, how: str
