@@ -27,8 +27,11 @@ _BEGIN = text("SELECT 1")
 
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under `conn`, with the transaction begun."""
-    raw = await conn.get_raw_connection()
-    connection = raw.driver_connection
+    # The checked-out connection is an attribute away (`get_raw_connection` would cost a greenlet switch per
+    # statement); a connection invalidated inside the transaction raises here as it would on any statement.
+    sync = conn.sync_connection
+    assert sync is not None, "the connection is not started"
+    connection = sync.connection.driver_connection
     assert isinstance(connection, asyncpg.Connection)
     if not connection.is_in_transaction():
         await conn.execute(_BEGIN)  # SQLAlchemy issues its deferred BEGIN before its first statement
