@@ -378,13 +378,7 @@ async def _decide(
     cluster_rows: Sequence[dict[str, Any]],
 ) -> tuple[int, int]:
     capacity = await memory.current(conn)
-    for cluster, nodes in capacity.clusters.items():
-        free: dict[str, int] = {}
-        for node in nodes:
-            if node.gpu_product:
-                free[node.gpu_product] = free.get(node.gpu_product, 0) + node.gpus
-        for product, count in free.items():
-            metrics.FREE_GPUS.labels(cluster=cluster, gpu_product=product).set(count)
+    metrics.export_free_gpus(capacity.clusters)
     # One Clusters for the whole step: what each clusterSelector admits is worked out once, not per decision.
     cluster_infos = Clusters(ClusterInfo(c["name"], dict(c["labels"]), bool(c["healthy"])) for c in cluster_rows)
     rows = await queries.deployments(conn, keys)

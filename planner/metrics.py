@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from planner.capacity import NodeFree
 
 EVENTS = Counter("llmop_planner_events_total", "Events handled by the planner", ["result"])
 STEP_SECONDS = Histogram(
@@ -30,3 +33,28 @@ def observe_step(result: Any, seconds: float, delivered: int) -> None:
     PLANS.inc(result.plans)
     DECISIONS.inc(result.decisions)
     POSITION.set(result.position)
+
+
+# The nodes each cluster's free-GPU gauges were last set from, and the GPU kinds they named.
+_exported: dict[str, tuple[tuple[NodeFree, ...], frozenset[str]]] = {}
+
+
+def export_free_gpus(clusters: Mapping[str, tuple[NodeFree, ...]]) -> None:
+    """Set the free-GPU gauges of the clusters whose nodes changed since the last export.
+
+    Capacity shares an unchanged cluster's node tuple from step to step (planner/capacity.py), so telling the
+    changed clusters apart costs one identity test per cluster, not a pass over every node of the fleet each
+    step. A GPU kind a cluster no longer has is set to 0."""
+    for cluster, nodes in clusters.items():
+        last = _exported.get(cluster)
+        if last is not None and last[0] is nodes:
+            continue
+        free: dict[str, int] = {}
+        for node in nodes:
+            if node.gpu_product:
+                free[node.gpu_product] = free.get(node.gpu_product, 0) + node.gpus
+        for product in (last[1] if last is not None else frozenset()) - free.keys():
+            FREE_GPUS.labels(cluster=cluster, gpu_product=product).set(0)
+        for product, count in free.items():
+            FREE_GPUS.labels(cluster=cluster, gpu_product=product).set(count)
+        _exported[cluster] = (nodes, frozenset(free))
