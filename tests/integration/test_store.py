@@ -692,3 +692,30 @@ async def test_capacity_carried_from_step_to_step_equals_a_full_rebuild(engine: 
     memory.forget()
     async with engine.connect() as conn:
         assert (await memory.current(conn)).clusters == (await read_capacity(conn)).clusters
+
+
+# ------------------------------------------------------------------------------------- the driver fast path
+
+
+async def test_driver_statements_belong_to_the_callers_transaction(engine: AsyncEngine) -> None:
+    """`store.sql` runs on the driver under SQLAlchemy's connection; SQLAlchemy begins transactions lazily, so a
+    driver statement that came first must still be inside the transaction: a rollback takes it back."""
+
+    class Abandon(Exception):
+        pass
+
+    async def write_then_abandon() -> None:
+        async with engine.begin() as conn:
+            await recorder.outbox_put_many(conn, [("p-rolled-back", "plans.x", b"{}")])  # first statement
+            assert [r[1] for r in await recorder.outbox_pending(conn)] == ["p-rolled-back"]
+            raise Abandon
+
+    with pytest.raises(Abandon):
+        await write_then_abandon()
+    assert await count(engine, tables.outbox) == 0
+
+    async with engine.begin() as conn:
+        await recorder.outbox_put_many(conn, [("p-2", "plans.x", b"2"), ("p-1", "plans.x", b"1")])
+    async with engine.connect() as conn:
+        pending = await recorder.outbox_pending(conn)
+    assert [(plan_id, payload) for _, plan_id, _, payload in pending] == [("p-2", b"2"), ("p-1", b"1")]  # in order
