@@ -393,6 +393,15 @@ async def _decide(
         [(k[0], k[1], r["spec"]["modelRef"]) for k, r in rows.items() if isinstance(r["spec"].get("modelRef"), str)],
     )
     sequences = await queries.plan_sequences(conn, [k for k in keys if k not in rows])
+    # The plans workloads were last seen running, where that is not the latest plan (status compares their pods).
+    latest_ids = {p["plan_id"] for plans_ in last_plans.values() for p in plans_}
+    seen_ids = sorted(
+        {w["plan_id"] for ws in workloads.values() for w in ws if w["plan_id"] and w["plan_id"] not in latest_ids}
+    )
+    observed_plans = {
+        plan_id: WorkloadPlan.model_validate(payload)
+        for plan_id, payload in (await queries.plan_payloads(conn, seen_ids) if seen_ids else {}).items()
+    }
     reports: dict[DeploymentKey, list[ApplyReported]] = {}
     for r in recorded:
         if isinstance(r.event, ApplyReported):
@@ -421,6 +430,7 @@ async def _decide(
             reports.get(key, []),
             scheduling.get(key, {}),
             sequences.get(key, 0),
+            observed_plans,
         )
         if inputs is None:
             continue
@@ -469,6 +479,7 @@ def _inputs(
     reports: list[ApplyReported],
     scheduling: dict[str, tuple[int, int]],
     plan_sequence: int,
+    observed_plans: Mapping[str, WorkloadPlan],
 ) -> Inputs | None:
     last_plans = {p["cluster"]: WorkloadPlan.model_validate(p["payload"]) for p in plan_rows}
     if row is None and not placements and not workloads:
@@ -552,6 +563,7 @@ def _inputs(
         reports=reports,
         plan_sequence=row["plan_sequence"] if row is not None else plan_sequence,
         scheduling=scheduling,
+        observed_plans=observed_plans,
     )
 
 

@@ -91,6 +91,8 @@ class Inputs:
     """The last plan sequence issued for this deployment (kept even after the LLMDeployment is gone)."""
     scheduling: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Per cluster: (this deployment's pods bound to a node, its pods left Pending unscheduled for too long)."""
+    observed_plans: Mapping[str, WorkloadPlan] = field(default_factory=dict)
+    """Workload plans the watchers saw on the workloads, by plan id, where that is not the latest plan."""
 
 
 @dataclass(frozen=True)
@@ -568,8 +570,16 @@ def _progress(inputs: Inputs, shares: Sequence[ClusterShare]) -> list[ClusterPro
         w = workloads.get(share.cluster)
         p = previous.get(share.cluster)
         last = inputs.last_plans.get(share.cluster)
+        # Current: the workload runs the latest plan's pods. A plan that changed only other objects (a
+        # NetworkPolicy, the Service, the autoscaler, the replica count) replaces no pod, so the workload's
+        # pods are already what it asks for: Ready does not flip while its annotation catches up.
+        seen = inputs.observed_plans.get(w.plan_id) if w is not None and w.plan_id else None
+        same_pods = seen is not None and last is not None and seen.pods_key() == last.pods_key()
         current = bool(
-            w is not None and last is not None and w.plan_id == last.plan_id and w.observed_generation >= w.generation
+            w is not None
+            and last is not None
+            and (w.plan_id == last.plan_id or same_pods)
+            and w.observed_generation >= w.generation
         )
         failed = p.apply_message if p and p.apply_outcome == "Failed" and p.applied_plan_id == p.plan_id else None
         out.append(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +65,13 @@ class _Plan(BaseModel):
     issued_at: datetime
 
 
+NOT_IN_PODS = frozenset(
+    {"replicas", "service_type", "autoscaling", "network_policy", "suspend", "placement", "model_ref"}
+)
+"""LLMDeployment spec fields that do not reach the pod template (placement and the model reference reach it
+only through the plan's GPU type and model, which `WorkloadPlan.pods_key` holds)."""
+
+
 class WorkloadPlan(_Plan):
     """Run `replicas` instances of the model in `cluster` (0: remove this deployment's workload there)."""
 
@@ -77,6 +84,14 @@ class WorkloadPlan(_Plan):
     """The origin cluster also hosts fleet-level objects (the autoscaler for the LLMDeployment)."""
     gpu_type: str | None = None
     """The GPU product the planner expects the replicas to use in this cluster (preferred node affinity)."""
+
+    def pods_key(self) -> tuple[Any, ...]:
+        """What this plan's pods are made of. Two plans of one deployment with equal keys render the same pod
+        template, so going from one to the other restarts nothing (and the planner keeps `Ready`): everything
+        but the plan's identity, its replica count and the spec fields that shape only other objects
+        (`NOT_IN_PODS`). tests/unit/test_render.py holds the renderer to this."""
+        spec = self.spec.model_dump(exclude=set(NOT_IN_PODS)) if self.spec is not None else None
+        return (self.cluster, self.deployment, self.model_name, self.model, self.gpu_type, spec)
 
     @property
     def removes_everything(self) -> bool:

@@ -250,3 +250,11 @@ async def plan_sequences(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -
         *sql.key_arrays(keys),
     )
     return {(o, n, d): int(s) for o, n, d, s in found}
+
+
+async def plan_payloads(conn: AsyncConnection, plan_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Plans by id (their payloads)."""
+    found = await sql.records(
+        conn, "SELECT plan_id, payload FROM plans WHERE plan_id = ANY($1::text[])", list(plan_ids)
+    )
+    return {str(r["plan_id"]): r["payload"] for r in found}

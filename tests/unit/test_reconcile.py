@@ -9,6 +9,7 @@ from typing import Any
 from planner.capacity import NodeFacts, free_capacity
 from planner.placement import ClusterInfo
 from planner.reconcile import DeploymentState, Inputs, Outcome, PlacementState, WorkloadState, reconcile
+from store.api import NetworkPolicySpec
 from store.plans import DeploymentRef, StatusPlan, WorkloadPlan
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -253,3 +254,63 @@ def test_pending_pods_beyond_what_a_share_expects_are_ignored() -> None:
     )
     assert workload_plans(calm) == {}
     assert calm.decided is None
+
+
+def _ready_with(plan: WorkloadPlan, **spec: Any) -> DeploymentState:
+    """The deployment as it was when `plan`'s workload became ready (its status says Ready)."""
+    running = WorkloadState("a100", plan.plan_id, 1, 1, 1, 1, 1, 1)
+    settled = reconcile(
+        inputs(
+            deployment=replace(deployment(**spec), plan_sequence=2),
+            placements=[placed("a100", 1, plan)],
+            last_plans={"a100": plan},
+            workloads=[running],
+        )
+    )
+    status = status_plan(settled).status
+    assert status.ready == "Ready"
+    return replace(deployment(**spec), plan_sequence=4, last_status=status.wire(), last_outcome="Placed")
+
+
+def test_a_plan_that_replaces_no_pod_keeps_ready_while_the_workload_catches_up() -> None:
+    """A NetworkPolicy change: the workload still shows the previous plan (the watcher has not yet seen the new
+    annotation), but its pods are what the new plan asks for, so Ready stays True and no status plan is sent."""
+    first = workload_plans(reconcile(inputs()))["a100"]
+    assert first.spec is not None
+    newer = first.model_copy(
+        update={
+            "plan_id": "p-policy",
+            "sequence": first.sequence + 2,
+            "spec": first.spec.model_copy(update={"network_policy": NetworkPolicySpec(enabled=False)}),
+        }
+    )
+    known = _ready_with(first, networkPolicy={"enabled": False})
+    catching_up = inputs(
+        now=NOW + timedelta(minutes=1),
+        deployment=known,
+        placements=[placed("a100", 1, newer)],
+        last_plans={"a100": newer},
+        workloads=[WorkloadState("a100", first.plan_id, 1, 1, 1, 1, 1, 1)],
+        observed_plans={first.plan_id: first},
+    )
+    assert reconcile(catching_up).plans == ()
+
+
+def test_a_plan_that_replaces_the_pods_says_waiting_until_the_workload_runs_it() -> None:
+    first = workload_plans(reconcile(inputs()))["a100"]
+    assert first.spec is not None
+    port_changed = first.spec.model_copy(update={"port": 9000})
+    newer = first.model_copy(update={"plan_id": "p-port", "sequence": first.sequence + 2, "spec": port_changed})
+    known = _ready_with(first, port=9000)
+    rolling = reconcile(
+        inputs(
+            now=NOW + timedelta(minutes=1),
+            deployment=known,
+            placements=[placed("a100", 1, newer)],
+            last_plans={"a100": newer},
+            workloads=[WorkloadState("a100", first.plan_id, 1, 1, 1, 1, 1, 1)],
+            observed_plans={first.plan_id: first},
+        )
+    )
+    assert workload_plans(rolling) == {}
+    assert status_plan(rolling).status.ready == "WaitingForReplicas"

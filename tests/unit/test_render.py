@@ -40,7 +40,7 @@ from store.events import (
     LABEL_NAMESPACE,
     LABEL_ORIGIN,
 )
-from store.plans import DeploymentRef, WorkloadPlan, plan_id
+from store.plans import NOT_IN_PODS, DeploymentRef, WorkloadPlan, plan_id
 
 Manifest = dict[str, Any]
 
@@ -1068,3 +1068,45 @@ def test_pvc_weights_example_mounts_the_staged_claim_path() -> None:
         "subPath": "llama-3.1-8b-instruct",
     }
     assert the(manifests, "Service")["spec"]["type"] == "LoadBalancer"
+
+
+# ------------------------------------------------------------------------------------------- the pods' key
+
+
+def _template(plan: WorkloadPlan) -> Any:
+    return the(render(plan), "Deployment")["spec"]["template"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"replicas": 5},
+        {"serviceType": "LoadBalancer"},
+        {"autoscaling": None},
+        {"networkPolicy": {"enabled": False}},
+        {"networkPolicy": {"allowedSources": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]}},
+        {"suspend": True},
+        {"placement": {"clusters": ["a100"], "preferOrigin": False, "clusterSelector": {"matchLabels": {"x": "y"}}}},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_spec_fields_kept_out_of_the_pods_key_do_not_reach_the_pod_template(changes: dict[str, Any]) -> None:
+    """WorkloadPlan.pods_key leaves these out so a change to them does not make Ready flip; the renderer must
+    agree: the pod template stays the same, only the other objects (or the replica count) change."""
+    assert {"replicas", "service_type", "autoscaling", "network_policy", "suspend", "placement"} <= NOT_IN_PODS
+    base = gpu_plan(spec=deployment_spec(AUTOSCALED_DEPLOYMENT), cluster="cpu", origin="cpu", replicas=2)
+    changed_spec = deployment_spec(AUTOSCALED_DEPLOYMENT, **changes)
+    changed = gpu_plan(spec=changed_spec, cluster="cpu", origin="cpu", replicas=changed_spec.replicas, sequence=8)
+    assert changed.pods_key() == base.pods_key()
+    assert _template(changed) == _template(base)
+
+
+def test_a_pod_affecting_change_changes_the_pods_key_and_the_template() -> None:
+    base = gpu_plan()
+    for changed in (
+        gpu_plan(spec=deployment_spec(LLAMA_DEPLOYMENT, port=9000), sequence=8),
+        gpu_plan(model=model_spec(LLAMA_MODEL, image="vllm/vllm-openai:v0.7.0"), sequence=8),
+        gpu_plan(gpu_type="NVIDIA-H100-80GB-HBM3", sequence=8),
+    ):
+        assert changed.pods_key() != base.pods_key()
+        assert _template(changed) != _template(base)
