@@ -272,6 +272,18 @@ def _ready_with(plan: WorkloadPlan, **spec: Any) -> DeploymentState:
     return replace(deployment(**spec), plan_sequence=4, last_status=status.wire(), last_outcome="Placed")
 
 
+def _catching_up(known: DeploymentState, running: WorkloadPlan, latest: WorkloadPlan) -> Inputs:
+    """A minute later: `latest` is planned, the watcher still sees the workload running `running`."""
+    return inputs(
+        now=NOW + timedelta(minutes=1),
+        deployment=known,
+        placements=[placed("a100", 1, latest)],
+        last_plans={"a100": latest},
+        workloads=[WorkloadState("a100", running.plan_id, 1, 1, 1, 1, 1, 1)],
+        observed_plans={running.plan_id: running},
+    )
+
+
 def test_a_plan_that_replaces_no_pod_keeps_ready_while_the_workload_catches_up() -> None:
     """A NetworkPolicy change: the workload still shows the previous plan (the watcher has not yet seen the new
     annotation), but its pods are what the new plan asks for, so Ready stays True and no status plan is sent."""
@@ -285,15 +297,7 @@ def test_a_plan_that_replaces_no_pod_keeps_ready_while_the_workload_catches_up()
         }
     )
     known = _ready_with(first, networkPolicy={"enabled": False})
-    catching_up = inputs(
-        now=NOW + timedelta(minutes=1),
-        deployment=known,
-        placements=[placed("a100", 1, newer)],
-        last_plans={"a100": newer},
-        workloads=[WorkloadState("a100", first.plan_id, 1, 1, 1, 1, 1, 1)],
-        observed_plans={first.plan_id: first},
-    )
-    assert reconcile(catching_up).plans == ()
+    assert reconcile(_catching_up(known, first, newer)).plans == ()
 
 
 def test_a_plan_that_replaces_the_pods_says_waiting_until_the_workload_runs_it() -> None:
@@ -301,16 +305,6 @@ def test_a_plan_that_replaces_the_pods_says_waiting_until_the_workload_runs_it()
     assert first.spec is not None
     port_changed = first.spec.model_copy(update={"port": 9000})
     newer = first.model_copy(update={"plan_id": "p-port", "sequence": first.sequence + 2, "spec": port_changed})
-    known = _ready_with(first, port=9000)
-    rolling = reconcile(
-        inputs(
-            now=NOW + timedelta(minutes=1),
-            deployment=known,
-            placements=[placed("a100", 1, newer)],
-            last_plans={"a100": newer},
-            workloads=[WorkloadState("a100", first.plan_id, 1, 1, 1, 1, 1, 1)],
-            observed_plans={first.plan_id: first},
-        )
-    )
+    rolling = reconcile(_catching_up(_ready_with(first, port=9000), first, newer))
     assert workload_plans(rolling) == {}
     assert status_plan(rolling).status.ready == "WaitingForReplicas"
