@@ -155,6 +155,11 @@ class SequenceReader:
             msgs.append(queue.get_nowait())
         return self._in_order(msgs)
 
+    @property
+    def next_sequence(self) -> int:
+        """The stream sequence this reader hands out next (everything before it has been handed out)."""
+        return self._next
+
     def pending_in_buffer(self) -> int:
         """Messages received from the server and not yet handed out."""
         return 0 if self._queue is None else self._queue.qsize()

@@ -86,7 +86,13 @@ async def test_what_arrived_while_the_step_ran_joins_the_batch_read_ahead(js: Je
         await send(0)
         assert [d.stream_sequence for d in (await reader.next()).deliveries] == [1]
         # The caller is "in its step" now; the read ahead takes message 2 alone as soon as it arrives ...
-        for index in range(1, 5):
+        await send(1)
+
+        async def taken() -> bool:
+            return sequences.next_sequence == 3
+
+        await eventually(taken, timeout=10, what="the read ahead to take message 2", interval=0.01)
+        for index in range(2, 5):
             await send(index)
 
         async def buffered() -> bool:  # ... and 3, 4, 5 wait in the reader's buffer
