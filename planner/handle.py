@@ -400,7 +400,7 @@ async def _decide(
     )
     observed_plans = {
         plan_id: WorkloadPlan.model_validate(payload)
-        for plan_id, payload in (await queries.plan_payloads(conn, seen_ids) if seen_ids else {}).items()
+        for plan_id, payload in (await queries.plan_payloads(conn, seen_ids)).items()
     }
     reports: dict[DeploymentKey, list[ApplyReported]] = {}
     for r in recorded:

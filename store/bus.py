@@ -150,10 +150,7 @@ class SequenceReader:
             first = await asyncio.wait_for(queue.get(), timeout)
         except TimeoutError:
             return []
-        msgs = [first]
-        while len(msgs) < batch and not queue.empty():
-            msgs.append(queue.get_nowait())
-        return self._in_order(msgs)
+        return self._in_order([first, *self._arrived(queue, batch - 1)])
 
     @property
     def next_sequence(self) -> int:
@@ -166,12 +163,14 @@ class SequenceReader:
 
     def ready(self, batch: int) -> list[Received]:
         """Up to `batch` messages that have already arrived, without waiting ([] if none)."""
-        if self._queue is None:
-            return []
+        return [] if self._queue is None else self._in_order(self._arrived(self._queue, batch))
+
+    @staticmethod
+    def _arrived(queue: asyncio.Queue[Msg], most: int) -> list[Msg]:
         msgs: list[Msg] = []
-        while len(msgs) < batch and not self._queue.empty():
-            msgs.append(self._queue.get_nowait())
-        return self._in_order(msgs)
+        while len(msgs) < most and not queue.empty():
+            msgs.append(queue.get_nowait())
+        return msgs
 
     def _in_order(self, msgs: list[Msg]) -> list[Received]:
         out = []

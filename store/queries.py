@@ -133,10 +133,6 @@ async def orphan_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     )
 
 
-async def latest_epoch(conn: AsyncConnection) -> int:
-    return int(await sql.value(conn, "SELECT coalesce(max(epoch), 0) FROM planner_epochs") or 0)
-
-
 async def all_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
     """Every deployment, plus every orphaned placement or workload."""
     every = _keys(await sql.records(conn, "SELECT origin_cluster, namespace, name FROM deployments"))
@@ -254,6 +250,8 @@ async def plan_sequences(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -
 
 async def plan_payloads(conn: AsyncConnection, plan_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Plans by id (their payloads)."""
+    if not plan_ids:
+        return {}
     found = await sql.records(
         conn, "SELECT plan_id, payload FROM plans WHERE plan_id = ANY($1::text[])", list(plan_ids)
     )

@@ -236,11 +236,14 @@ def _is_json(table_name: str, column: str) -> bool:
     return isinstance(_TABLES[table_name].c[column].type, JSONB)
 
 
+def _json_text(value: Any) -> str | None:
+    """A JSONB parameter as the driver takes it: JSON text (see store.sql)."""
+    return None if value is None else json.dumps(value, default=str)
+
+
 def _bound(table_name: str, values: dict[str, Any]) -> list[Any]:
-    """Parameter values in the dict's order; JSONB values travel as JSON text (see store.sql)."""
-    return [
-        (None if v is None else json.dumps(v, default=str)) if _is_json(table_name, k) else v for k, v in values.items()
-    ]
+    """Parameter values in the dict's order, JSONB ones as JSON text."""
+    return [_json_text(v) if _is_json(table_name, k) else v for k, v in values.items()]
 
 
 def _conditions(where: tuple[tuple[str, bool], ...], first: int) -> list[str]:
@@ -284,7 +287,7 @@ def _upsert_statement(table_name: str, keys: tuple[str, ...], values: tuple[str,
     table = _TABLES[table_name]
     columns = [*keys, *values]
     arrays = ", ".join(f"${i}::{_array_type(table.c[c])}[]" for i, c in enumerate(columns, 1))
-    selects = ", ".join(f"CAST(u.{c} AS jsonb)" if isinstance(table.c[c].type, JSONB) else f"u.{c}" for c in columns)
+    selects = ", ".join(f"CAST(u.{c} AS jsonb)" if _is_json(table_name, c) else f"u.{c}" for c in columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
     conflict = f"DO UPDATE SET {updates}" if values else "DO NOTHING"
     return (
@@ -301,12 +304,12 @@ async def _upsert_many(conn: AsyncConnection, ops: list[Upsert]) -> None:
     for op in ops:
         merged[tuple(op.key.values())] = {**op.key, **op.values}
     keys, values = tuple(ops[0].key), tuple(ops[0].values)
-    arrays: list[list[Any]] = []
-    for column in (*keys, *values):
-        if isinstance(table.c[column].type, JSONB):
-            arrays.append([None if r[column] is None else json.dumps(r[column], default=str) for r in merged.values()])
-        else:
-            arrays.append([row[column] for row in merged.values()])
+    arrays = [
+        [_json_text(r[column]) for r in merged.values()]
+        if _is_json(table.name, column)
+        else [r[column] for r in merged.values()]
+        for column in (*keys, *values)
+    ]
     await sql.execute(conn, _upsert_statement(table.name, keys, values), *arrays)
 
 
@@ -352,10 +355,6 @@ async def dead_letter(
 
 
 # ------------------------------------------------------------------------------------------------------ outbox
-
-
-async def outbox_put(conn: AsyncConnection, *, plan_id: str, subject: str, payload: bytes) -> None:
-    await outbox_put_many(conn, [(plan_id, subject, payload)])
 
 
 async def outbox_put_many(conn: AsyncConnection, rows: Sequence[tuple[str, str, bytes]]) -> None:
