@@ -17,7 +17,15 @@ from store.subjects import Subjects
 from watcher import translate
 
 _rv = itertools.count(1000)
-T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+# The feed's clock starts an hour before the session, on whatever day the tests run: the store stamps
+# `recorded_at` with the real time and the reporting views count up to now(), so a fixed date would make
+# results depend on the day (tests written on one day failed on every later one).
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+
+
+def stamp(at: datetime) -> str:
+    """Kubernetes' RFC 3339 form of a time, as the apiserver writes it."""
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def meta(
@@ -34,7 +42,7 @@ def meta(
         "uid": uid or str(uuid.uuid4()),
         "resourceVersion": str(next(_rv)),
         "labels": labels or {},
-        "creationTimestamp": "2026-11-27T09:00:00Z",
+        "creationTimestamp": stamp(T0),
         **extra,
     }
     if namespace:
@@ -68,7 +76,7 @@ def gpu_node(
         "status": {
             "allocatable": allocatable,
             "capacity": allocatable,
-            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-11-27T09:00:00Z"}],
+            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": stamp(T0)}],
         },
     }
 
@@ -109,12 +117,12 @@ def llm_deployment(
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if deleting:
-        extra["deletionTimestamp"] = "2026-11-27T09:30:00Z"
+        extra["deletionTimestamp"] = stamp(T0 + timedelta(minutes=30))
     if finalizers is not None:
         extra["finalizers"] = finalizers
     m = meta(name, namespace, generation=generation, uid=uid, **extra)
     m["managedFields"] = [
-        {"manager": "kubectl-client-side-apply", "operation": "Update", "time": "2026-11-27T09:00:00Z"}
+        {"manager": "kubectl-client-side-apply", "operation": "Update", "time": stamp(T0)}
     ]
     return {"apiVersion": "llm.example.com/v1alpha1", "kind": "LLMDeployment", "metadata": m, "spec": spec}
 

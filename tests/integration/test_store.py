@@ -569,6 +569,11 @@ async def test_reporting_views_answer_from_the_projections(engine: AsyncEngine, 
         )
         hours = (await conn.execute(text("SELECT * FROM report_gpu_hours WHERE name = 'big'"))).mappings().all()
         churn = (await conn.execute(text("SELECT * FROM report_placement_churn WHERE name = 'big'"))).mappings().all()
+        first_day, today = (
+            await conn.execute(
+                text("SELECT min(occurred_at)::date, current_date FROM events WHERE type = 'PlacementDecided'")
+            )
+        ).one()
     assert [(c["cluster"], c["gpu_product"], c["total"]) for c in capacity] == [("a100", "NVIDIA-A100-SXM4-80GB", 8)]
     # 3 replicas × 4 GPUs were planned on two nodes; gpu-2 vanished in the resync, so what is planned there
     # over-reserves the one node left, and nothing is free.
@@ -577,8 +582,10 @@ async def test_reporting_views_answer_from_the_projections(engine: AsyncEngine, 
     assert [h["outcome"] for h in history][:2] == ["Placed", "Placed"]
     assert history[0]["placement"] == "a100=2"
     assert history[1]["placement"] == "a100=3"
-    assert len(hours) == 1
-    assert float(hours[0]["gpu_hours"]) > 0
+    # GPU hours run from the first decision (an hour before the session) to now, split at midnight: one row
+    # per day the span touches, whichever day the test runs on.
+    assert [h["day"] for h in hours] == sorted({first_day, today})
+    assert sum(float(h["gpu_hours"]) for h in hours) > 0
     assert churn[0]["replicas_added"] == 3
     assert churn[0]["replicas_removed"] == 0
 
