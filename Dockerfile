@@ -15,6 +15,8 @@ WORKDIR /src
 # The packages listed in pyproject.toml [tool.setuptools.packages.find] (tests/unit/test_compose.py checks this).
 COPY pyproject.toml README.md* ./
 COPY llm_operator/ llm_operator/
+COPY api/ api/
+COPY bus/ bus/
 COPY store/ store/
 COPY watcher/ watcher/
 COPY planner/ planner/

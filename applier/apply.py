@@ -32,6 +32,9 @@ from typing import Any, TypeVar
 
 import anyio
 
+from api.labels import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE, LABEL_MANAGED_BY, MANAGED_BY
+from api.plans import WorkloadPlan
+from api.quantity import bytes_of
 from applier.render import (
     ANNOTATION_OBJECTS,
     ANNOTATION_UID,
@@ -43,9 +46,6 @@ from applier.render import (
     selector_string,
 )
 from kubeapi import RESOURCES, Kube, KubeError, NotFound
-from store.events import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE, LABEL_MANAGED_BY, MANAGED_BY
-from store.plans import WorkloadPlan
-from store.quantity import bytes_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

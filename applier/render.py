@@ -20,20 +20,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from store.api import API_VERSION, LLMDeploymentSpec, LLMModelSpec, NetworkPeer
-from store.events import (
+from api.labels import (
     ANNOTATION_EPOCH,
     ANNOTATION_PLAN,
     ANNOTATION_SEQUENCE,
+    GPU_MEMORY_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_NAMESPACE,
     LABEL_ORIGIN,
     MANAGED_BY,
 )
-from store.plans import WorkloadPlan
-from store.projections import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE
-from store.quantity import bytes_of
+from api.models import API_VERSION, LLMDeploymentSpec, LLMModelSpec, NetworkPeer
+from api.plans import WorkloadPlan
+from api.quantity import bytes_of
 
 Manifest = dict[str, Any]
 CONTAINER = "model-server"

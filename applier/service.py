@@ -20,21 +20,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
-import nats.errors
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import TypeAdapter, ValidationError
 
+from api.events import ApplyReported, encode_event
+from api.plans import Plan, StatusPlan, WorkloadPlan
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
 from applier.status import execute_status
+from bus.connection import JetStream
+from bus.consume import Delivery, WorkQueue
+from bus.errors import BusUnavailable
+from bus.publish import dead_letter, publish
+from bus.subjects import Subjects
 from kubeapi import Kube, KubeError, TransientKubeError
-from store.bus import BusUnavailable, publish
-from store.events import ApplyReported, encode_event
-from store.plans import Plan, StatusPlan, WorkloadPlan
-from store.subjects import Subjects
 
 logger = logging.getLogger(__name__)
 ACK_WAIT_SECONDS = 15.0
@@ -62,14 +61,14 @@ class _Applier:
     executed again: an older status must not overwrite a newer one."""
 
     kube: Kube
-    js: JetStreamContext
+    js: JetStream
     subjects: Subjects
     settings: ApplierSettings
     guard: EpochGuard = field(default_factory=EpochGuard)
     done: dict[str, int] = field(default_factory=dict)
 
 
-async def run_applier(*, kube: Kube, js: JetStreamContext, subjects: Subjects, settings: ApplierSettings) -> None:
+async def run_applier(*, kube: Kube, js: JetStream, subjects: Subjects, settings: ApplierSettings) -> None:
     app = _Applier(kube=kube, js=js, subjects=subjects, settings=settings)
     delay = settings.retry_seconds
     logger.info("applier for cluster %s starting (%d workers)", settings.cluster, settings.workers)
@@ -78,7 +77,7 @@ async def run_applier(*, kube: Kube, js: JetStreamContext, subjects: Subjects, s
             sub = await _subscribe(js, subjects, settings)
             delay = settings.retry_seconds
             await _consume(sub, app)
-        except* (nats.errors.Error, BusUnavailable, OSError, TimeoutError) as group:  # also from a worker
+        except* (BusUnavailable, OSError, TimeoutError) as group:  # also from a worker
             exc = group.exceptions[0]
             logger.warning(
                 "applier %s: NATS unavailable (%s: %s); retrying in %.1fs",
@@ -92,35 +91,27 @@ async def run_applier(*, kube: Kube, js: JetStreamContext, subjects: Subjects, s
             delay = min(delay * 2, settings.max_retry_seconds)
 
 
-async def _subscribe(
-    js: JetStreamContext, subjects: Subjects, settings: ApplierSettings
-) -> JetStreamContext.PullSubscription:
-    durable = f"applier-{settings.cluster}"
-    config = ConsumerConfig(
-        durable_name=durable,
-        ack_policy=AckPolicy.EXPLICIT,
+async def _subscribe(js: JetStream, subjects: Subjects, settings: ApplierSettings) -> WorkQueue:
+    return await WorkQueue.open(
+        js,
+        stream=subjects.plans_stream,
+        durable=f"applier-{settings.cluster}",
+        subject=subjects.plans(settings.cluster),
         ack_wait=ACK_WAIT_SECONDS,
         max_ack_pending=settings.workers * 2,
-        filter_subject=subjects.plans(settings.cluster),
     )
-    # Create or update (max_ack_pending follows the setting; the server keeps the consumer's position).
-    await js.add_consumer(subjects.plans_stream, config=config)
-    return await js.pull_subscribe_bind(durable=durable, stream=subjects.plans_stream)
 
 
-async def _consume(sub: JetStreamContext.PullSubscription, app: _Applier) -> None:
+async def _consume(sub: WorkQueue, app: _Applier) -> None:
     settings = app.settings
     async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
-        inboxes: list[MemoryObjectSendStream[tuple[Msg, WorkloadPlan | StatusPlan]]] = []
+        inboxes: list[MemoryObjectSendStream[tuple[Delivery, WorkloadPlan | StatusPlan]]] = []
         for _ in range(settings.workers):
-            send, receive = anyio.create_memory_object_stream[tuple[Msg, WorkloadPlan | StatusPlan]](1)
+            send, receive = anyio.create_memory_object_stream[tuple[Delivery, WorkloadPlan | StatusPlan]](1)
             inboxes.append(await streams.enter_async_context(send))
             tg.start_soon(_lane, receive, app)
         while True:
-            try:
-                msgs = await sub.fetch(settings.workers, timeout=1.0)
-            except TimeoutError:  # nats-py raises its own or the builtin one when nothing came
-                continue
+            msgs = await sub.fetch(settings.workers, timeout=1.0)
             try:
                 while msgs:
                     plan = await _plan_of(msgs[0], app)
@@ -138,7 +129,7 @@ async def _consume(sub: JetStreamContext.PullSubscription, app: _Applier) -> Non
                 return
 
 
-async def _plan_of(msg: Msg, app: _Applier) -> WorkloadPlan | StatusPlan | None:
+async def _plan_of(msg: Delivery, app: _Applier) -> WorkloadPlan | StatusPlan | None:
     """The plan in `msg`, or None after dead-lettering what is not a plan for this cluster."""
     cluster = app.settings.cluster
     try:
@@ -152,14 +143,14 @@ async def _plan_of(msg: Msg, app: _Applier) -> WorkloadPlan | StatusPlan | None:
     return plan
 
 
-async def _lane(inbox: MemoryObjectReceiveStream[tuple[Msg, WorkloadPlan | StatusPlan]], app: _Applier) -> None:
+async def _lane(inbox: MemoryObjectReceiveStream[tuple[Delivery, WorkloadPlan | StatusPlan]], app: _Applier) -> None:
     async with inbox:
         try:
             async for msg, plan in inbox:
                 await _one(msg, plan, app)
         except anyio.get_cancelled_exc_class():
             # Stopping: hand back what waits here now, rather than after ack_wait.
-            waiting: list[Msg] = []
+            waiting: list[Delivery] = []
             with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
                 while True:
                     waiting.append(inbox.receive_nowait()[0])
@@ -167,15 +158,14 @@ async def _lane(inbox: MemoryObjectReceiveStream[tuple[Msg, WorkloadPlan | Statu
             raise
 
 
-async def _hand_back(msgs: list[Msg]) -> None:
+async def _hand_back(msgs: list[Delivery]) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
         for msg in msgs:
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak()
+            await msg.nak()
 
 
-async def _one(msg: Msg, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
-    sequence = msg.metadata.sequence.stream if msg.metadata and msg.metadata.sequence else 0
+async def _one(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
+    sequence = msg.stream_sequence
     # A later plan of the same kind supersedes an earlier one (each holds the whole intent); a status plan
     # says nothing about the workload, and the other way round.
     done_key = f"{plan.deployment.key}|{plan.kind}"
@@ -183,7 +173,7 @@ async def _one(msg: Msg, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None
         logger.info(
             "plan %s: redelivered after a later %s plan of its deployment ran; skipped", plan.plan_id, plan.kind
         )
-        await msg.ack_sync()
+        await msg.ack()
         return
     try:
         await _handle(msg, plan, app)
@@ -194,7 +184,7 @@ async def _one(msg: Msg, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None
         app.done[done_key] = max(sequence, app.done.get(done_key, 0))
 
 
-async def _handle(msg: Msg, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
+async def _handle(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
     """Execute, retrying transient failures in place (the lane waits, so the deployment's later plans cannot
     overtake this one), then report and acknowledge."""
     settings = app.settings
@@ -233,7 +223,7 @@ async def _handle(msg: Msg, plan: WorkloadPlan | StatusPlan, app: _Applier) -> N
         finished_at=datetime.now(UTC),
     )
     await publish(app.js, app.subjects.events(settings.cluster), encode_event(report), msg_id=report.event_id)
-    await msg.ack_sync()
+    await msg.ack()
 
 
 async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier) -> ApplyResult:
@@ -254,20 +244,17 @@ async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier) -> ApplyResul
             return ApplyResult("Failed", message=str(exc))
 
 
-async def _keep_alive(msg: Msg) -> None:
+async def _keep_alive(msg: Delivery) -> None:
     """While a plan is being worked on (retries included), tell JetStream so: it is not delivered again."""
     while True:
         await anyio.sleep(ACK_WAIT_SECONDS / 3)
-        with contextlib.suppress(nats.errors.Error):
-            await msg.in_progress()
+        await msg.in_progress()
 
 
-async def _dead_letter(msg: Msg, app: _Applier, reason: str) -> None:
+async def _dead_letter(msg: Delivery, app: _Applier, reason: str) -> None:
     logger.error("applier %s: dead-lettering a message: %s", app.settings.cluster, reason)
-    await app.js.publish(
-        app.subjects.dead_letters(app.settings.cluster),
-        msg.data,
-        headers={"Llm-Operator-Reason": reason[:500], "Llm-Operator-Subject": msg.subject},
+    await dead_letter(
+        app.js, app.subjects.dead_letters(app.settings.cluster), msg.data, reason=reason, original_subject=msg.subject
     )
     metrics.APPLIES.labels(kind="unknown", outcome="DeadLetter").inc()
-    await msg.ack_sync()
+    await msg.ack()

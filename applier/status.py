@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from api.models import API_VERSION, FINALIZER
+from api.plans import KubeEvent, StatusPlan
 from applier.apply import FIELD_MANAGER, ApplyResult
 from kubeapi import RESOURCES, Kube, KubeError, NotFound, TransientKubeError
-from store.api import API_VERSION, FINALIZER
-from store.plans import KubeEvent, StatusPlan
 
 _LLMD = RESOURCES["LLMDeployment"]
 

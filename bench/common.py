@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from api.events import Event, ResourceObserved
 from llm_operator.embedded import EmbeddedNats, EmbeddedPostgres, _free_port
-from store.events import Event, ResourceObserved
 from watcher import translate
 
 RESULTS = Path(__file__).parent / "results"

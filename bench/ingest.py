@@ -16,17 +16,18 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.events import encode_event
 from bench.common import observations, print_table, servers, write_result
+from bus.consume import SequenceReader
+from bus.streams import ensure_streams
+from bus.subjects import Subjects
 from llm_operator.gc_tuning import tune_gc
 from planner.handle import StepConfig, step
-from planner.leader import campaign
 from planner.memory import CapacityMemory
 from planner.readahead import ReadAhead
 from planner.service import BATCH_SIZE
 from store import schema
-from store.bus import SequenceReader, ensure_streams
-from store.events import encode_event
-from store.subjects import Subjects
+from store.epochs import campaign
 
 
 async def publish(js: nats.js.JetStreamContext, subjects: Subjects, count: int) -> float:

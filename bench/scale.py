@@ -2,7 +2,7 @@
 process and the real Postgres; planner lag, throughput and memory at 10,000 deployments.
 
 The simulated clusters publish exactly what real watchers and appliers publish, built with the same code
-(`watcher.translate` snapshots, `store.events` models, the same subjects and `Nats-Msg-Id`s):
+(`watcher.translate` snapshots, `api.events` models, the same subjects and `Nats-Msg-Id`s):
 - every cluster heartbeats every 2 s (the default), and announces its 20 nodes (8 GPUs each: A100-80GB, H100-80GB
   or A100-40GB, GPU-feature-discovery labels, the GPU taint) and 15 LLMModels (1, 2 or 4 GPUs, in 5 namespaces);
 - 10,000 LLMDeployments are created, spread over the clusters (1 replica, 5 % with 2; 80 % of the models need
@@ -49,6 +49,10 @@ from pydantic import TypeAdapter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.events import ApplyReported, ClusterHeartbeat, Event, deterministic_id, encode_event
+from api.labels import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE
+from api.models import API_VERSION, FINALIZER, gpu_count
+from api.plans import Plan, StatusPlan, WorkloadPlan
 from applier.render import ANNOTATION_UID, labels
 from bench.common import _node, print_table, servers, write_result
 from bench.fleet import (
@@ -62,19 +66,7 @@ from bench.fleet import (
     summary,
     wait_until,
 )
-from store.api import API_VERSION, FINALIZER, gpu_count
-from store.events import (
-    ANNOTATION_EPOCH,
-    ANNOTATION_PLAN,
-    ANNOTATION_SEQUENCE,
-    ApplyReported,
-    ClusterHeartbeat,
-    Event,
-    deterministic_id,
-    encode_event,
-)
-from store.plans import Plan, StatusPlan, WorkloadPlan
-from store.subjects import Subjects
+from bus.subjects import Subjects
 from watcher import translate
 
 PREFIX = "bench"

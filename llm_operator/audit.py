@@ -21,12 +21,12 @@ from rich.table import Table
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from api.events import PlacementDecided, deployment_stream
 from llm_operator.runtime import OperatorError, hub_urls
 from llm_operator.settings import Settings
 from llm_operator.timeline import timeline
 from store import reader, replay, schema, tables
 from store.errors import StoreError
-from store.events import PlacementDecided, deployment_stream
 
 out = Console()
 

@@ -341,13 +341,12 @@ def migrate(
     logs.configure(level="INFO")
 
     async def run() -> None:
-        from sqlalchemy.ext.asyncio import create_async_engine
-
         from store import schema
+        from store.engine import open_engine
         from store.errors import StoreError
 
         async with hub_urls(settings, need_nats=False) as (_, db):
-            engine = create_async_engine(db)
+            engine = open_engine(db)
             try:
                 if downgrade:
                     await schema.downgrade(engine, downgrade)
@@ -371,7 +370,7 @@ def crds(
     check: Annotated[bool, typer.Option("--check", help="Fail if either copy differs from the models.")] = False,
 ) -> None:
     """Print the CRDs generated from the API models; --write or --check the committed files (run from the repo)."""
-    from store.crd import all_crds, render_yaml
+    from api.crd import all_crds, render_yaml
 
     rendered = {name: render_yaml(manifest) for name, manifest in all_crds().items()}
     if write:
@@ -389,7 +388,7 @@ def crds(
             if not (directory / name).exists() or (directory / name).read_text() != text
         ]
         if stale:
-            fail(f"{', '.join(stale)} differ from store/api.py: run `llm-operator crds --write`")
+            fail(f"{', '.join(stale)} differ from api/models.py: run `llm-operator crds --write`")
         out.print("CRDs are up to date")
         return
     sys.stdout.write("---\n".join(rendered.values()))

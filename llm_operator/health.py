@@ -15,27 +15,25 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from aiohttp import web
-from nats.aio.client import Client as NatsClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bus.connection import Client
 from kubeapi import Kube
+from store.engine import Engine, ping
 
 logger = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[str | None]]  # None: fine; otherwise what is wrong
 
 
-def checks_for(*, nc: NatsClient, engine: AsyncEngine | None, kubes: Sequence[Kube]) -> list[Check]:
+def checks_for(*, nc: Client, engine: Engine | None, kubes: Sequence[Kube]) -> list[Check]:
     async def nats_connected() -> str | None:
         return None if nc.is_connected else "NATS is not connected"
 
     async def database() -> str | None:
         assert engine is not None
         try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await ping(engine)
         except Exception as exc:  # any driver error means "not ready"; the message says which
             return f"database unreachable: {exc}"
         return None
@@ -57,7 +55,7 @@ def checks_for(*, nc: NatsClient, engine: AsyncEngine | None, kubes: Sequence[Ku
     return checks
 
 
-def application(*, nc: NatsClient, checks: Sequence[Check], timeout: float = 3.0) -> web.Application:
+def application(*, nc: Client, checks: Sequence[Check], timeout: float = 3.0) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import anyio
 
+from api.crd import all_crds
 from kubeapi import RESOURCES, Kube
-from store.crd import all_crds
 
 FIELD_MANAGER = "llm-operator"
 

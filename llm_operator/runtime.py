@@ -13,22 +13,21 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
-import nats
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
-from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from applier.service import ApplierSettings, run_applier
+from bus.connection import Client, JetStream
+from bus.connection import connect as bus_connect
+from bus.errors import BusUnavailable
+from bus.streams import ensure_streams
+from bus.subjects import Subjects
 from kubeapi import Kube, KubeError
 from llm_operator import health
 from llm_operator.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, asyncpg_url
@@ -36,9 +35,9 @@ from llm_operator.install import install_crds
 from llm_operator.settings import Settings
 from planner.service import PlannerSettings, run_planner
 from store import schema
-from store.bus import BusUnavailable, ensure_streams
+from store.engine import Engine, describe
+from store.engine import open_engine as new_engine
 from store.errors import StoreError
-from store.subjects import Subjects
 from watcher.service import WatcherSettings, run_watcher
 
 logger = logging.getLogger(__name__)
@@ -88,74 +87,16 @@ async def hub_urls(
                 await anyio.to_thread.run_sync(started_pg.stop)
 
 
-async def _reachable(url: str, timeout: float = 5.0) -> str | None:
-    """None if some server of the (comma-separated) NATS URL accepts TCP connections, else why not."""
-    problems = []
-    for server in url.split(","):
-        parsed = urlsplit(server.strip() if "://" in server else f"nats://{server.strip()}")
-        try:
-            with anyio.fail_after(timeout):
-                stream = await anyio.connect_tcp(parsed.hostname or "127.0.0.1", parsed.port or 4222)
-            await stream.aclose()
-            return None
-        except (OSError, TimeoutError) as exc:
-            problems.append(f"{parsed.hostname}:{parsed.port or 4222}: {exc or 'timed out'}")
-    return "; ".join(problems)
-
-
-async def connect_nats(
-    url: str, *, name: str, credentials: Path | None = None, wait_seconds: float = 30.0
-) -> NatsClient:
-    """Connect; once connected, reconnect forever. If no server answers, keep trying for `wait_seconds` (NATS
-    restarting while we start is normal), then fail with a message naming the URL and the fix."""
-    deadline = time.monotonic() + wait_seconds
-    while problem := await _reachable(url):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise OperatorError(
-                f"cannot reach NATS at {url} ({problem}): start NATS, fix LLMOP_NATS_URL, or unset it to use the "
-                "embedded server"
-            )
-        logger.warning("NATS at %s not reachable (%s); retrying for another %.0fs", url, problem, left)
-        await anyio.sleep(min(1.0, left))
-
-    async def on_error(exc: Exception) -> None:
-        logger.warning("NATS: %s", exc)
-
-    closing: list[NatsClient] = []
-
-    async def on_disconnect() -> None:
-        if closing and (closing[0].is_closed or closing[0].is_draining):
-            return  # our own shutdown
-        logger.warning("NATS: disconnected from %s; reconnecting", url)
-
-    async def on_reconnect() -> None:
-        logger.info("NATS: reconnected to %s", url)
-
+async def connect_nats(url: str, *, name: str, credentials: Path | None = None, wait_seconds: float = 30.0) -> Client:
+    """The bus client, or `OperatorError` with the fix when no server answers within `wait_seconds`."""
     try:
-        client = await nats.connect(
-            url,
-            name=name,
-            connect_timeout=5,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            user_credentials=str(credentials) if credentials else None,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            allow_reconnect=True,
-        )
-    except Exception as exc:  # nats raises several unrelated types for "cannot connect"
-        raise OperatorError(
-            f"cannot reach NATS at {url}: {exc or type(exc).__name__} "
-            "(start NATS, fix LLMOP_NATS_URL, or unset it to use the embedded server)"
-        ) from exc
-    closing.append(client)
-    return client
+        return await bus_connect(url, name=name, credentials=credentials, wait_seconds=wait_seconds)
+    except BusUnavailable as exc:
+        raise OperatorError(f"{exc}: start NATS, fix LLMOP_NATS_URL, or unset it to use the embedded server") from exc
 
 
-async def open_engine(url: str, *, migrate: bool) -> AsyncEngine:
-    engine = create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+async def open_engine(url: str, *, migrate: bool) -> Engine:
+    engine = new_engine(url)
     try:
         if migrate:
             await schema.upgrade(engine)
@@ -163,7 +104,7 @@ async def open_engine(url: str, *, migrate: bool) -> AsyncEngine:
             await schema.require_current(engine)
     except StoreError as exc:
         await engine.dispose()
-        raise OperatorError(f"database {engine.url.render_as_string(hide_password=True)}: {exc}") from exc
+        raise OperatorError(f"database {describe(engine)}: {exc}") from exc
     return engine
 
 
@@ -230,10 +171,10 @@ async def run_components(
         credentials=settings.nats_credentials,
         wait_seconds=settings.connect_wait_seconds,
     )
-    engine: AsyncEngine | None = None
+    engine: Engine | None = None
     kubes: list[Kube] = []
     try:
-        js: JetStreamContext = nc.jetstream()
+        js: JetStream = nc.jetstream()
         if run_planner_too:
             assert database_url
             engine = await open_engine(database_url, migrate=migrate)

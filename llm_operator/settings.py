@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from store.subjects import valid_cluster_name
+from bus.subjects import valid_cluster_name
 
 
 def default_data_dir() -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from store.events import (
+from api.events import (
     ApplyReported,
     ClusterHealthChanged,
     ClusterJoined,
@@ -21,7 +21,7 @@ from store.events import (
     ResourceDeleted,
     ResourceObserved,
 )
-from store.plans import StatusPlan, WorkloadPlan
+from api.plans import StatusPlan, WorkloadPlan
 from store.reader import StoredEvent
 
 

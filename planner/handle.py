@@ -22,15 +22,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio.lowlevel
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from planner import metrics
-from planner.capacity import FleetCapacity
-from planner.memory import CapacityMemory
-from planner.placement import ClusterInfo, Clusters
-from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
-from store import queries, recorder
-from store.events import (
+from api.events import (
     ApplyReported,
     ClusterHealthChanged,
     ClusterHeartbeat,
@@ -47,9 +40,16 @@ from store.events import (
     deterministic_id,
     encode_event,
 )
-from store.plans import DeploymentRef, WorkloadPlan
+from api.plans import DeploymentRef, WorkloadPlan
+from bus.subjects import Subjects
+from planner import metrics
+from planner.capacity import FleetCapacity
+from planner.memory import CapacityMemory
+from planner.placement import ClusterInfo, Clusters
+from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
+from store import queries, recorder
+from store.engine import Connection
 from store.projections import Op, fold
-from store.subjects import Subjects
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class StepResult:
 
 
 async def step(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     deliveries: Sequence[Delivery],
     epoch: int,
@@ -320,7 +320,7 @@ def _silent_clusters(
     return out
 
 
-async def _affected(conn: AsyncConnection, events: Sequence[Event]) -> list[DeploymentKey]:
+async def _affected(conn: Connection, events: Sequence[Event]) -> list[DeploymentKey]:
     keys: set[DeploymentKey] = set()
     models: set[tuple[str, str, str]] = set()
     capacity_changed = False
@@ -368,7 +368,7 @@ async def _affected(conn: AsyncConnection, events: Sequence[Event]) -> list[Depl
 
 
 async def _decide(
-    conn: AsyncConnection,
+    conn: Connection,
     keys: Sequence[DeploymentKey],
     recorded: Sequence[recorder.Recorded],
     epoch: int,

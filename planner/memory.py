@@ -18,11 +18,10 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from api.events import Event, PlacementDecided, ResourceDeleted, ResourceObserved, ResyncCompleted
 from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from store import queries
-from store.events import Event, PlacementDecided, ResourceDeleted, ResourceObserved, ResyncCompleted
+from store.engine import Connection
 
 _CAPACITY_KINDS = frozenset({"Node", "Pod"})
 
@@ -51,7 +50,7 @@ class CapacityMemory:
             elif kind is PlacementDecided:
                 self.stale.update(share.cluster for share in cast(PlacementDecided, event).shares)
 
-    async def current(self, conn: AsyncConnection) -> FleetCapacity:
+    async def current(self, conn: Connection) -> FleetCapacity:
         """The fleet's free capacity as the projections say now."""
         if self.capacity is None:
             self.capacity = await read_capacity(conn)
@@ -69,7 +68,7 @@ class CapacityMemory:
         self.stale.update(released)
 
 
-async def read_capacity(conn: AsyncConnection, clusters: Collection[str] | None = None) -> FleetCapacity:
+async def read_capacity(conn: Connection, clusters: Collection[str] | None = None) -> FleetCapacity:
     """Free capacity from the projections: of the whole fleet, or of `clusters` only."""
     nodes = [
         NodeFacts(

@@ -7,15 +7,14 @@ stream's de-duplication (``Nats-Msg-Id`` = plan id) and by the applier's (epoch,
 
 from __future__ import annotations
 
-from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from bus.connection import JetStream
+from bus.publish import publish_many
 from store import recorder
-from store.bus import publish_many
+from store.engine import Engine
 from store.errors import translated
 
 
-async def relay(engine: AsyncEngine, js: JetStreamContext, *, limit: int = 500) -> int:
+async def relay(engine: Engine, js: JetStream, *, limit: int = 500) -> int:
     """Publish unsent plans (oldest first); returns how many were sent. Raises BusUnavailable/StoreError.
 
     Each batch is read, published and marked sent in one transaction: a failed publish rolls the marks back."""

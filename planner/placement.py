@@ -46,8 +46,8 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Literal, NamedTuple
 
+from api.quantity import format_bytes, format_millicores
 from planner.capacity import FleetCapacity, GpuKind, NodeFree
-from store.quantity import format_bytes, format_millicores
 
 Outcome = Literal["Placed", "PartiallyPlaced", "InsufficientGPU", "NoEligibleCluster"]
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from bus.consume import Received, SequenceReader
+from bus.subjects import Subjects
 from planner.handle import Decoded, Delivery, decode_delivery, prepare
-from store.bus import Received, SequenceReader
-from store.subjects import Subjects
 
 
 @dataclass(frozen=True)

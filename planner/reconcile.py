@@ -21,14 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from api.conditions import Condition
+from api.events import ApplyReported, ClusterShare, PlacementDecided, PlanIssued, deterministic_id
+from api.models import LLMDeploymentSpec, LLMModelSpec, gpu_count, gpu_min_memory_bytes
+from api.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
+from api.quantity import bytes_of, millicores
 from planner.capacity import FleetCapacity
 from planner.placement import ClusterInfo, Clusters, Decision, Demand, Policy, Requirement, Share, place, rank_clusters
 from planner.status import ClusterProgress, StatusInputs, compute_status
-from store.api import LLMDeploymentSpec, LLMModelSpec, gpu_count, gpu_min_memory_bytes
-from store.conditions import Condition
-from store.events import ApplyReported, ClusterShare, PlacementDecided, PlanIssued, deterministic_id
-from store.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
-from store.quantity import bytes_of, millicores
 
 
 @dataclass(frozen=True)

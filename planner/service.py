@@ -22,19 +22,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import anyio
-from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bus.connection import JetStream
+from bus.consume import SequenceReader
+from bus.errors import BusUnavailable
+from bus.subjects import Subjects
 from planner import metrics
 from planner.handle import LostLeadership, StepConfig, step
-from planner.leader import Lease, LeaseLost, campaign
 from planner.memory import CapacityMemory
 from planner.outbox import relay
 from planner.readahead import ReadAhead
 from store import recorder
-from store.bus import BusUnavailable, SequenceReader
+from store.engine import Engine
+from store.epochs import Lease, LeaseLost, campaign
 from store.errors import StoreError, TransientStoreError, translated
-from store.subjects import Subjects
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def run_planner(
-    *, engine: AsyncEngine, js: JetStreamContext, subjects: Subjects, settings: PlannerSettings
-) -> None:
+async def run_planner(*, engine: Engine, js: JetStream, subjects: Subjects, settings: PlannerSettings) -> None:
     """Run forever (until cancelled): campaign, lead, and campaign again after losing the lease."""
     while True:
         lease = await campaign(engine, holder=settings.holder, retry_interval=settings.retry_seconds)
@@ -84,9 +83,7 @@ async def _guard_lease(lease: Lease, interval: float) -> None:
         await lease.check()
 
 
-async def _lead(
-    *, engine: AsyncEngine, js: JetStreamContext, subjects: Subjects, settings: PlannerSettings, epoch: int
-) -> None:
+async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: PlannerSettings, epoch: int) -> None:
     metrics.LEADER.set(1)
     metrics.EPOCH.set(epoch)
     config = StepConfig(
@@ -162,7 +159,7 @@ async def _lead(
             await reader.close()
 
 
-async def _stream_end(js: JetStreamContext, subjects: Subjects) -> int:
+async def _stream_end(js: JetStream, subjects: Subjects) -> int:
     try:
         info = await js.stream_info(subjects.events_stream)
     except Exception as exc:  # translated: any client error means the bus is not usable yet

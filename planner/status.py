@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from store.api import ClusterPlacementStatus, Endpoint, LLMDeploymentStatus
-from store.conditions import Condition, ConditionStatus, set_condition
-from store.events import LABEL_DEPLOYMENT, LABEL_ORIGIN
+from api.conditions import Condition, ConditionStatus, set_condition
+from api.labels import LABEL_DEPLOYMENT, LABEL_ORIGIN
+from api.models import ClusterPlacementStatus, Endpoint, LLMDeploymentStatus
 
 
 @dataclass(frozen=True)

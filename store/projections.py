@@ -16,11 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from store.events import (
-    ANNOTATION_PLAN,
-    LABEL_DEPLOYMENT,
-    LABEL_NAMESPACE,
-    LABEL_ORIGIN,
+from api.events import (
     ApplyReported,
     ClusterHealthChanged,
     ClusterJoined,
@@ -32,12 +28,17 @@ from store.events import (
     ResourceObserved,
     ResyncCompleted,
 )
-from store.plans import StatusPlan, WorkloadPlan
-from store.quantity import bytes_of, millicores
-
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as GPU feature discovery writes it
+from api.labels import (
+    ANNOTATION_PLAN,
+    GPU_MEMORY_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    LABEL_DEPLOYMENT,
+    LABEL_NAMESPACE,
+    LABEL_ORIGIN,
+)
+from api.plans import StatusPlan, WorkloadPlan
+from api.quantity import bytes_of, millicores
 
 
 @dataclass(frozen=True)

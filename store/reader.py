@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.events import EVENT_ADAPTER, Event
 from store import tables
-from store.events import EVENT_ADAPTER, Event
 
 Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]

@@ -26,8 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import sql, tables
-from store.events import (
+from api.events import (
     ApplyReported,
     ClusterHealthChanged,
     ClusterHeartbeat,
@@ -41,6 +40,7 @@ from store.events import (
     ResyncCompleted,
     stream_of,
 )
+from store import sql, tables
 from store.projections import Delete, DeleteMissing, Op, Update, Upsert
 
 WRITERS_LOCK = 0x4C4C4D4F50  # "LLMOP": one lock for all writers of the event log

@@ -11,9 +11,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from api.events import Event, ResourceObserved, encode_event
+from bus.subjects import Subjects
 from planner.handle import Delivery
-from store.events import Event, ResourceObserved, encode_event
-from store.subjects import Subjects
 from watcher import translate
 
 _rv = itertools.count(1000)
@@ -121,9 +121,7 @@ def llm_deployment(
     if finalizers is not None:
         extra["finalizers"] = finalizers
     m = meta(name, namespace, generation=generation, uid=uid, **extra)
-    m["managedFields"] = [
-        {"manager": "kubectl-client-side-apply", "operation": "Update", "time": stamp(T0)}
-    ]
+    m["managedFields"] = [{"manager": "kubectl-client-side-apply", "operation": "Update", "time": stamp(T0)}]
     return {"apiVersion": "llm.example.com/v1alpha1", "kind": "LLMDeployment", "metadata": m, "spec": spec}
 
 

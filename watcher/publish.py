@@ -15,11 +15,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from nats.js import JetStreamContext
-
-from store.bus import publish, publish_many
-from store.events import ObservedKind, ResyncCompleted, encode_event
-from store.subjects import Subjects
+from api.events import ObservedKind, ResyncCompleted, encode_event
+from bus.connection import JetStream
+from bus.publish import publish, publish_many
+from bus.subjects import Subjects
 from watcher import metrics
 from watcher.translate import deleted, observed, snapshot_digest
 
@@ -32,7 +31,7 @@ class KindPublisher:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        js: JetStream,
         subjects: Subjects,
         cluster: str,
         kind: ObservedKind,

@@ -14,19 +14,14 @@ from datetime import UTC, datetime
 from functools import partial
 
 import anyio
-from nats.js import JetStreamContext
 
+from api.events import ClusterHeartbeat, ObservedKind, deterministic_id, encode_event
+from api.labels import LABEL_MANAGED_BY, MANAGED_BY
+from bus.connection import JetStream
+from bus.errors import BusUnavailable
+from bus.publish import publish
+from bus.subjects import Subjects
 from kubeapi import RESOURCES, Kube
-from store.bus import BusUnavailable, publish
-from store.events import (
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
-    ClusterHeartbeat,
-    ObservedKind,
-    deterministic_id,
-    encode_event,
-)
-from store.subjects import Subjects
 from watcher import metrics
 from watcher.publish import KindPublisher
 from watcher.stream import observe
@@ -52,7 +47,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def run_watcher(*, kube: Kube, js: JetStreamContext, subjects: Subjects, settings: WatcherSettings) -> None:
+async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings: WatcherSettings) -> None:
     scopes: list[str | None] = list(settings.namespaces) or [None]
     plan: list[tuple[ObservedKind, str | None, str | None, str | None]] = [
         ("Node", None, None, None),
@@ -89,7 +84,7 @@ async def run_watcher(*, kube: Kube, js: JetStreamContext, subjects: Subjects, s
             )
 
 
-async def _heartbeat(js: JetStreamContext, subjects: Subjects, settings: WatcherSettings) -> None:
+async def _heartbeat(js: JetStream, subjects: Subjects, settings: WatcherSettings) -> None:
     watcher_id = str(uuid.uuid4())
     sequence = 0
     while True:

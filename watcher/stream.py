@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import anyio
 
+from bus.errors import BusUnavailable
 from kubeapi import ApiGone, Kube, KubeError, NotFound, Resource
-from store.bus import BusUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from store.events import (
+from api.events import ObservedKind, ResourceDeleted, ResourceObserved
+from api.labels import (
     ANNOTATION_EPOCH,
     ANNOTATION_PLAN,
     ANNOTATION_SEQUENCE,
@@ -24,11 +25,8 @@ from store.events import (
     LABEL_MANAGED_BY,
     LABEL_NAMESPACE,
     LABEL_ORIGIN,
-    ObservedKind,
-    ResourceDeleted,
-    ResourceObserved,
 )
-from store.quantity import parse_quantity
+from api.quantity import parse_quantity
 
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 _KEPT_POD_LABELS = (LABEL_MANAGED_BY, LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN)

@@ -25,17 +25,18 @@ import yaml
 from kubernetes_asyncio import config as k8s_config
 from nats.js import JetStreamContext
 
+from api.conditions import Condition
+from api.events import ApplyReported, decode_event
+from api.models import ClusterPlacementStatus, LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
+from api.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
 from applier.apply import FIELD_MANAGER, EpochGuard, execute_workload
 from applier.render import MANAGED_KINDS
 from applier.service import ApplierSettings, run_applier
 from applier.status import execute_status
+from bus.consume import SequenceReader
+from bus.publish import publish
 from kubeapi import RESOURCES, Kube, KubeError
 from llm_operator.runtime import Member, connect_kube
-from store.api import ClusterPlacementStatus, LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
-from store.bus import SequenceReader, publish
-from store.conditions import Condition
-from store.events import ApplyReported, decode_event
-from store.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
 from tests.fixtures.operator import Kubectl, RunningOperator, eventually
 from tests.fixtures.services import Hub, repo_root
 

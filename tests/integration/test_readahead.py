@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from nats.js import JetStreamContext
 
+from api.events import encode_event
+from bus.consume import SequenceReader
+from bus.publish import publish
 from planner.handle import decode_delivery
 from planner.readahead import ReadAhead
-from store.bus import SequenceReader, publish
-from store.events import encode_event
 from tests import builders
 from tests.fixtures.operator import eventually
 from tests.fixtures.services import Hub

@@ -15,20 +15,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from api.events import ClusterHeartbeat, ResyncCompleted, deterministic_id
+from api.labels import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_NAMESPACE, LABEL_ORIGIN
 from planner.handle import Delivery, StepConfig, step
-from planner.leader import campaign
 from planner.memory import CapacityMemory, read_capacity
 from store import queries, reader, recorder, replay, schema, tables
+from store.epochs import campaign
 from store.errors import PermanentStoreError, translated
-from store.events import (
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED_BY,
-    LABEL_NAMESPACE,
-    LABEL_ORIGIN,
-    ClusterHeartbeat,
-    ResyncCompleted,
-    deterministic_id,
-)
 from store.projections import fold
 from tests import builders
 from tests.builders import Feed
@@ -485,7 +478,7 @@ async def realistic_history(engine: AsyncEngine, hub: Hub) -> Feed:
         feed.tick(5)
         await run(engine, hub, feed, feed.deliver(*events), epoch)
     # A resync in which gpu-2 is gone.
-    from store.events import ResyncCompleted
+    from api.events import ResyncCompleted
 
     feed.tick(5)
     resync = ResyncCompleted(

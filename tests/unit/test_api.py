@@ -1,4 +1,4 @@
-"""The API models (store/api.py) at the pydantic level: every sample in examples/ parses, the seed's YAML keeps
+"""The API models (api/models.py) at the pydantic level: every sample in examples/ parses, the seed's YAML keeps
 its meaning, defaults are what docs/api.md says, and the string rules pydantic shares with the CRD's CEL reject
 what they should (the apiserver side is tested in tests/e2e/test_api.py)."""
 
@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from store.api import (
+from api.models import (
     GPU_TYPE_PATTERN,
     LLMDeployment,
     LLMDeploymentSpec,

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from applier.render import MANAGED_KINDS
+from bus import subjects
 from kubeapi import RESOURCES
-from store import subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llm-operator"

@@ -1,4 +1,4 @@
-"""The CRDs: the committed crds/*.yaml are exactly what store/api.py generates (the drift test), and the generated
+"""The CRDs: the committed crds/*.yaml are exactly what api/models.py generates (the drift test), and the generated
 schemas obey the apiserver's structural-schema rules and our own conventions (descriptions everywhere, CEL rules
 bounded in cost, printer columns and /scale paths that point at real fields)."""
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from store.crd import all_crds, render_yaml
+from api.crd import all_crds, render_yaml
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 CHART_CRDS = Path(__file__).resolve().parents[2] / "charts" / "llm-operator" / "crds"
@@ -75,7 +75,7 @@ def test_committed_crds_match_the_models_byte_for_byte(name: str) -> None:
     committed = CRDS / name
     assert committed.exists(), f"crds/{name} is missing: run `llm-operator crds --write`"
     assert committed.read_text() == render_yaml(GENERATED[name]), (
-        f"crds/{name} differs from store/api.py: run `llm-operator crds --write`"
+        f"crds/{name} differs from api/models.py: run `llm-operator crds --write`"
     )
 
 
@@ -85,7 +85,7 @@ def test_the_charts_copy_is_the_same_file(name: str) -> None:
     copy = CHART_CRDS / name
     assert copy.exists(), f"charts/llm-operator/crds/{name} is missing: run `llm-operator crds --write`"
     assert copy.read_text() == render_yaml(GENERATED[name]), (
-        f"charts/llm-operator/crds/{name} differs from store/api.py: run `llm-operator crds --write`"
+        f"charts/llm-operator/crds/{name} differs from api/models.py: run `llm-operator crds --write`"
     )
 
 
@@ -206,5 +206,5 @@ def test_status_lists_are_maps_keyed_by_identity() -> None:
 def test_committed_files_are_valid_yaml_with_the_header() -> None:
     for path in CRDS.glob("*.yaml"):
         text = path.read_text()
-        assert text.startswith("# Generated from store/api.py")
+        assert text.startswith("# Generated from api/models.py")
         assert yaml.safe_load(text)["kind"] == "CustomResourceDefinition"

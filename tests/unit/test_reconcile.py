@@ -6,11 +6,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from api.models import NetworkPolicySpec
+from api.plans import DeploymentRef, StatusPlan, WorkloadPlan
 from planner.capacity import NodeFacts, free_capacity
 from planner.placement import ClusterInfo
 from planner.reconcile import DeploymentState, Inputs, Outcome, PlacementState, WorkloadState, reconcile
-from store.api import NetworkPolicySpec
-from store.plans import DeploymentRef, StatusPlan, WorkloadPlan
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 REF = DeploymentRef(origin_cluster="cpu", namespace="team", name="chat", uid="u1")

@@ -18,6 +18,17 @@ from typing import Any
 import pytest
 import yaml
 
+from api.labels import (
+    ANNOTATION_EPOCH,
+    ANNOTATION_PLAN,
+    ANNOTATION_SEQUENCE,
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_NAMESPACE,
+    LABEL_ORIGIN,
+)
+from api.models import LLMDeploymentSpec, LLMModelSpec
+from api.plans import NOT_IN_PODS, DeploymentRef, WorkloadPlan, plan_id
 from applier.render import (
     ANNOTATION_OBJECTS,
     ANNOTATION_UID,
@@ -30,17 +41,6 @@ from applier.render import (
     render,
     selector_string,
 )
-from store.api import LLMDeploymentSpec, LLMModelSpec
-from store.events import (
-    ANNOTATION_EPOCH,
-    ANNOTATION_PLAN,
-    ANNOTATION_SEQUENCE,
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED_BY,
-    LABEL_NAMESPACE,
-    LABEL_ORIGIN,
-)
-from store.plans import NOT_IN_PODS, DeploymentRef, WorkloadPlan, plan_id
 
 Manifest = dict[str, Any]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from store.events import ResourceObserved, decode_event, encode_event
+from api.events import ResourceObserved, decode_event, encode_event
 from watcher import translate
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)

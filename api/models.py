@@ -1,6 +1,6 @@
 """The user-facing API, ``llm.example.com/v1alpha1``: LLMModel and LLMDeployment, as pydantic models.
 
-These models are the one source of truth for the API: `store.crd` turns them into the CRD manifests in ``crds/``
+These models are the one source of truth for the API: `api.crd` turns them into the CRD manifests in ``crds/``
 (OpenAPI schema, CEL rules, printer columns, subresources), and the planner parses observed objects with them.
 Field docstrings become the descriptions `kubectl explain` shows.
 
@@ -30,8 +30,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from store.conditions import Condition
-from store.quantity import parse_quantity
+from api.conditions import Condition
+from api.quantity import parse_quantity
 
 GROUP = "llm.example.com"
 VERSION = "v1alpha1"

@@ -1,12 +1,8 @@
-"""JetStream plumbing shared by every component: streams, de-duplicated publishing, and readers.
+"""Ordered reading of a stream from a sequence the caller chooses.
 
-Guarantees:
-- `ensure_streams` creates (or updates) the events, plans and dead-letter streams with file storage and a
-  de-duplication window, so a message published twice with the same ``Nats-Msg-Id`` is stored once.
-- `publish` waits for the stream's acknowledgement: when it returns, the message is durable in JetStream.
-- `SequenceReader` reads a stream strictly in order from a sequence the caller chooses (the planner passes the
-  position it committed in Postgres), so after any crash reading resumes exactly where the committed effects end.
-- NATS client errors leave this module as `BusUnavailable` (transient: retry after a pause).
+Guarantees: `SequenceReader` hands out messages strictly in stream order from the position the caller passes (the
+planner passes the position it committed in Postgres), so after any crash reading resumes exactly where the
+committed effects end; memory stays bounded by flow control when the caller falls behind.
 """
 
 from __future__ import annotations
@@ -14,87 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from store.subjects import Subjects
+from bus.errors import NATS_ERRORS, BusUnavailable
 
 logger = logging.getLogger(__name__)
-
-MSG_ID = "Nats-Msg-Id"
-DAY = 86400.0
-
-
-class BusUnavailable(Exception):
-    """NATS/JetStream could not be reached or did not confirm in time."""
-
-
-_NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
-
-
-async def ensure_streams(
-    js: JetStreamContext, subjects: Subjects, *, max_age_days: float = 7.0, duplicate_window: float = 120.0
-) -> None:
-    configs = [
-        StreamConfig(
-            name=subjects.events_stream,
-            subjects=[subjects.all_events],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=max_age_days * DAY,
-            duplicate_window=duplicate_window,
-        ),
-        StreamConfig(
-            name=subjects.plans_stream,
-            subjects=[subjects.all_plans],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=max_age_days * DAY,
-            duplicate_window=duplicate_window,
-        ),
-        StreamConfig(
-            name=subjects.dead_letters_stream,
-            subjects=[subjects.all_dead_letters],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=30 * DAY,
-        ),
-    ]
-    try:
-        for config in configs:
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await js.update_stream(config)
-    except _NATS_ERRORS as exc:
-        raise BusUnavailable(f"cannot create JetStream streams: {exc or type(exc).__name__}") from exc
-
-
-async def publish(js: JetStreamContext, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
-    """Publish durably; True if JetStream stored it, False if it was a duplicate of an earlier message."""
-    try:
-        ack = await js.publish(subject, data, timeout=timeout, headers={MSG_ID: msg_id})
-    except _NATS_ERRORS as exc:
-        raise BusUnavailable(f"publish to {subject} failed: {exc or type(exc).__name__}") from exc
-    return not ack.duplicate
-
-
-async def publish_many(js: JetStreamContext, items: Sequence[tuple[str, bytes, str]], *, timeout: float = 10.0) -> int:
-    """Publish (subject, data, msg_id) items pipelined; returns how many were new. All-or-error."""
-    try:
-        futures = [await js.publish_async(s, d, headers={MSG_ID: i}) for s, d, i in items]
-        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
-    except _NATS_ERRORS as exc:
-        raise BusUnavailable(f"publish failed: {exc or type(exc).__name__}") from exc
-    return sum(1 for ack in acks if not ack.duplicate)
 
 
 @dataclass(frozen=True)
@@ -138,7 +64,7 @@ class SequenceReader:
             self._sub = await self._js.subscribe(
                 self._subject, stream=self._stream, ordered_consumer=True, config=config, cb=deliver
             )
-        except _NATS_ERRORS as exc:
+        except NATS_ERRORS as exc:
             raise BusUnavailable(f"cannot read {self._stream}: {exc or type(exc).__name__}") from exc
         self._queue = queue
         return queue
@@ -197,5 +123,82 @@ class SequenceReader:
     async def close(self) -> None:
         sub, self._sub, self._queue = self._sub, None, None
         if sub is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*NATS_ERRORS):
                 await sub.unsubscribe()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message of a work queue, to be acknowledged (done), handed back (nak) or kept (in progress).
+
+    Acknowledging waits for the server's confirmation; handing back and progress signals are best effort (a
+    lost one only means the message is delivered again after the consumer's ack wait)."""
+
+    subject: str
+    data: bytes
+    stream_sequence: int
+    _msg: Msg
+
+    async def ack(self) -> None:
+        try:
+            await self._msg.ack_sync()
+        except NATS_ERRORS as exc:
+            raise BusUnavailable(f"ack on {self.subject} failed: {exc or type(exc).__name__}") from exc
+
+    async def nak(self, delay: float | None = None) -> None:
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._msg.nak(delay=delay)
+
+    async def in_progress(self) -> None:
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._msg.in_progress()
+
+
+class WorkQueue:
+    """A named, filtered, durable pull consumer: each message is delivered to one taker until acknowledged.
+
+    The consumer is created through the filtered create API (``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``),
+    so the server can confine a client to its own subject with permissions."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    @classmethod
+    async def open(
+        cls,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        durable: str,
+        subject: str,
+        ack_wait: float,
+        max_ack_pending: int,
+    ) -> WorkQueue:
+        config = ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            filter_subject=subject,
+        )
+        try:
+            # Create or update (max_ack_pending follows the setting; the server keeps the consumer's position).
+            await js.add_consumer(stream, config=config)
+            sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+        except NATS_ERRORS as exc:
+            raise BusUnavailable(f"cannot consume {subject}: {exc or type(exc).__name__}") from exc
+        return cls(sub)
+
+    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
+        """Up to `batch` messages; [] after `timeout` seconds with none."""
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except TimeoutError:  # nats-py raises its own or the builtin one when nothing came
+            return []
+        except NATS_ERRORS as exc:
+            raise BusUnavailable(f"fetch failed: {exc or type(exc).__name__}") from exc
+        return [
+            Delivery(m.subject, m.data, m.metadata.sequence.stream if m.metadata and m.metadata.sequence else 0, m)
+            for m in msgs
+        ]

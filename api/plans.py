@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.api import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
+from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
 
 _PLAN_NAMESPACE = uuid.UUID("9d3f1e22-7c55-4a0e-b7a1-6f2c8e4d0a19")
 

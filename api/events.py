@@ -21,20 +21,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from store.plans import Plan
+from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
+from api.plans import Plan
 
 ObservedKind = Literal["LLMModel", "LLMDeployment", "Node", "Pod", "Deployment"]
 _ID_NAMESPACE = uuid.UUID("5b0c7a4e-8d2f-4f61-9a43-2f0d1c3e9b71")
-
-# Labels the applier puts on every object it manages; the watcher and planner read them back.
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "llm-operator"
-LABEL_DEPLOYMENT = "llm.example.com/deployment"
-LABEL_NAMESPACE = "llm.example.com/namespace"
-LABEL_ORIGIN = "llm.example.com/origin-cluster"
-ANNOTATION_PLAN = "llm.example.com/plan-id"
-ANNOTATION_EPOCH = "llm.example.com/planner-epoch"
-ANNOTATION_SEQUENCE = "llm.example.com/plan-sequence"
 
 
 def deterministic_id(*parts: str) -> str:

@@ -1,4 +1,4 @@
-"""CustomResourceDefinitions generated from the API models in `store.api`.
+"""CustomResourceDefinitions generated from the API models in `api.models`.
 
 Guarantees: the output is a structural schema the apiserver accepts (no $ref, no nullable unions, every level
 typed); descriptions come from the models' docstrings; CEL rules and int-or-string markers declared on the models
@@ -13,19 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from store.api import (
-    CATEGORY,
-    DNS_1035_LABEL,
-    DNS_SUBDOMAIN,
-    GROUP,
-    VERSION,
-    LLMDeployment,
-    LLMModel,
-    cel,
-    cel_string,
-)
+from api.models import CATEGORY, DNS_1035_LABEL, DNS_SUBDOMAIN, GROUP, VERSION, LLMDeployment, LLMModel, cel, cel_string
 
-HEADER = "# Generated from store/api.py by `llm-operator crds --write`. Do not edit by hand.\n"
+HEADER = "# Generated from api/models.py by `llm-operator crds --write`. Do not edit by hand.\n"
 
 _DROP = {"title", "$defs"}
 

@@ -1,0 +1,22 @@
+"""Well-known label, annotation and resource names, each written once.
+
+Two families: the identity the applier stamps on every object it manages (read back by the watcher and the
+planner), and the GPU names that NVIDIA's device plugin and GPU feature discovery put on nodes.
+"""
+
+from __future__ import annotations
+
+# Identity of the objects the operator manages.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "llm-operator"
+LABEL_DEPLOYMENT = "llm.example.com/deployment"
+LABEL_NAMESPACE = "llm.example.com/namespace"
+LABEL_ORIGIN = "llm.example.com/origin-cluster"
+ANNOTATION_PLAN = "llm.example.com/plan-id"
+ANNOTATION_EPOCH = "llm.example.com/planner-epoch"
+ANNOTATION_SEQUENCE = "llm.example.com/plan-sequence"
+
+# GPUs as the NVIDIA device plugin and GPU feature discovery name them.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as GPU feature discovery writes it

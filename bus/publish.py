@@ -1,0 +1,50 @@
+"""Durable, de-duplicated publishing.
+
+Guarantees: `publish` and `publish_many` wait for the stream's acknowledgement — when they return, the messages
+are durable in JetStream; each carries a ``Nats-Msg-Id`` so a republish within the window is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from nats.js import JetStreamContext
+
+from bus.errors import NATS_ERRORS, BusUnavailable
+
+MSG_ID = "Nats-Msg-Id"
+
+
+async def publish(js: JetStreamContext, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
+    """Publish durably; True if JetStream stored it, False if it was a duplicate of an earlier message."""
+    try:
+        ack = await js.publish(subject, data, timeout=timeout, headers={MSG_ID: msg_id})
+    except NATS_ERRORS as exc:
+        raise BusUnavailable(f"publish to {subject} failed: {exc or type(exc).__name__}") from exc
+    return not ack.duplicate
+
+
+async def publish_many(js: JetStreamContext, items: Sequence[tuple[str, bytes, str]], *, timeout: float = 10.0) -> int:
+    """Publish (subject, data, msg_id) items pipelined; returns how many were new. All-or-error."""
+    try:
+        futures = [await js.publish_async(s, d, headers={MSG_ID: i}) for s, d, i in items]
+        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+    except NATS_ERRORS as exc:
+        raise BusUnavailable(f"publish failed: {exc or type(exc).__name__}") from exc
+    return sum(1 for ack in acks if not ack.duplicate)
+
+
+REASON = "Llm-Operator-Reason"
+ORIGINAL_SUBJECT = "Llm-Operator-Subject"
+
+
+async def dead_letter(
+    js: JetStreamContext, subject: str, data: bytes, *, reason: str, original_subject: str, timeout: float = 5.0
+) -> None:
+    """Park a message that cannot be used on the dead-letter subject, with the reason a person can act on."""
+    headers = {REASON: reason[:500], ORIGINAL_SUBJECT: original_subject}
+    try:
+        await js.publish(subject, data, timeout=timeout, headers=headers)
+    except NATS_ERRORS as exc:
+        raise BusUnavailable(f"dead-lettering to {subject} failed: {exc or type(exc).__name__}") from exc
