@@ -36,6 +36,7 @@ from api.labels import (
 from api.models import API_VERSION, LLMDeploymentSpec, LLMModelSpec, NetworkPeer
 from api.plans import WorkloadPlan
 from api.quantity import bytes_of
+from api.scheduling import GPU_POD_TOLERATIONS
 
 Manifest = dict[str, Any]
 CONTAINER = "model-server"
@@ -173,8 +174,8 @@ def deployment(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec)
         pod_spec["affinity"] = affinity
     if gpu is not None:
         # The GPU operator taints GPU nodes (nvidia.com/gpu=present:NoSchedule); only GPU pods tolerate it, so
-        # CPU models never occupy GPU nodes. Every effect is tolerated, as the planner counts such nodes usable.
-        pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists"}]
+        # CPU models never occupy GPU nodes. The planner counts a node usable by the same tolerations.
+        pod_spec["tolerations"] = [t.manifest() for t in GPU_POD_TOLERATIONS]
     loader = weights_loader(plan, spec, model)
     if loader is not None:
         pod_spec["initContainers"] = [loader]

@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +26,8 @@ from api.events import PlacementDecided, deployment_stream
 from llm_operator.runtime import OperatorError, hub_urls
 from llm_operator.settings import Settings
 from llm_operator.timeline import timeline
+from planner.capacity import gpu_capacity
+from planner.memory import facts_of
 from store import reader, replay, schema, tables
 from store.errors import StoreError
 
@@ -217,46 +220,55 @@ async def _as_of(
             [[c["name"], c["healthy"], c["health_reason"], c["labels"]] for c in result["clusters"]],
         )
     )
-    out.print(
-        _table(
-            "GPU capacity",
-            ["CLUSTER", "GPU", "TOTAL", "ALLOCATED", "RESERVED", "FREE"],
-            [
-                [r["cluster"], r["gpu_product"], r["total"], r["allocated"], r["reserved"], r["free"]]
-                for r in result["capacity"]
-            ],
-        )
-    )
+    out.print(_table("GPU capacity", _CAPACITY_COLUMNS, _capacity_rows(result["capacity"])))
 
 
 def _capacity(state: replay.MemoryTables, cluster: str | None) -> list[dict[str, Any]]:
-    """The same arithmetic as the report_gpu_capacity view, over folded-in-memory projections."""
-    totals: dict[tuple[str, str], dict[str, Any]] = {}
-    node_product: dict[tuple[str, str], str] = {}
-    for node in state.rows("nodes"):
-        if node["gpu_allocatable"] and node["gpu_product"] and cluster in (None, node["cluster"]):
-            key = (node["cluster"], node["gpu_product"])
-            entry = totals.setdefault(
-                key, {"cluster": key[0], "gpu_product": key[1], "total": 0, "allocated": 0, "reserved": 0}
-            )
-            entry["total"] += node["gpu_allocatable"]
-            node_product[(node["cluster"], node["name"])] = node["gpu_product"]
-    bound: dict[tuple[str, str | None], int] = {}
-    for pod in state.rows("pods"):
-        if pod["node_name"] is None or pod["phase"] in ("Succeeded", "Failed"):
-            continue
-        bound[(pod["cluster"], pod["deployment_key"])] = bound.get((pod["cluster"], pod["deployment_key"]), 0) + 1
-        product = node_product.get((pod["cluster"], pod["node_name"]))
-        if product and pod["gpu_request"]:
-            totals[(pod["cluster"], product)]["allocated"] += pod["gpu_request"]
-    for p in state.rows("placements"):
-        key = (p["cluster"], p["gpu_type"])
-        if p["replicas"] > 0 and key in totals:
-            running = bound.get((p["cluster"], f"{p['origin_cluster']}/{p['namespace']}/{p['name']}"), 0)
-            totals[key]["reserved"] += max(p["replicas"] - running, 0) * (p["replica_gpus"] or 0)
-    for entry in totals.values():
-        entry["free"] = max(entry["total"] - entry["allocated"] - entry["reserved"], 0)
-    return [totals[k] for k in sorted(totals)]
+    """The rows the report_gpu_capacity view gives, by the same rule (planner/capacity.py `gpu_capacity`), over
+    folded-in-memory projections."""
+
+    def of_cluster(table: str) -> list[dict[str, Any]]:
+        return [r for r in state.rows(table) if cluster in (None, r["cluster"])]
+
+    rows = gpu_capacity(*facts_of(of_cluster("nodes"), of_cluster("pods"), of_cluster("placements")))
+    return [
+        {
+            "cluster": r.cluster,
+            "gpu_product": r.gpu_product,
+            # numeric(…, 1) as the view rounds it (half away from zero)
+            "gpu_memory_gib": (Decimal(r.gpu_memory_bytes) / 2**30).quantize(Decimal("0.1"), ROUND_HALF_UP),
+            "nodes": r.nodes,
+            "total": r.total,
+            "allocated": r.allocated,
+            "reserved": r.reserved,
+            "free": r.free,
+            "unusable_nodes": r.unusable_nodes,
+            "unusable_gpus": r.unusable_gpus,
+        }
+        for r in rows
+    ]
+
+
+_CAPACITY_COLUMNS = ["CLUSTER", "GPU", "MEMORY GiB", "NODES", "TOTAL", "ALLOCATED", "RESERVED", "FREE", "NOT USABLE"]
+
+
+def _capacity_rows(rows: Any) -> list[list[Any]]:
+    """Table rows for `status` and `history --as-of`: GPUs on nodes that do not count (NotReady, cordoned, or
+    tainted against our pods) are shown apart, never as free."""
+    return [
+        [
+            r["cluster"],
+            r["gpu_product"],
+            r["gpu_memory_gib"],
+            r["nodes"],
+            r["total"],
+            r["allocated"],
+            r["reserved"],
+            r["free"],
+            f"{r['unusable_gpus']} GPU(s) on {r['unusable_nodes']} node(s)" if r["unusable_nodes"] else "",
+        ]
+        for r in rows
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- explain
@@ -401,24 +413,7 @@ async def status(settings: Settings, *, as_json: bool) -> None:
             ],
         )
     )
-    out.print(
-        _table(
-            "GPUs",
-            ["CLUSTER", "GPU", "MEMORY GiB", "TOTAL", "ALLOCATED", "RESERVED", "FREE"],
-            [
-                [
-                    c["cluster"],
-                    c["gpu_product"],
-                    c["gpu_memory_gib"],
-                    c["total"],
-                    c["allocated"],
-                    c["reserved"],
-                    c["free"],
-                ]
-                for c in capacity
-            ],
-        )
-    )
+    out.print(_table("GPUs", _CAPACITY_COLUMNS, _capacity_rows(capacity)))
     out.print(
         _table(
             "deployments",

@@ -5,8 +5,11 @@ Guarantees:
 - free = allocatable − requests of pods bound to the node and not terminated − reservations, clamped at zero.
 - A reservation is a planned replica not yet observed as a bound pod; it is charged to the node the planner
   expected, so two decisions in a row never hand out the same GPUs, even before any pod exists.
-- Nodes that are not Ready, are cordoned, or carry a NoSchedule/NoExecute taint that our pods do not tolerate
-  are not usable.
+- One rule for what counts (`usable`), shared by the planner, `status`, `history --as-of` and the
+  report_gpu_capacity view (`gpu_capacity` sums it per cluster and GPU product): a node is usable when it is
+  Ready, not cordoned, and the replicas placement puts there (GPU replicas on nodes with GPUs, CPU-only replicas
+  on the others) tolerate every NoSchedule/NoExecute taint on it (api/scheduling.py; render emits the same
+  tolerations).
 - FleetCapacity is immutable. What it derives to answer questions fast (k-GPU blocks per GPU kind and cluster,
   which clusters have any, memoised per-cluster results) is kept in step with every change and always equals
   what counting from scratch gives; it never takes part in equality.
@@ -23,10 +26,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
-# Taints our model pods tolerate (render.py adds the matching tolerations): the GPU operator's taint, and the
-# marker kwok-managed nodes may carry.
-TOLERATED_TAINT_KEYS = frozenset({"nvidia.com/gpu", "kwok.x-k8s.io/node"})
-_BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+from api.scheduling import CPU_POD_TOLERATIONS, GPU_POD_TOLERATIONS, tolerates_all
+
+TERMINATED_PHASES = frozenset({"Succeeded", "Failed"})
+"""Pods in these phases hold nothing on their node any more."""
 T = TypeVar("T")
 
 
@@ -477,22 +480,27 @@ def _plus(slots: dict[SlotKey, int], delta: dict[SlotKey, int]) -> dict[SlotKey,
 
 
 def usable(node: NodeFacts) -> bool:
+    """Does the node count? Ready, not cordoned, and its NoSchedule/NoExecute taints tolerated by the replicas
+    placement puts there: GPU replicas on nodes with GPUs, CPU-only replicas on the others."""
     if not node.ready or not node.schedulable:
         return False
-    return not any(effect in _BLOCKING_EFFECTS and key not in TOLERATED_TAINT_KEYS for key, effect in node.taints)
+    if not node.taints:
+        return True
+    return tolerates_all(GPU_POD_TOLERATIONS if node.gpu_allocatable > 0 else CPU_POD_TOLERATIONS, node.taints)
 
 
-def free_capacity(
-    nodes: Iterable[NodeFacts],
-    pods: Iterable[PodUsage],
-    reservations: Iterable[Reservation] = (),
-) -> FleetCapacity:
-    """The fleet's free capacity after bound pods and outstanding reservations."""
-    used: dict[tuple[str, str], list[int]] = {}
+_Charges = dict[tuple[str, str], list[int]]
+"""(cluster, node) → [GPUs, CPU millicores, memory bytes]."""
+
+
+def _usage(pods: Iterable[PodUsage], reservations: Iterable[Reservation]) -> tuple[_Charges, _Charges]:
+    """(what bound pods request, what outstanding reservations hold) per node."""
+    requested: _Charges = {}
+    reserved: _Charges = {}
     bound_per_node: dict[tuple[str, str, str], int] = defaultdict(int)
     bound_per_cluster: dict[tuple[str, str], int] = defaultdict(int)
     for pod in pods:
-        _charge(used, (pod.cluster, pod.node), pod.gpus, pod.cpu_m, pod.memory_bytes, 1)
+        _charge(requested, (pod.cluster, pod.node), pod.gpus, pod.cpu_m, pod.memory_bytes, 1)
         if pod.deployment_key:
             bound_per_node[(pod.deployment_key, pod.cluster, pod.node)] += 1
             bound_per_cluster[(pod.deployment_key, pod.cluster)] += 1
@@ -510,20 +518,35 @@ def free_capacity(
             charges = _expected(reservation)
         gpus, cpu_m, memory = reservation.gpus, reservation.cpu_m, reservation.memory_bytes
         for node_name, count in charges:
-            slot = used.get((cluster, node_name))
+            slot = reserved.get((cluster, node_name))
             if slot is None:
-                used[(cluster, node_name)] = [gpus * count, cpu_m * count, memory * count]
+                reserved[(cluster, node_name)] = [gpus * count, cpu_m * count, memory * count]
             else:
                 slot[0] += gpus * count
                 slot[1] += cpu_m * count
                 slot[2] += memory * count
+    return requested, reserved
 
+
+_NOTHING = (0, 0, 0)
+
+
+def free_capacity(
+    nodes: Iterable[NodeFacts],
+    pods: Iterable[PodUsage],
+    reservations: Iterable[Reservation] = (),
+) -> FleetCapacity:
+    """The fleet's free capacity after bound pods and outstanding reservations, on usable nodes."""
+    requested, reserved = _usage(pods, reservations)
     grouped: dict[str, list[NodeFree]] = {}
-    nothing = (0, 0, 0)
     for node in sorted(nodes, key=_cluster_and_name):
         if not usable(node):
             continue
-        gpus, cpu, mem = used.get((node.cluster, node.name), nothing)
+        key = (node.cluster, node.name)
+        gpus, cpu, mem = requested.get(key, _NOTHING)
+        if reserved:
+            held = reserved.get(key, _NOTHING)
+            gpus, cpu, mem = gpus + held[0], cpu + held[1], mem + held[2]
         free = NodeFree(
             node.cluster,
             node.name,
@@ -539,6 +562,54 @@ def free_capacity(
         else:
             grouped[node.cluster] = [free]
     return FleetCapacity({cluster: tuple(ns) for cluster, ns in grouped.items()})
+
+
+@dataclass(frozen=True)
+class GpuCapacity:
+    """The GPUs of one product in one cluster, by the same rule and the same per-node arithmetic as the planner.
+
+    Over usable nodes: `total` allocatable, `allocated` (requested by bound pods), `reserved` (planned replicas
+    not yet bound, charged to the nodes the planner expected), `free` = Σ per node max(0, total − allocated −
+    reserved), which is exactly the free GPUs the planner sees. The nodes that do not count are tallied apart
+    (`unusable_nodes`, `unusable_gpus`), so a report shows GPUs that exist but will not be used.
+    """
+
+    cluster: str
+    gpu_product: str
+    gpu_memory_bytes: int
+    """The largest GPU memory among the product's nodes in the cluster."""
+    nodes: int
+    total: int
+    allocated: int
+    reserved: int
+    free: int
+    unusable_nodes: int
+    unusable_gpus: int
+
+
+def gpu_capacity(
+    nodes: Iterable[NodeFacts], pods: Iterable[PodUsage], reservations: Iterable[Reservation] = ()
+) -> list[GpuCapacity]:
+    """Per cluster and GPU product (nodes with GPUs and a product label), in (cluster, product) order."""
+    requested, reserved = _usage(pods, reservations)
+    rows: dict[tuple[str, str], list[int]] = {}
+    for node in nodes:
+        if node.gpu_allocatable <= 0 or node.gpu_product is None:
+            continue
+        row = rows.setdefault((node.cluster, node.gpu_product), [0] * 8)
+        row[0] = max(row[0], node.gpu_memory_bytes)
+        if usable(node):
+            key = (node.cluster, node.name)
+            allocated, held = requested.get(key, _NOTHING)[0], reserved.get(key, _NOTHING)[0]
+            row[1] += 1
+            row[2] += node.gpu_allocatable
+            row[3] += allocated
+            row[4] += held
+            row[5] += max(0, node.gpu_allocatable - allocated - held)
+        else:
+            row[6] += 1
+            row[7] += node.gpu_allocatable
+    return [GpuCapacity(cluster, product, *rows[(cluster, product)]) for cluster, product in sorted(rows)]
 
 
 _cluster_and_name = attrgetter("cluster", "name")

@@ -14,12 +14,12 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from api.events import Event, PlacementDecided, ResourceDeleted, ResourceObserved, ResyncCompleted
-from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
+from planner.capacity import TERMINATED_PHASES, FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from store import queries
 from store.engine import Connection
 
@@ -70,7 +70,22 @@ class CapacityMemory:
 
 async def read_capacity(conn: Connection, clusters: Collection[str] | None = None) -> FleetCapacity:
     """Free capacity from the projections: of the whole fleet, or of `clusters` only."""
-    nodes = [
+    return free_capacity(
+        *facts_of(
+            await queries.nodes(conn, clusters),
+            await queries.bound_pods(conn, clusters),
+            await queries.all_placements(conn, clusters),
+        )
+    )
+
+
+def facts_of(
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], placements: Iterable[Mapping[str, Any]]
+) -> tuple[list[NodeFacts], list[PodUsage], list[Reservation]]:
+    """What the capacity rule takes, from rows of the nodes, pods and placements projections (read from the
+    database or folded in memory by `history --as-of`). Pods not bound or terminated hold nothing and are left
+    out; so are placements without replicas."""
+    node_facts = [
         NodeFacts(
             cluster=n["cluster"],
             name=n["name"],
@@ -83,9 +98,9 @@ async def read_capacity(conn: Connection, clusters: Collection[str] | None = Non
             schedulable=n["schedulable"],
             taints=tuple((t.get("key", ""), t.get("effect", "")) for t in n["taints"]),
         )
-        for n in await queries.nodes(conn, clusters)
+        for n in nodes
     ]
-    pods = [
+    pod_usage = [
         PodUsage(
             cluster=p["cluster"],
             node=p["node_name"],
@@ -94,7 +109,8 @@ async def read_capacity(conn: Connection, clusters: Collection[str] | None = Non
             memory_bytes=p["memory_request_bytes"],
             deployment_key=p["deployment_key"],
         )
-        for p in await queries.bound_pods(conn, clusters)
+        for p in pods
+        if p["node_name"] is not None and p.get("phase") not in TERMINATED_PHASES
     ]
     reservations = [
         Reservation(
@@ -106,7 +122,7 @@ async def read_capacity(conn: Connection, clusters: Collection[str] | None = Non
             cpu_m=p["replica_cpu_m"],
             memory_bytes=p["replica_memory_bytes"],
         )
-        for p in await queries.all_placements(conn, clusters)
+        for p in placements
         if p["replicas"] > 0
     ]
-    return free_capacity(nodes, pods, reservations)
+    return node_facts, pod_usage, reservations

@@ -20,6 +20,9 @@ GPU_TAINT_VALUE = "present"
 GPU_TAINT_EFFECT = "NoSchedule"
 # kwok's own convention: kwokctl's kwok-controller runs with --manage-all-nodes=true and would manage the
 # nodes anyway, but a kwok started with --manage-nodes-with-annotation-selector only picks up annotated nodes.
+# Only the annotation: kwok's examples also taint fake nodes (kwok.x-k8s.io/node=fake:NoSchedule) to keep real
+# pods off them, but kwok does not need the taint, and our fleet has no real pods to keep off. Without it the
+# fleet's nodes carry exactly the taints real GPU nodes carry, and no product code tolerates a test-only taint.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "llm-operator-fleet"

@@ -568,9 +568,9 @@ async def test_reporting_views_answer_from_the_projections(engine: AsyncEngine, 
             )
         ).one()
     assert [(c["cluster"], c["gpu_product"], c["total"]) for c in capacity] == [("a100", "NVIDIA-A100-SXM4-80GB", 8)]
-    # 3 replicas × 4 GPUs were planned on two nodes; gpu-2 vanished in the resync, so what is planned there
-    # over-reserves the one node left, and nothing is free.
-    assert (capacity[0]["reserved"], capacity[0]["free"]) == (12, 0)
+    # 3 replicas × 4 GPUs were planned, 2 on gpu-1 and 1 on gpu-2; gpu-2 vanished in the resync, so what is planned
+    # there is held on no node that counts (the planner's per-node rule), and gpu-1 has nothing free.
+    assert (capacity[0]["reserved"], capacity[0]["free"]) == (8, 0)
     assert [(p["cluster"], p["replicas"], p["replica_gpus"]) for p in current] == [("a100", 3, 4)]
     assert [h["outcome"] for h in history][:2] == ["Placed", "Placed"]
     assert history[0]["placement"] == "a100=2"

@@ -15,8 +15,10 @@ from planner.capacity import (
     Reservation,
     describe_largest_free,
     free_capacity,
+    gpu_capacity,
     usable,
 )
+from api.scheduling import CPU_POD_TOLERATIONS, GPU_POD_TOLERATIONS
 from tests.unit.factories import A100, A100_40, H100, GiB, facts, fleet, free_gpus, gpu, pod
 
 
@@ -140,18 +142,75 @@ def test_free_capacity_counts_cpu_and_memory_too() -> None:
 
 
 @pytest.mark.parametrize(
-    ("taints", "expected"),
+    ("product", "taints", "expected"),
     [
-        pytest.param((), True, id="no taints"),
-        pytest.param((("nvidia.com/gpu", "NoSchedule"),), True, id="the GPU operator taint is tolerated"),
-        pytest.param((("kwok.x-k8s.io/node", "NoSchedule"),), True, id="the kwok marker is tolerated"),
-        pytest.param((("dedicated", "PreferNoSchedule"),), True, id="PreferNoSchedule does not block"),
-        pytest.param((("dedicated", "NoSchedule"),), False, id="another NoSchedule taint blocks"),
-        pytest.param((("node.kubernetes.io/unreachable", "NoExecute"),), False, id="NoExecute blocks"),
+        pytest.param(A100, (), True, id="no taints"),
+        pytest.param(A100, (("nvidia.com/gpu", "NoSchedule"),), True, id="GPU pods tolerate the GPU operator taint"),
+        pytest.param(A100, (("nvidia.com/gpu", "NoExecute"),), True, id="with every effect"),
+        pytest.param(None, (("nvidia.com/gpu", "NoSchedule"),), False, id="CPU-only pods do not tolerate it"),
+        pytest.param(A100, (("kwok.x-k8s.io/node", "NoSchedule"),), False, id="the test fleet's kwok taint blocks"),
+        pytest.param(A100, (("dedicated", "PreferNoSchedule"),), True, id="PreferNoSchedule does not block"),
+        pytest.param(A100, (("dedicated", "NoSchedule"),), False, id="another NoSchedule taint blocks"),
+        pytest.param(A100, (("node.kubernetes.io/unreachable", "NoExecute"),), False, id="NoExecute blocks"),
+        pytest.param(
+            A100,
+            (("nvidia.com/gpu", "NoSchedule"), ("dedicated", "NoSchedule")),
+            False,
+            id="every blocking taint must be tolerated",
+        ),
     ],
 )
-def test_usable_taints(taints: tuple[tuple[str, str], ...], expected: bool) -> None:
-    assert usable(facts("a", "n1", taints=taints)) is expected
+def test_usable_taints(product: str | None, taints: tuple[tuple[str, str], ...], expected: bool) -> None:
+    assert usable(facts("a", "n1", product, taints=taints)) is expected
+
+
+def test_render_emits_the_tolerations_the_capacity_rule_assumes() -> None:
+    # The report_gpu_capacity view (migration 0005) spells this rule in SQL: a change here needs a new migration.
+    assert [t.manifest() for t in GPU_POD_TOLERATIONS] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert CPU_POD_TOLERATIONS == ()
+
+
+def test_gpu_capacity_sums_the_planners_per_node_arithmetic() -> None:
+    nodes = [
+        facts("a", "n1"),
+        facts("a", "n2", taints=(("nvidia.com/gpu", "NoSchedule"),)),
+        facts("a", "cordoned", schedulable=False),
+        facts("a", "down", ready=False),
+        facts("a", "tainted", taints=(("dedicated", "NoExecute"),)),
+        facts("a", "h1", H100, gpus=4),
+        facts("a", "cpu", None),
+        facts("b", "n1", A100_40),
+    ]
+    pods = [
+        pod("a", "n2", gpus=4, deployment="o/ns/x"),
+        pod("a", "n1", gpus=2),
+        pod("a", "cordoned", gpus=8),  # runs on, but the node does not count
+        pod("a", "h1", gpus=1),
+    ]
+    reservations = [
+        reservation("a", {"n1": 2, "n2": 1}, replicas=3, gpus=4, key="o/ns/x"),  # 1 bound on n2: 2 outstanding on n1
+        reservation("a", {"cordoned": 1}, replicas=1, gpus=4, key="o/ns/y"),  # held on a node that does not count
+    ]
+
+    rows = gpu_capacity(nodes, pods, reservations)
+    capacity = free_capacity(nodes, pods, reservations)
+
+    assert [
+        (r.cluster, r.gpu_product, r.nodes, r.total, r.allocated, r.reserved, r.free, r.unusable_nodes, r.unusable_gpus)
+        for r in rows
+    ] == [
+        # Per node, clamped per node: n1 8 − 2 − 8 → 0, n2 8 − 4 → 4 (not 16 − 6 − 8 = 2 for the cluster).
+        ("a", A100, 2, 16, 6, 8, 4, 3, 24),
+        ("a", H100, 1, 4, 1, 0, 3, 0, 0),
+        ("b", A100_40, 1, 8, 0, 0, 8, 0, 0),
+    ]
+    for r in rows:  # the free GPUs the planner sees, node by node, add up to the same
+        kind = [n for n in capacity.nodes(r.cluster) if n.gpu_product == r.gpu_product]
+        assert (len(kind), sum(n.gpu_allocatable for n in kind), sum(n.gpus for n in kind)) == (
+            r.nodes,
+            r.total,
+            r.free,
+        )
 
 
 @pytest.mark.parametrize(

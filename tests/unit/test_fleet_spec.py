@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from api.scheduling import CPU_POD_TOLERATIONS, GPU_POD_TOLERATIONS, tolerates_all
 from llm_operator.fleet import DEFAULT_FLEET, ClusterSpec, NodeSpec, node_manifest
 from llm_operator.fleet.spec import GPU_RESOURCE, KWOK_NODE_ANNOTATION, cpu_node, gpu_node
 
@@ -54,6 +55,17 @@ def test_gpu_node_is_tainted_like_the_gpu_operator_does_and_marked_for_kwok() ->
 
     assert m["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
     assert m["metadata"]["annotations"][KWOK_NODE_ANNOTATION] == "fake"
+
+
+def test_the_fleets_nodes_need_no_toleration_beyond_what_model_pods_carry() -> None:
+    """The kwok marker is an annotation, never a taint: the planner's capacity rule has no test-fleet exception, so
+    a taint our pods do not tolerate would make the node not count (and the scheduler refuse our pods)."""
+    for cluster in DEFAULT_FLEET:
+        for node in cluster.nodes:
+            taints = [(t["key"], t["effect"]) for t in node_manifest(node)["spec"]["taints"]]
+            tolerations = GPU_POD_TOLERATIONS if node.gpus else CPU_POD_TOLERATIONS
+            assert tolerates_all(tolerations, taints), f"{cluster.name}/{node.name}: {taints}"
+            assert KWOK_NODE_ANNOTATION not in {key for key, _ in taints}
 
 
 def test_cpu_node_has_no_gpu_resource_labels_or_taint() -> None:
