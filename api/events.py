@@ -169,6 +169,59 @@ class ClusterShare(BaseModel):
     nodes: dict[str, int] = Field(default_factory=dict)
 
 
+PassOverReason = Literal[
+    "unhealthy",
+    "selector_mismatch",
+    "no_acceptable_gpu_type",
+    "gpu_memory_below_floor",
+    "no_node_with_room",
+    "max_clusters_reached",
+    "split_not_allowed",
+    "not_needed",
+    "unschedulable",
+]
+"""Why a decision gave a cluster no replicas:
+- unhealthy, selector_mismatch: the policy excludes the cluster (it is not eligible);
+- no_acceptable_gpu_type: no usable node has a GPU of a listed type (or, with no type listed, any GPU; for a
+  CPU-only model: a node without GPUs);
+- gpu_memory_below_floor: it has GPUs of an acceptable type, but each has less memory than the model's minMemory;
+- no_node_with_room: no node has k free GPUs (and the CPU and memory) for one replica;
+- max_clusters_reached: the policy's maxClusters is used up by other clusters;
+- split_not_allowed: allowSplit is false and the deployment lives in another cluster;
+- not_needed: it had room, but other clusters (earlier in the preference order, or already running replicas)
+  hold every replica asked for;
+- unschedulable: its scheduler left replicas Pending too long, so they are placed elsewhere in this decision."""
+
+ReleaseReason = Literal["unhealthy", "selector_mismatch", "max_clusters_reached"]
+"""Why a decision let go of a share it found: the cluster is not eligible any more, or maxClusters was lowered."""
+
+
+class ClusterVerdict(BaseModel):
+    """What one decision made of one cluster: eligible (the policy admits it) or not, the replicas it gives it,
+    and when it gives none, why (a code for programs, a detail for people)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: str
+    eligible: bool
+    replicas: int = Field(default=0, ge=0)
+    reason: PassOverReason | None = None
+    """None: the cluster holds replicas of this decision."""
+    detail: str = ""
+
+
+class ReleasedShare(BaseModel):
+    """A share the decision found and let go of. Unlike a scale-down, its replicas keep running (retiring) until
+    their replacements elsewhere are ready."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: str
+    replicas: int = Field(ge=0)
+    reason: ReleaseReason
+    detail: str = ""
+
+
 class PlacementDecided(_Event):
     """The planner's decision for one deployment, with its reasons: `explain` and audits read these."""
 
@@ -199,6 +252,11 @@ class PlacementDecided(_Event):
     inputs: dict[str, Any] = Field(default_factory=dict)
     epoch: int
     decided_at: datetime
+    verdicts: tuple[ClusterVerdict, ...] = ()
+    """Per cluster of the fleet, in name order. Empty in decisions recorded before verdicts were kept (those are
+    read as they are: the field is additive, old payloads decode unchanged) and in decisions that did not place
+    (a spec problem, a deletion)."""
+    released: tuple[ReleasedShare, ...] = ()
 
 
 class PlanIssued(_Event):

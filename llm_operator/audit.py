@@ -344,6 +344,7 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
         out.print("reasons:")
         for reason in decision.reasons:
             out.print(f"  - {reason}")
+    _print_verdicts(decision)
     clusters = decision.inputs.get("clusters", {})
     out.print(
         _table(
@@ -360,6 +361,28 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
             ],
         )
     )
+
+
+def _print_verdicts(decision: PlacementDecided) -> None:
+    """Every cluster the decision considered: where it placed, and why each other cluster got nothing."""
+    if decision.verdicts:
+        out.print(
+            _table(
+                "clusters considered",
+                ["CLUSTER", "ELIGIBLE", "REPLICAS", "WHY NOT", "DETAIL"],
+                [
+                    [v.cluster, "yes" if v.eligible else "no", v.replicas, v.reason or "", v.detail]
+                    for v in decision.verdicts
+                ],
+            )
+        )
+    elif decision.outcome in ("Placed", "PartiallyPlaced", "InsufficientGPU", "NoEligibleCluster"):
+        out.print("clusters considered: not recorded (the decision predates per-cluster verdicts; see the reasons)")
+    for released in decision.released:
+        out.print(
+            f"released: cluster {released.cluster} ({released.replicas} replica(s), kept running until their "
+            f"replacement is ready): {released.reason} — {released.detail}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ status, reports

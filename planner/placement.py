@@ -40,12 +40,14 @@ nodes only of the clusters it may place on, not the whole fleet.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Literal, NamedTuple
 
+from api.events import ClusterVerdict, PassOverReason, ReleasedShare
 from api.quantity import format_bytes, format_millicores
 from planner.capacity import FleetCapacity, GpuKind, NodeFree
 
@@ -146,6 +148,17 @@ class Decision:
     message: str
     capacity: FleetCapacity
     """Capacity left after this decision: pass it to the next deployment's decision."""
+    released: tuple[ReleasedShare, ...] = ()
+    """Shares of `current` the decision let go of because of the policy: those on clusters no longer eligible (in
+    the order of `current`), then those maxClusters released (least preferred last). A scale-down releases none."""
+    _seen: _Seen | None = field(default=None, repr=False, compare=False)
+
+    def verdicts(self) -> tuple[ClusterVerdict, ...]:
+        """What the decision made of every cluster of the fleet, in name order: eligible or not, the replicas it
+        holds, and for each cluster given none, why (see `PassOverReason`), judged against the capacity the
+        decision started from. Worked out when asked, not by `place`: reading every cluster's nodes would cost
+        each decision O(fleet), and only recorded decisions need it."""
+        return () if self._seen is None else _verdicts(self, self._seen)
 
 
 def gpu_type_matches(pattern: str, product: str | None) -> bool:
@@ -156,7 +169,7 @@ def gpu_type_matches(pattern: str, product: str | None) -> bool:
     return product == pattern
 
 
-_Exclusion = tuple[str, Literal["unhealthy", "unselected"]]
+_Exclusion = tuple[str, Literal["unhealthy", "selector_mismatch"]]
 _name = attrgetter("name")
 
 
@@ -198,7 +211,7 @@ class Clusters:
                 if not cluster.healthy:
                     excluded.append((cluster.name, "unhealthy"))
                 elif not policy.selects(cluster.labels):
-                    excluded.append((cluster.name, "unselected"))
+                    excluded.append((cluster.name, "selector_mismatch"))
                 else:
                     eligible.append(cluster.name)
             known = _Admission(
@@ -206,6 +219,10 @@ class Clusters:
             )
             self._admitted[key] = known
         return known
+
+    def info(self, name: str) -> ClusterInfo | None:
+        position = bisect.bisect_left(self.infos, name, key=_name)
+        return self.infos[position] if position < len(self.infos) and self.infos[position].name == name else None
 
     def ranked(self, policy: Policy, origin: str) -> tuple[tuple[str, ...], int, tuple[_Exclusion, ...]]:
         """(eligible clusters in preference order, how many lead it by preference, exclusions in name order)."""
@@ -425,6 +442,8 @@ class _Plan:
     eligible: frozenset[str]
     """The names in `order`."""
     _kinds: dict[str | None, tuple[GpuKind, ...]] = field(default_factory=dict)
+    released: tuple[ReleasedShare, ...] = ()
+    seen: _Seen | None = None
 
     def allowed(self, cluster: str) -> bool:
         """May this decision put replicas in `cluster` (maxClusters)?"""
@@ -525,14 +544,25 @@ def place(
     # Stability: keep what is placed on healthy eligible clusters; shares elsewhere are the caller's business
     # (failover keeps them until replacements are available).
     shares: dict[str, Share] = {}
+    released: list[ReleasedShare] = []
     if current:
         eligible = admission.eligible_set
         shares = {s.cluster: s for s in current if s.cluster in eligible and s.replicas > 0}
+        if len(shares) < len(current):
+            released.extend(_ineligible(fleet, [s for s in current if s.cluster not in eligible]))
     if policy.max_clusters is not None and len(shares) > policy.max_clusters:
         for cluster in _ranked(shares, order)[policy.max_clusters :]:
-            reasons.append(f"cluster {cluster} released: maxClusters is {policy.max_clusters}")
+            detail = f"maxClusters is {policy.max_clusters}"
+            reasons.append(f"cluster {cluster} released: {detail}")
+            released.append(
+                ReleasedShare(
+                    cluster=cluster, replicas=shares[cluster].replicas, reason="max_clusters_reached", detail=detail
+                )
+            )
             del shares[cluster]
     plan = _Plan(demand, policy, order, shares, capacity, reasons, front, admission.eligible_set)
+    plan.released = tuple(released)
+    plan.seen = _Seen(fleet, demand, policy, capacity, kept=sum(s.replicas for s in shares.values()))
     kept = sum(s.replicas for s in shares.values())
     if kept > demand.replicas:
         _shrink(shares, order, kept - demand.replicas, policy.strategy)
@@ -580,7 +610,7 @@ def _grow(plan: _Plan, need: int) -> None:
         else:
             need = _pack(plan, need, gpu_type)
         if gpu_type is not None:
-            plan.reasons.append(_type_note(gpu_type, type_index, before - need))
+            plan.reasons.append(_type_note(plan, gpu_type, type_index, before - need))
     if need and demand.gpus:
         _rehome(plan, need, types, existing)
 
@@ -634,8 +664,13 @@ def _release(capacity: FleetCapacity, cluster: str, demand: Demand, share: Share
     return capacity.with_cluster(cluster, tuple(nodes), changed)
 
 
-def _type_note(gpu_type: str, type_index: int, placed: int) -> str:
+def _type_note(plan: _Plan, gpu_type: str, type_index: int, placed: int) -> str:
     if not placed:
+        floor = plan.demand.gpu_min_memory_bytes
+        if floor and not plan.kinds(gpu_type):
+            small = _memories(kind for kind in plan.capacity.gpu_kinds() if gpu_type_matches(gpu_type, kind[0]))
+            if small:
+                return f"no {gpu_type} has the minMemory of {format_bytes(floor)} per GPU (they have {small})"
         return f"no room on {gpu_type}"
     note = "preferred type" if type_index == 0 else f"fallback type #{type_index + 1}"
     return f"{placed} replica(s) on {gpu_type} ({note})"
@@ -701,7 +736,7 @@ def _place_whole(plan: _Plan, need: int, types: tuple[str | None, ...]) -> None:
             if room == need:
                 placed = plan.fill(cluster, gpu_type, need)
                 if gpu_type is not None:
-                    plan.reasons.append(_type_note(gpu_type, type_index, placed))
+                    plan.reasons.append(_type_note(plan, gpu_type, type_index, placed))
                 return
             if room > 0 and (best is None or room > best[0]):
                 best = (room, type_index, cluster)
@@ -712,7 +747,7 @@ def _place_whole(plan: _Plan, need: int, types: tuple[str | None, ...]) -> None:
     gpu_type = types[type_index]
     placed = plan.fill(cluster, gpu_type, room)
     if gpu_type is not None:
-        plan.reasons.append(_type_note(gpu_type, type_index, placed))
+        plan.reasons.append(_type_note(plan, gpu_type, type_index, placed))
     plan.reasons.append(f"allowSplit is false and no cluster holds all {need}: {placed} in {cluster}, the roomiest")
 
 
@@ -747,7 +782,7 @@ def _block(node: NodeFree) -> str:
 def _excluded_summary(excluded: Sequence[_Exclusion]) -> str:
     """'excluded: 2 unhealthy (a, b), 74 not matching the clusterSelector (c, d, e, f, g, …)': short, for messages."""
     parts = []
-    for why, label in (("unhealthy", "unhealthy"), ("unselected", "not matching the clusterSelector")):
+    for why, label in (("unhealthy", "unhealthy"), ("selector_mismatch", "not matching the clusterSelector")):
         names = [name for name, reason in excluded if reason == why]
         if names:
             shown = ", ".join(names[:_NAMES_SHOWN]) + (", …" if len(names) > _NAMES_SHOWN else "")
@@ -790,4 +825,145 @@ def _decision(plan: _Plan, outcome: Outcome, message: str | None) -> Decision:
         reasons=tuple(plan.reasons),
         message=_summary_of(final) if message is None else message,
         capacity=plan.capacity,
+        released=plan.released,
+        _seen=plan.seen,
+    )
+
+
+# --- Verdicts: what a decision made of each cluster, and why ---------------------------------------------------
+
+
+class _Seen(NamedTuple):
+    """What a decision started from, kept so that `Decision.verdicts` can judge every cluster when asked."""
+
+    clusters: Clusters
+    demand: Demand
+    policy: Policy
+    capacity: FleetCapacity
+    """The capacity the decision was given (immutable: later decisions make new ones)."""
+    kept: int
+    """Replicas of `current` kept on eligible clusters, before any scale-down."""
+
+
+def _ineligible(fleet: Clusters, shares: Iterable[Share]) -> list[ReleasedShare]:
+    """Shares on clusters the policy no longer admits (or the fleet no longer has), in the order given."""
+    out = []
+    for share in shares:
+        info = fleet.info(share.cluster)
+        if info is None:
+            reason: Literal["unhealthy", "selector_mismatch"] = "unhealthy"
+            detail = "the cluster is no longer in the fleet"
+        elif not info.healthy:
+            reason, detail = "unhealthy", "the cluster is unhealthy"
+        else:
+            reason, detail = "selector_mismatch", _selector_detail(info)
+        out.append(ReleasedShare(cluster=share.cluster, replicas=share.replicas, reason=reason, detail=detail))
+    return out
+
+
+def _selector_detail(info: ClusterInfo) -> str:
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items())) or "none"
+    return f"its labels ({labels}) do not match the clusterSelector"
+
+
+def _verdicts(decision: Decision, seen: _Seen) -> tuple[ClusterVerdict, ...]:
+    held = {s.cluster: s for s in decision.shares}
+    released = {r.cluster: r for r in decision.released}
+    excluded = dict(seen.clusters.admitted(seen.policy).excluded)
+    out = []
+    for info in seen.clusters:
+        name = info.name
+        why = excluded.get(name)
+        if why is not None:
+            detail = "the cluster is unhealthy" if why == "unhealthy" else _selector_detail(info)
+            out.append(ClusterVerdict(cluster=name, eligible=False, reason=why, detail=detail))
+            continue
+        share = held.get(name)
+        if share is not None:
+            on = f" on {share.gpu_type}" if share.gpu_type else ""
+            out.append(
+                ClusterVerdict(
+                    cluster=name, eligible=True, replicas=share.replicas, detail=f"{share.replicas} replica(s){on}"
+                )
+            )
+            continue
+        let_go = released.get(name)
+        if let_go is not None:
+            reason: PassOverReason = let_go.reason
+            detail = f"its {let_go.replicas} replica(s) released: {let_go.detail}"
+        else:
+            reason, detail = _passed_over(decision, seen, name)
+        out.append(ClusterVerdict(cluster=name, eligible=True, reason=reason, detail=detail))
+    return tuple(out)
+
+
+def _passed_over(decision: Decision, seen: _Seen, cluster: str) -> tuple[PassOverReason, str]:
+    """Why an eligible cluster got no replicas: first what its nodes could not offer (against the capacity the
+    decision started from), then what the policy or the other clusters left it."""
+    demand, policy = seen.demand, seen.policy
+    if demand.replicas == 0:
+        return "not_needed", "no replica is asked for"
+    if seen.kept >= demand.replicas:
+        return "not_needed", "no new replica was needed: the replicas already placed elsewhere are enough"
+    nodes = seen.capacity.nodes(cluster)
+    if demand.gpus:
+        types = demand.gpu_types
+        typed = [
+            n
+            for n in nodes
+            if n.gpu_product is not None and (not types or any(gpu_type_matches(t, n.gpu_product) for t in types))
+        ]
+        if not typed:
+            wanted = " or ".join(types) if types else "any GPU"
+            have = ", ".join(sorted({n.gpu_product for n in nodes if n.gpu_product})) or "no GPUs"
+            return "no_acceptable_gpu_type", f"no usable node has {wanted} (it has {have})"
+        floor = demand.gpu_min_memory_bytes
+        candidates = [n for n in typed if n.gpu_memory_bytes >= floor]
+        if not candidates:
+            products = ", ".join(sorted({n.gpu_product for n in typed if n.gpu_product}))
+            return (
+                "gpu_memory_below_floor",
+                f"its {products} GPUs have {_memories(_kind_of(n) for n in typed)}, "
+                f"below the minMemory of {format_bytes(floor)}",
+            )
+    else:
+        candidates = [n for n in nodes if n.gpu_allocatable == 0]
+        if not candidates:
+            return "no_acceptable_gpu_type", "no usable node without GPUs (CPU-only replicas run only there)"
+    if not any(_holds(n, demand) for n in candidates):
+        return (
+            "no_node_with_room",
+            f"no node has room for one replica ({demand.describe_one()}); {_roomiest(candidates)}",
+        )
+    # It had room: the policy or the other clusters left it nothing.
+    if policy.max_clusters is not None and len(decision.shares) >= policy.max_clusters:
+        used = ", ".join(s.cluster for s in decision.shares)
+        return "max_clusters_reached", f"maxClusters is {policy.max_clusters}, taken by {used}"
+    if not policy.allow_split and decision.shares:
+        return "split_not_allowed", f"allowSplit is false and the deployment lives in {decision.shares[0].cluster}"
+    if decision.placed >= demand.replicas:
+        return "not_needed", "it had room, but clusters before it in the preference order hold every replica"
+    return "no_node_with_room", "its room was gone when its turn came"
+
+
+def _kind_of(node: NodeFree) -> GpuKind:
+    return (node.gpu_product or "", node.gpu_memory_bytes)
+
+
+def _memories(kinds: Iterable[GpuKind]) -> str:
+    """'40Gi' or '24Gi, 40Gi': the distinct GPU memory sizes of `kinds`, smallest first."""
+    return ", ".join(format_bytes(m) for m in sorted({memory for _, memory in kinds}))
+
+
+def _holds(node: NodeFree, demand: Demand) -> bool:
+    """Does the node, as it is, have room for one replica?"""
+    return node.gpus >= demand.gpus and node.cpu_m >= demand.cpu_m and node.memory_bytes >= demand.memory_bytes
+
+
+def _roomiest(nodes: Sequence[NodeFree]) -> str:
+    best = max(nodes, key=lambda n: (n.gpus, n.cpu_m, n.memory_bytes))
+    gpus = f"{best.gpus} × {best.gpu_product} GPU(s), " if best.gpu_product else ""
+    return (
+        f"the roomiest, {best.name}, has {gpus}{format_millicores(best.cpu_m)} CPU, "
+        f"{format_bytes(best.memory_bytes)} memory free"
     )

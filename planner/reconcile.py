@@ -22,12 +22,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.conditions import Condition
-from api.events import ApplyReported, ClusterShare, PlacementDecided, PlanIssued, deterministic_id
+from api.events import (
+    ApplyReported,
+    ClusterShare,
+    ClusterVerdict,
+    PlacementDecided,
+    PlanIssued,
+    ReleasedShare,
+    deterministic_id,
+)
 from api.models import LLMDeploymentSpec, LLMModelSpec, gpu_count, gpu_min_memory_bytes
 from api.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
 from api.quantity import bytes_of, millicores
 from planner.capacity import FleetCapacity
-from planner.placement import ClusterInfo, Clusters, Decision, Demand, Policy, Requirement, Share, place, rank_clusters
+from planner.placement import ClusterInfo, Clusters, Decision, Demand, Policy, Requirement, Share, place
 from planner.status import ClusterProgress, StatusInputs, compute_status
 
 
@@ -201,13 +209,9 @@ def reconcile(inputs: Inputs) -> Outcome:
     new_active = {s.cluster: s for s in decision.shares}
     # Active shares place() let go of because the policy no longer selects their cluster (or maxClusters
     # released them) keep running until the replacement is ready; plain scale-downs apply at once.
-    eligible, _ = rank_clusters(inputs.clusters, policy, dep.origin)
-    released = {
-        r.split()[1] for r in decision.reasons if r.endswith(f" released: maxClusters is {policy.max_clusters}")
-    }
+    released = {r.cluster for r in decision.released}
     for share in current:
-        moved = share.cluster not in eligible or share.cluster in released
-        if share.cluster not in new_active and moved and desired > 0:
+        if share.cluster not in new_active and share.cluster in released and desired > 0:
             retiring[share.cluster] = previous[share.cluster]
 
     ready_elsewhere = sum(
@@ -255,7 +259,7 @@ def reconcile(inputs: Inputs) -> Outcome:
         )
         for c, n in unschedulable.items()
     ]
-    return _emit(inputs, dep, spec, model, shares, outcome_name, message, decision, events, desired)
+    return _emit(inputs, dep, spec, model, shares, outcome_name, message, decision, events, desired, unschedulable)
 
 
 def _emit(
@@ -269,6 +273,7 @@ def _emit(
     decision: Decision,
     events: list[KubeEvent],
     desired: int,
+    unschedulable: Mapping[str, int],
 ) -> Outcome:
     previous = {p.cluster: p for p in inputs.placements}
     changed = _shares_changed(previous, shares) or dep.last_outcome != outcome_name
@@ -283,16 +288,20 @@ def _emit(
         plans.append(_workload_plan(inputs, dep.generation, share.cluster, sequence, intent))
     decided = None
     if changed:
-        decided = _decided(
+        demand = demand_of(inputs.ref.key, dep.origin, desired, model)
+        decided = _decision_event(
             inputs,
-            dep.generation,
-            desired,
-            outcome_name,
-            shares,
-            decision.reasons,
-            message,
-            decision,
-            demand_of(inputs.ref.key, dep.origin, desired, model),
+            generation=dep.generation,
+            desired=desired,
+            outcome=outcome_name,
+            shares=shares,
+            reasons=decision.reasons,
+            message=message,
+            sequence=sequence,
+            replica=(demand.gpus, demand.cpu_m, demand.memory_bytes),
+            inputs_summary=_inputs_summary(inputs, decision),
+            verdicts=_verdicts(decision, unschedulable),
+            released=decision.released,
         )
     status = _status(inputs, dep, spec, shares, outcome_name, message)
     status_plan = _status_plan(inputs, dep, status, events, sequence + 1, finalizer="ensure")
@@ -319,28 +328,15 @@ def _hold(inputs: Inputs, outcome_name: str, message: str) -> Outcome:
     ]
     decided = None
     if dep.last_outcome != outcome_name:
-        decided = PlacementDecided(
-            event_id=deterministic_id(
-                "decided",
-                inputs.ref.key,
-                inputs.ref.uid,
-                str(dep.generation),
-                outcome_name,
-                str(inputs.epoch),
-                str(dep.plan_sequence),
-            ),
-            cluster=inputs.ref.origin_cluster,
-            origin_cluster=inputs.ref.origin_cluster,
-            namespace=inputs.ref.namespace,
-            name=inputs.ref.name,
+        decided = _decision_event(
+            inputs,
             generation=dep.generation,
-            desired_replicas=0,
+            desired=0,
             outcome=outcome_name,
             shares=shares,
             reasons=[message],
             message=message,
-            epoch=inputs.epoch,
-            decided_at=inputs.now,
+            sequence=dep.plan_sequence,
         )
     try:
         port = int(dep.spec.get("port", 8080))
@@ -398,28 +394,15 @@ def _teardown(inputs: Inputs) -> Outcome:
     )
     decided = None
     if changed and (dep is not None or shares):
-        decided = PlacementDecided(
-            event_id=deterministic_id(
-                "decided",
-                inputs.ref.key,
-                inputs.ref.uid,
-                "teardown",
-                str(inputs.epoch),
-                str(sequence),
-                str(len(shares)),
-            ),
-            cluster=inputs.ref.origin_cluster,
-            origin_cluster=inputs.ref.origin_cluster,
-            namespace=inputs.ref.namespace,
-            name=inputs.ref.name,
+        decided = _decision_event(
+            inputs,
             generation=dep.generation if dep else 0,
-            desired_replicas=0,
+            desired=0,
             outcome="Deleting",
             shares=shares,
             reasons=["the LLMDeployment is being deleted" if dep else "the LLMDeployment is gone"],
             message="removing workloads from every cluster",
-            epoch=inputs.epoch,
-            decided_at=inputs.now,
+            sequence=sequence,
         )
     if dep is not None and dep.deleting and dep.has_finalizer and not inputs.placements:
         # Every cluster confirmed its workload is gone: let Kubernetes finish the deletion.
@@ -503,18 +486,26 @@ def _shares_changed(previous: Mapping[str, PlacementState], shares: Sequence[Clu
     return False
 
 
-def _decided(
+def _decision_event(
     inputs: Inputs,
+    *,
     generation: int,
     desired: int,
     outcome: str,
     shares: Sequence[ClusterShare],
     reasons: Sequence[str],
     message: str,
-    decision: Decision,
-    demand: Demand,
+    sequence: int,
+    replica: tuple[int, int, int] = (0, 0, 0),
+    inputs_summary: Mapping[str, Any] | None = None,
+    verdicts: Sequence[ClusterVerdict] = (),
+    released: Sequence[ReleasedShare] = (),
 ) -> PlacementDecided:
+    """The one way a decision becomes an event. Its id is derived from everything that tells two decisions of a
+    deployment apart (what was decided, by which epoch, after which plan, at which step), so a step that is run
+    again gives the same id, and no two different decisions share one (the store keeps the first of an id)."""
     fingerprint = "|".join(f"{s.cluster}:{s.replicas}:{s.role}" for s in shares)
+    gpus, cpu_m, memory_bytes = replica
     return PlacementDecided(
         event_id=deterministic_id(
             "decided",
@@ -524,6 +515,7 @@ def _decided(
             outcome,
             fingerprint,
             str(inputs.epoch),
+            str(sequence),
             inputs.now.isoformat(),
         ),
         cluster=inputs.ref.origin_cluster,
@@ -534,14 +526,35 @@ def _decided(
         desired_replicas=desired,
         outcome=outcome,
         shares=list(shares),
-        replica_gpus=demand.gpus,
-        replica_cpu_m=demand.cpu_m,
-        replica_memory_bytes=demand.memory_bytes,
+        replica_gpus=gpus,
+        replica_cpu_m=cpu_m,
+        replica_memory_bytes=memory_bytes,
         reasons=list(reasons),
         message=message,
-        inputs=_inputs_summary(inputs, decision),
+        inputs=dict(inputs_summary or {}),
         epoch=inputs.epoch,
         decided_at=inputs.now,
+        verdicts=tuple(verdicts),
+        released=tuple(released),
+    )
+
+
+def _verdicts(decision: Decision, unschedulable: Mapping[str, int]) -> tuple[ClusterVerdict, ...]:
+    """The decision's verdicts; a cluster whose scheduler left replicas Pending was hidden from place() (its
+    capacity emptied), so when it got nothing, that is why."""
+    verdicts = decision.verdicts()
+    if not unschedulable:
+        return verdicts
+    return tuple(
+        v.model_copy(
+            update={
+                "reason": "unschedulable",
+                "detail": f"{unschedulable[v.cluster]} replica(s) left Pending by its scheduler: placed elsewhere",
+            }
+        )
+        if v.cluster in unschedulable and v.eligible and not v.replicas
+        else v
+        for v in verdicts
     )
 
 

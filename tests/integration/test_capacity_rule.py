@@ -38,7 +38,9 @@ MODEL = {
 NUMBERS = ("nodes", "total", "allocated", "reserved", "free", "unusable_nodes", "unusable_gpus")
 
 
-def node(name: str, *, product: str = A100, cordoned: bool = False, ready: bool = True, taint: str | None = None) -> Any:
+def node(
+    name: str, *, product: str = A100, cordoned: bool = False, ready: bool = True, taint: str | None = None
+) -> Any:
     """A GPU node as the apiserver returns it (fresh resourceVersion each call), as it is now."""
     obj = builders.gpu_node(name, product=product, uid=f"{name}-uid")
     if cordoned:
@@ -124,10 +126,19 @@ async def fleet_history(engine: AsyncEngine, hub: Hub) -> None:
             )
 
 
-async def cli(hub: Hub, *args: str) -> Any:
+async def cli(hub: Hub, *args: str, json_output: bool = True) -> Any:
+    """Run the real CLI against the test's database: its JSON (or, with json_output False, its text)."""
     result = await anyio.to_thread.run_sync(
         lambda: subprocess.run(
-            [sys.executable, "-m", "llm_operator", *args, "--json", "--database-url", hub.database_url],
+            [
+                sys.executable,
+                "-m",
+                "llm_operator",
+                *args,
+                *(["--json"] if json_output else []),
+                "--database-url",
+                hub.database_url,
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -136,7 +147,7 @@ async def cli(hub: Hub, *args: str) -> Any:
         )
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout) if json_output else result.stdout
 
 
 def numbers(rows: Any) -> dict[tuple[str, str], tuple[Any, ...]]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+from api.scheduling import CPU_POD_TOLERATIONS, GPU_POD_TOLERATIONS
 from planner.capacity import (
     FleetCapacity,
     NodeFacts,
@@ -18,7 +19,6 @@ from planner.capacity import (
     gpu_capacity,
     usable,
 )
-from api.scheduling import CPU_POD_TOLERATIONS, GPU_POD_TOLERATIONS
 from tests.unit.factories import A100, A100_40, H100, GiB, facts, fleet, free_gpus, gpu, pod
 
 

@@ -7,11 +7,13 @@ GPU product fails the test; "something was placed" never passes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
 import pytest
 
+from api.events import ClusterVerdict, PassOverReason
 from planner.capacity import FleetCapacity
-from planner.placement import ClusterInfo, Demand, Policy, Requirement, Share, place, rank_clusters
+from planner.placement import ClusterInfo, Decision, Demand, Policy, Requirement, Share, place, rank_clusters
 from tests.unit.factories import (
     A100,
     A100_40,
@@ -552,3 +554,169 @@ def test_rank_clusters(policy: Policy, origin: str, order: list[str]) -> None:
     infos = clusters("d", "b", "c", "a")  # input order does not matter
 
     assert rank_clusters(infos, policy, origin) == (order, [])
+
+
+# --- Verdicts: every cluster, and why it holds what it holds ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerdictCase:
+    id: str
+    capacity: FleetCapacity
+    demand: Demand
+    expected: dict[str, tuple[bool, int, str | None]]
+    """{cluster: (eligible, replicas, reason code)} for every cluster of the fleet."""
+    detail: tuple[str, str] = ("", "")
+    """(cluster, text its verdict's detail must contain)."""
+    policy: Policy = DEFAULT_POLICY
+    current: tuple[Share, ...] = ()
+    infos: list[ClusterInfo] | None = None
+
+
+VERDICT_CASES = [
+    VerdictCase(
+        "unhealthy",
+        three_free_clusters(),
+        demand(),
+        {"a": (False, 0, "unhealthy"), "b": (True, 1, None), "c": (True, 0, "not_needed")},
+        ("a", "unhealthy"),
+        infos=clusters("a", "b", "c", down=("a",)),
+    ),
+    VerdictCase(
+        "selector mismatch",
+        three_free_clusters(),
+        demand(),
+        {"a": (False, 0, "selector_mismatch"), "b": (True, 1, None), "c": (False, 0, "selector_mismatch")},
+        ("a", "its labels (region=eu, tier=dev) do not match the clusterSelector"),
+        policy=Policy(match_labels=(("tier", "prod"),)),
+        infos=clusters("a", "b", "c", labels=REGIONS),
+    ),
+    VerdictCase(
+        "no acceptable GPU type",
+        fleet(gpu("a", "n1", A100), gpu("b", "n1", H100), cpu("c", "n1")),
+        demand(types=(H100,)),
+        {"a": (True, 0, "no_acceptable_gpu_type"), "b": (True, 1, None), "c": (True, 0, "no_acceptable_gpu_type")},
+        ("a", f"no usable node has {H100} (it has {A100})"),
+    ),
+    VerdictCase(
+        "CPU-only replicas and a cluster without a node without GPUs",
+        fleet(gpu("a", "n1"), cpu("b", "n1")),
+        demand(gpus=0, cpu_m=1_000),
+        {"a": (True, 0, "no_acceptable_gpu_type"), "b": (True, 1, None)},
+        ("a", "no usable node without GPUs"),
+    ),
+    VerdictCase(
+        "GPU memory below the minMemory floor, even when the decision places elsewhere",
+        fleet(gpu("a", "n1", A100_40), gpu("b", "n1", H100)),
+        demand(min_gpu_memory_gib=80),
+        {"a": (True, 0, "gpu_memory_below_floor"), "b": (True, 1, None)},
+        ("a", f"its {A100_40} GPUs have 40Gi, below the minMemory of 80Gi"),
+    ),
+    VerdictCase(
+        "no node with k free GPUs: 2 + 2 free is not 4 on one node",
+        fleet(gpu("a", "n1", free=2), gpu("a", "n2", free=2), gpu("b", "n1", free=4)),
+        demand(gpus=4),
+        {"a": (True, 0, "no_node_with_room"), "b": (True, 1, None)},
+        ("a", "the roomiest, n1, has 2 × NVIDIA-A100-SXM4-80GB GPU(s)"),
+    ),
+    VerdictCase(
+        "maxClusters reached",
+        three_free_clusters(free=4),
+        demand(replicas=3, gpus=4),
+        {"a": (True, 1, None), "b": (True, 1, None), "c": (True, 0, "max_clusters_reached")},
+        ("c", "maxClusters is 2, taken by a, b"),
+        policy=Policy(max_clusters=2),
+    ),
+    VerdictCase(
+        "maxClusters lowered: the released share says so",
+        three_free_clusters(),
+        demand(replicas=3),
+        {"a": (True, 2, None), "b": (True, 1, None), "c": (True, 0, "max_clusters_reached")},
+        ("c", "its 1 replica(s) released: maxClusters is 2"),
+        policy=Policy(max_clusters=2),
+        current=(share("a", A100, n1=1), share("b", A100, n1=1), share("c", A100, n1=1)),
+    ),
+    VerdictCase(
+        "allowSplit false: the deployment lives in one cluster",
+        fleet(gpu("a", "n1", free=4), gpu("b", "n1", free=8)),
+        demand(replicas=3, gpus=4),
+        {"a": (True, 0, "split_not_allowed"), "b": (True, 2, None)},
+        ("a", "allowSplit is false and the deployment lives in b"),
+        policy=Policy(allow_split=False),
+    ),
+    VerdictCase(
+        "not needed: the preferred cluster holds every replica",
+        three_free_clusters(),
+        demand(replicas=2),
+        {"a": (True, 2, None), "b": (True, 0, "not_needed"), "c": (True, 0, "not_needed")},
+        ("b", "clusters before it in the preference order hold every replica"),
+    ),
+    VerdictCase(
+        "not needed: replicas unchanged, the placement kept",
+        three_free_clusters(),
+        demand(replicas=1),
+        {"a": (True, 0, "not_needed"), "b": (True, 1, None), "c": (True, 0, "not_needed")},
+        ("a", "the replicas already placed elsewhere are enough"),
+        current=(share("b", A100, n1=1),),
+    ),
+]
+
+
+def verdicts_of(case: VerdictCase) -> tuple[Decision, dict[str, ClusterVerdict]]:
+    infos = case.infos if case.infos is not None else clusters_of(case.capacity)
+    decision = place(case.demand, clusters=infos, capacity=case.capacity, policy=case.policy, current=case.current)
+    verdicts = decision.verdicts()
+    assert [v.cluster for v in verdicts] == sorted(i.name for i in infos)  # every cluster, once, in name order
+    return decision, {v.cluster: v for v in verdicts}
+
+
+@pytest.mark.parametrize("case", VERDICT_CASES, ids=[c.id for c in VERDICT_CASES])
+def test_verdicts(case: VerdictCase) -> None:
+    decision, verdicts = verdicts_of(case)
+
+    assert {c: (v.eligible, v.replicas, v.reason) for c, v in verdicts.items()} == case.expected
+    assert {c: v.replicas for c, v in verdicts.items() if v.replicas} == {
+        s.cluster: s.replicas for s in decision.shares
+    }
+    cluster, text = case.detail
+    assert text in verdicts[cluster].detail, verdicts[cluster].detail
+
+
+def test_every_reason_code_has_a_verdict_case() -> None:
+    covered = {reason for case in VERDICT_CASES for _, _, reason in case.expected.values()}
+    # unschedulable is reconcile's to give (tests/unit/test_reconcile.py)
+    assert covered | {"unschedulable", None} == set(get_args(PassOverReason)) | {None}
+
+
+def test_released_shares_are_data_with_a_reason() -> None:
+    capacity = three_free_clusters()
+    infos = clusters("a", "b", "c", labels=REGIONS)
+
+    decision = place(
+        demand(replicas=2),
+        clusters=infos,
+        capacity=capacity,
+        policy=Policy(match_expressions=(Requirement("region", "In", ("us",)),), max_clusters=1),
+        current=(share("a", A100, n1=1), share("b", A100, n1=1), share("c", A100, n1=1)),
+    )
+
+    assert [(r.cluster, r.replicas, r.reason, r.detail) for r in decision.released] == [
+        ("a", 1, "selector_mismatch", "its labels (region=eu, tier=dev) do not match the clusterSelector"),
+        ("c", 1, "max_clusters_reached", "maxClusters is 1"),
+    ]
+    assert placed(decision) == {"b": (A100, {"n1": 2})}
+
+
+def test_a_listed_type_too_small_for_the_floor_is_not_called_no_room() -> None:
+    capacity = fleet(gpu("a", "n1", A100_40), gpu("b", "n1", H100))
+
+    decision = place(
+        demand(types=(A100_40, H100), min_gpu_memory_gib=80),
+        clusters=clusters_of(capacity),
+        capacity=capacity,
+        policy=Policy(),
+    )
+
+    assert placed(decision) == {"b": (H100, {"n1": 1})}
+    assert f"no {A100_40} has the minMemory of 80Gi per GPU (they have 40Gi)" in decision.reasons
+    assert f"no room on {A100_40}" not in decision.reasons

@@ -233,6 +233,31 @@ def test_same_input_same_output_whatever_the_cluster_order_or_remembered_data(sc
     assert again == first
     assert reordered == first
     assert fresh == first
+    assert again.verdicts() == reordered.verdicts() == fresh.verdicts() == first.verdicts()
+
+
+@FAST
+@given(scenarios())
+def test_verdicts_name_every_cluster_once_and_tell_the_truth_about_its_nodes(scenario: tuple) -> None:
+    the_demand, capacity, infos, policy, current = scenario
+
+    decision = decide(the_demand, capacity, infos, policy, current)
+    verdicts = decision.verdicts()
+
+    assert [v.cluster for v in verdicts] == sorted(c.name for c in infos)
+    placed_in = {s.cluster: s.replicas for s in decision.shares}
+    for info, verdict in zip(sorted(infos, key=lambda c: c.name), verdicts, strict=True):
+        assert verdict.eligible == (info.healthy and policy.selects(info.labels))
+        assert verdict.replicas == placed_in.get(info.name, 0)
+        assert (verdict.reason is None) == (verdict.replicas > 0)
+        if verdict.reason in ("no_acceptable_gpu_type", "gpu_memory_below_floor", "no_node_with_room"):
+            # What a cluster's nodes could not offer is judged against the capacity the decision was given.
+            assert all(fits_on(node, the_demand) == 0 for node in capacity.nodes(info.name)), verdict
+        if verdict.reason == "not_needed":
+            assert decision.placed == the_demand.replicas
+    released = {r.cluster for r in decision.released}
+    assert released <= {s.cluster for s in current}
+    assert not released & placed_in.keys()
 
 
 @FAST

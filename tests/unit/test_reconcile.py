@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from api.events import decode_event, encode_event
 from api.models import NetworkPolicySpec
 from api.plans import DeploymentRef, StatusPlan, WorkloadPlan
 from planner.capacity import NodeFacts, free_capacity
@@ -308,3 +309,63 @@ def test_a_plan_that_replaces_the_pods_says_waiting_until_the_workload_runs_it()
     rolling = reconcile(_catching_up(_ready_with(first, port=9000), first, newer))
     assert workload_plans(rolling) == {}
     assert status_plan(rolling).status.ready == "WaitingForReplicas"
+
+
+def test_a_decision_carries_a_typed_verdict_for_every_cluster() -> None:
+    decided = reconcile(inputs()).decided
+
+    assert decided is not None
+    assert [(v.cluster, v.eligible, v.replicas, v.reason) for v in decided.verdicts] == [
+        ("a100", True, 1, None),
+        ("cpu", True, 0, "no_acceptable_gpu_type"),
+        ("mixed", True, 0, "not_needed"),
+    ]
+    assert decode_event(encode_event(decided)) == decided  # data on the wire and in the log, not prose
+
+
+def test_a_share_released_by_max_clusters_keeps_running_until_its_replacement_is_ready() -> None:
+    spec = {"placement": {"maxClusters": 1}}
+    first = reconcile(inputs(deployment=deployment(replicas=2)))
+    plan = workload_plans(first)["a100"]
+    known = replace(
+        deployment(replicas=2, **spec),
+        plan_sequence=2,
+        last_outcome="Placed",
+        last_status=status_plan(first).status.wire(),
+    )
+    mixed = replace(placed("mixed", 1, plan), gpu_type="NVIDIA-H100-80GB-HBM3")
+    # After the origin, clusters rank by name: a100 stays (and takes both replicas), mixed is released.
+    outcome = reconcile(
+        inputs(deployment=known, placements=[placed("a100", 1, plan), mixed], last_plans={"a100": plan})
+    )
+
+    assert outcome.decided is not None
+    assert [(r.cluster, r.replicas, r.reason) for r in outcome.decided.released] == [
+        ("mixed", 1, "max_clusters_reached")
+    ]
+    assert {s.cluster: (s.role, s.replicas) for s in outcome.decided.shares} == {
+        "a100": ("active", 2),
+        "mixed": ("retiring", 1),
+    }
+    verdict = next(v for v in outcome.decided.verdicts if v.cluster == "mixed")
+    assert (verdict.reason, verdict.detail) == ("max_clusters_reached", "its 1 replica(s) released: maxClusters is 1")
+
+
+def test_a_cluster_whose_scheduler_left_every_replica_pending_is_passed_over_as_unschedulable() -> None:
+    first = reconcile(inputs())
+    plan = workload_plans(first)["a100"]
+    known = replace(deployment(), plan_sequence=2, last_outcome="Placed", last_status=status_plan(first).status.wire())
+
+    stuck = reconcile(
+        inputs(
+            deployment=known,
+            placements=[placed("a100", 1, plan)],
+            last_plans={"a100": plan},
+            scheduling={"a100": (0, 1)},
+        )
+    )
+
+    assert stuck.decided is not None
+    verdicts = {v.cluster: (v.replicas, v.reason, v.detail) for v in stuck.decided.verdicts}
+    assert verdicts["a100"] == (0, "unschedulable", "1 replica(s) left Pending by its scheduler: placed elsewhere")
+    assert verdicts["mixed"][:2] == (1, None)
