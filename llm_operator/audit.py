@@ -380,8 +380,8 @@ def _print_verdicts(decision: PlacementDecided) -> None:
         out.print("clusters considered: not recorded (the decision predates per-cluster verdicts; see the reasons)")
     for released in decision.released:
         out.print(
-            f"released: cluster {released.cluster} ({released.replicas} replica(s), kept running until their "
-            f"replacement is ready): {released.reason} — {released.detail}"
+            f"released: cluster {released.cluster} ({released.replicas} replica(s)): {released.reason} — "
+            f"{released.detail}"
         )
 
 

@@ -32,6 +32,11 @@ tests/unit/test_placement_properties.py):
   min(replicas, Σ over eligible clusters of what their roomiest acceptable product holds). When replicas are
   missing the message says how many, what one replica needs, and the best that is left (the largest free block
   of an acceptable type, and of any type), so a user can act.
+- Verdicts: a decision says, for every cluster of the fleet, whether the policy admits it, what it holds, and
+  when it holds nothing, why, as a typed reason code with a detail (`Decision.verdicts`, `PassOverReason` in
+  api/events.py: unhealthy, selector mismatch, no acceptable GPU type, GPU memory below the minMemory floor, no
+  node with room, maxClusters, allowSplit, not needed); the shares it let go of because of the policy are data
+  too (`Decision.released`), never prose to parse back.
 No I/O, no clock, no randomness: the same input gives the same decision, whatever the order of `clusters`. Speed:
 which clusters have room for a block of k GPUs, and where a shape fits in a cluster, are remembered by the
 FleetCapacity (see planner/capacity.py) and kept up to date as decisions take capacity, so a decision reads the
