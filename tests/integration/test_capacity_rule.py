@@ -170,7 +170,8 @@ async def test_planner_view_status_and_as_of_give_the_same_free_gpus(engine: Asy
     expected = {
         # Only gpu-2 counts: 6 GPUs requested there (4 ours, 2 someone else's), nothing reserved (the replica
         # expected there is bound); the 2 replicas still outstanding are held on cordoned gpu-1, which does not
-        # count, nor do NotReady gpu-3 and tainted gpu-4 and gpu-5. (The old view said 5 nodes, 40 GPUs, 26 free.)
+        # count, nor do NotReady gpu-3 and tainted gpu-4 and gpu-5. (The view of migration 0002 said 5 nodes, 40 GPUs,
+        # 10 allocated, 22 free.)
         ("a100", A100): (80.0, 1, 8, 6, 0, 2, 4, 32),
         ("h100", H100): (80.0, 1, 8, 0, 0, 8, 0, 0),
     }
