@@ -288,7 +288,6 @@ def _emit(
         plans.append(_workload_plan(inputs, dep.generation, share.cluster, sequence, intent))
     decided = None
     if changed:
-        demand = demand_of(inputs.ref.key, dep.origin, desired, model)
         decided = _decision_event(
             inputs,
             generation=dep.generation,
@@ -298,7 +297,7 @@ def _emit(
             reasons=decision.reasons,
             message=message,
             sequence=sequence,
-            replica=(demand.gpus, demand.cpu_m, demand.memory_bytes),
+            demand=demand_of(inputs.ref.key, dep.origin, desired, model),
             inputs_summary=_inputs_summary(inputs, decision),
             verdicts=_verdicts(decision, unschedulable),
             released=decision.released,
@@ -496,7 +495,7 @@ def _decision_event(
     reasons: Sequence[str],
     message: str,
     sequence: int,
-    replica: tuple[int, int, int] = (0, 0, 0),
+    demand: Demand | None = None,
     inputs_summary: Mapping[str, Any] | None = None,
     verdicts: Sequence[ClusterVerdict] = (),
     released: Sequence[ReleasedShare] = (),
@@ -505,7 +504,6 @@ def _decision_event(
     deployment apart (what was decided, by which epoch, after which plan, at which step), so a step that is run
     again gives the same id, and no two different decisions share one (the store keeps the first of an id)."""
     fingerprint = "|".join(f"{s.cluster}:{s.replicas}:{s.role}" for s in shares)
-    gpus, cpu_m, memory_bytes = replica
     return PlacementDecided(
         event_id=deterministic_id(
             "decided",
@@ -526,9 +524,10 @@ def _decision_event(
         desired_replicas=desired,
         outcome=outcome,
         shares=list(shares),
-        replica_gpus=gpus,
-        replica_cpu_m=cpu_m,
-        replica_memory_bytes=memory_bytes,
+        # What each planned, not yet running replica reserves (nothing, for a decision that places nothing).
+        replica_gpus=demand.gpus if demand else 0,
+        replica_cpu_m=demand.cpu_m if demand else 0,
+        replica_memory_bytes=demand.memory_bytes if demand else 0,
         reasons=list(reasons),
         message=message,
         inputs=dict(inputs_summary or {}),
