@@ -64,6 +64,13 @@ async def test_history_explain_reports_and_rebuild_after_a_realistic_run(
     assert decision["outcome"] == "Placed"
     assert [(s["cluster"], s["replicas"]) for s in decision["shares"]] == [(operator.cluster("cpu"), 3)]
     assert set(decision["inputs"]["clusters"]) == {c.name for c in operator.members_list}
+    # Every cluster is named with what the decision made of it; the seed model needs no GPU, and mixed has only
+    # GPU nodes.
+    verdicts = {v["cluster"]: v for v in decision["verdicts"]}
+    assert set(verdicts) == {c.name for c in operator.members_list}
+    assert (verdicts[operator.cluster("cpu")]["replicas"], verdicts[operator.cluster("cpu")]["reason"]) == (3, None)
+    assert all(v["reason"] for name, v in verdicts.items() if name != operator.cluster("cpu")), verdicts
+    assert verdicts[operator.cluster("mixed")]["reason"] == "no_acceptable_gpu_type"
 
     rows = list(csv.DictReader(io.StringIO(await cli(operator, "report", "placements", "--csv"))))
     assert [(r["name"], r["cluster"], r["replicas"], r["ready_replicas"]) for r in rows] == [
@@ -74,6 +81,8 @@ async def test_history_explain_reports_and_rebuild_after_a_realistic_run(
         (operator.cluster("a100"), "NVIDIA-A100-SXM4-80GB"),
         (operator.cluster("mixed"), "NVIDIA-H100-80GB-HBM3"),
     }
+    # The fleet's kwok nodes carry only the taints real GPU nodes carry: every one of them counts.
+    assert all(r["unusable_nodes"] == "0" for r in capacity), capacity
     churn = list(csv.DictReader(io.StringIO(await cli(operator, "report", "churn", "--csv"))))
     assert [(r["name"], r["replicas_added"]) for r in churn] == [("chat-service", "3")]
 
