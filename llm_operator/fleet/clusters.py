@@ -706,7 +706,15 @@ def _converge_nodes(toolchain: Toolchain, cluster: MemberCluster, nodes: Sequenc
         for name, n in live.items()
         if name not in wanted and n["metadata"].get("labels", {}).get(MANAGED_BY_LABEL) == MANAGED_BY
     ]
-    delete_nodes(toolchain=toolchain, cluster=cluster, names=stale)
+    # spec.podCIDR can be set once but never changed: a node whose range moved is made again.
+    moved = [
+        n.name
+        for n in nodes
+        if n.name in live and (live[n.name].get("spec", {}).get("podCIDR") or n.pod_cidr) != n.pod_cidr
+    ]
+    for name in moved:
+        live.pop(name)
+    delete_nodes(toolchain=toolchain, cluster=cluster, names=stale + moved)
     # Applying costs two kubectl round trips per cluster; on a reused fleet nothing has changed.
     changed = [n for n in nodes if not _node_matches(live.get(n.name), node_manifest(n))]
     apply_nodes(toolchain=toolchain, cluster=cluster, nodes=changed, wait=False)
@@ -730,6 +738,7 @@ def _node_matches(live: Mapping[str, Any] | None, want: Mapping[str, Any]) -> bo
         labels == want_meta["labels"]
         and all(annotations.get(k) == v for k, v in want_meta["annotations"].items())
         and taints == want_taints
+        and live.get("spec", {}).get("podCIDR") == want["spec"].get("podCIDR")
         and status.get("capacity") == want["status"]["capacity"]
         and status.get("allocatable") == want["status"]["allocatable"]
     )
