@@ -55,6 +55,7 @@ from llm_operator.fleet.versions import ETCD_VERSION, KUBERNETES_VERSION, KWOK_V
 Progress = Callable[[str], None]
 
 FIELD_MANAGER = "llm-operator-fleet"
+POD_CIDR_MANAGER = "llm-operator-fleet-podcidr"
 MARKER = "llm-operator-fleet.json"  # written into kwokctl's directory of each cluster fleet_up manages
 KWOKCTL_CONFIG = "llm-operator-kwokctl.yaml"
 LOCK = ".llm-operator-fleet.lock"
@@ -323,9 +324,20 @@ def apply_nodes(
     if not nodes:
         return
     since = time.time()
-    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": [node_manifest(n) for n in nodes]})
+    manifests = [node_manifest(n) for n in nodes]
+    # spec.podCIDR is set once and never changed: it has a field manager of its own, so that an apply of the
+    # rest (by this or an older version of this code, which knows no podCIDR) never tries to remove it.
+    cidrs = [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": m["metadata"]["name"]}, "spec": {"podCIDR": cidr}}
+        for m in manifests
+        if (cidr := m["spec"].pop("podCIDR", None))
+    ]
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
     ssa = ("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-")
     kubectl(toolchain, cluster, *ssa, input=doc)
+    if cidrs:
+        cidr_ssa = ("apply", "--server-side", "--force-conflicts", f"--field-manager={POD_CIDR_MANAGER}", "-f", "-")
+        kubectl(toolchain, cluster, *cidr_ssa, input=json.dumps({"apiVersion": "v1", "kind": "List", "items": cidrs}))
     kubectl(toolchain, cluster, *ssa, "--subresource=status", input=doc)
     if wait:
         _wait_nodes_ready(
