@@ -10,7 +10,11 @@ with the plans the planner would issue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import subprocess
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -255,3 +259,99 @@ def test_with_the_mcs_api_the_serving_cluster_exports_and_the_origin_names_the_c
     service = json.loads(fleet.kubectl("cpu", "get", "service", "chat", "-n", namespace, "-o", "json").stdout)
     assert service["spec"]["type"] == "ExternalName"
     assert service["spec"]["externalName"] == f"chat.{namespace}.svc.clusterset.local"
+
+
+class Stream:
+    """A continuous request stream through the origin's Service: each request resolves the EndpointSlices afresh
+    (as a kube-proxy watching them would route it) and goes to the next endpoint in turn."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.results: list[tuple[float, str | None]] = []  # (monotonic time, cluster that answered or None)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        turn = 0
+        while not self.stop.is_set():
+            at = time.monotonic()
+            try:
+                targets = self.origin.targets()
+                address, port = targets[turn % len(targets)]
+                turn += 1
+                status, headers, _ = post_json(f"http://{address}:{port}/v1/completions", {"prompt": "x"}, timeout=2)
+                answered = headers[SERVED_BY_HEADER].split("/", 1)[0] if status == 200 else None
+            except (OSError, IndexError, KeyError, subprocess.SubprocessError):
+                answered = None
+            self.results.append((at, answered))
+
+    def __enter__(self) -> Stream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+    def wait_answers(self, fleet: Fleet, cluster: str, *, after: float, count: int) -> None:
+        """Wait until ``count`` requests sent after ``after`` were answered by ``cluster``."""
+
+        def enough() -> bool | None:
+            return True if sum(1 for t, ok in list(self.results) if t > after and ok == cluster) >= count else None
+
+        fleet.poll_until(enough, timeout=TIMEOUT_S, what=f"{count} requests answered by {cluster}")
+
+    def failed_window(self, since: float) -> float:
+        """Seconds from ``since`` to the first success after the last failure after it (0 if none failed)."""
+        after = [(t, ok) for t, ok in self.results if t >= since]
+        failures = [t for t, ok in after if ok is None]
+        if not failures:
+            return 0.0
+        recovered = next((t for t, ok in after if ok is not None and t > failures[-1]), after[-1][0])
+        return recovered - since
+
+
+def test_when_the_serving_cluster_is_lost_requests_move_to_the_new_cluster_through_the_same_service(
+    fleet: Fleet, namespace: str, emulator: StartEmulator
+) -> None:
+    """The applier's share of a failover, measured: the serving cluster's replicas stop answering (its loss is
+    detected at that instant here; the planner's detection time adds to it), the endpoints the planner would
+    issue (``follow`` with the lost cluster unhealthy) are applied, and a continuous stream of requests through the
+    origin's Service moves to the new cluster."""
+    origin = Origin(fleet, namespace)
+    emu = emulator(namespaces=[namespace], clusters=["a100", "mixed"])
+    a100 = _run_replicas(fleet, "a100", origin.origin, namespace, 1)
+    mixed = _run_replicas(fleet, "mixed", origin.origin, namespace, 1)
+    emu.wait_for_replicas(lambda rs: len(rs) == 2, timeout=TIMEOUT_S, what="both replicas served")
+    names = {role: fleet.clusters[role].name for role in ("a100", "mixed")}
+    serving = follow([], [a100], origin=origin.origin)
+    assert origin.apply("cpu", origin.plan("cpu", "origin", serving=serving)).outcome == "Applied"
+    moved_s: list[float] = []
+    windows: list[float] = []
+    lost_role, new_role = "a100", "mixed"
+    replicas = {"a100": a100, "mixed": mixed}
+    for _ in range(3):
+        with Stream(origin) as stream:
+            stream.wait_answers(fleet, names[lost_role], after=0.0, count=1)
+            lost_at = time.monotonic()
+            for pod in [r for r in emu.replicas() if r["cluster"] == names[lost_role]]:
+                emu.set_behaviour(pod["served_by"], "unavailable")
+            lost = dataclasses.replace(replicas[lost_role], healthy=False)
+            serving = follow(serving, [lost, replicas[new_role]], origin=origin.origin)
+            assert [s.cluster for s in serving] == [names[new_role]]
+            assert origin.apply("cpu", origin.plan("cpu", "origin", serving=serving)).outcome == "Applied"
+            moved = time.monotonic() - lost_at
+            stream.wait_answers(fleet, names[new_role], after=lost_at + moved, count=5)
+        after = [ok for t, ok in stream.results if t > lost_at + moved]
+        assert after and set(after) <= {names[new_role], None}
+        moved_s.append(moved)
+        windows.append(stream.failed_window(lost_at))
+        for pod in [r for r in emu.replicas() if r["cluster"] == names[lost_role]]:
+            emu.set_behaviour(pod["served_by"], "ok")
+        lost_role, new_role = new_role, lost_role
+    print(
+        f"\nendpoints moved after the loss: {', '.join(f'{s:.2f}s' for s in moved_s)}; "
+        f"longest window of failed requests: {', '.join(f'{w:.2f}s' for w in windows)}"
+    )
+    # The window is the applier's apply plus the client's next resolution: seconds at most on this machine.
+    assert max(windows) < 10
