@@ -16,8 +16,8 @@ from functools import partial
 import anyio
 
 from api.events import ClusterHeartbeat, ObservedKind, deterministic_id, encode_event
-from api.network import ClusterNetwork
 from api.labels import LABEL_MANAGED_BY, MANAGED_BY
+from api.network import ClusterNetwork
 from bus.connection import JetStream
 from bus.errors import BusUnavailable
 from bus.publish import publish
