@@ -14,6 +14,11 @@ Each replica serves:
   ``model_name`` and ``engine`` as vLLM does.
 - ``GET /health`` and ``GET /v1/models``.
 
+LoadBalancer Services whose ``status.loadBalancer.ingress`` IP lies in the pod network (kwok has no cloud
+controller; whoever plays one writes that status, e.g. with an address from ``spec.load_balancer_ip``) are served
+too: each request to ``<ingress IP>:<port>`` goes to the next replica the Service selects, as a cloud load
+balancer would send it.
+
 Latency model (``LatencyModel``, pure): time to first token grows with the requests in flight on the replica;
 requests above the batch size wait (``num_requests_waiting``). A replica can be told to misbehave
 (``Behaviour``): garbage metrics, metrics slower than any scrape timeout, or 503 on every request.
@@ -182,10 +187,54 @@ class Endpoint:
     ip: str
     port: int
     model_name: str
+    port_name: str = ""
 
     @property
     def served_by(self) -> str:
         return f"{self.cluster}/{self.namespace}/{self.pod}"
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """One port of a LoadBalancer Service's ingress address: what a cloud load balancer would serve."""
+
+    cluster: str
+    namespace: str
+    service: str
+    ip: str
+    port: int
+    selector: tuple[tuple[str, str], ...]
+    target: int | str
+
+    @property
+    def name(self) -> str:
+        return f"{self.cluster}/{self.namespace}/service/{self.service}"
+
+
+def service_frontends(cluster: str, svc: Mapping[str, Any], *, serves: Callable[[str], bool]) -> list[Frontend]:
+    """PURE: the frontends of a LoadBalancer Service whose ingress IPs ``serves`` accepts (kwok has no cloud
+    controller: whoever plays it writes ``status.loadBalancer.ingress``). Malformed input yields none."""
+    meta, spec, status = (svc.get(k) or {} for k in ("metadata", "spec", "status"))
+    if not all(isinstance(x, Mapping) for x in (meta, spec, status)) or spec.get("type") != "LoadBalancer":
+        return []
+    name, namespace, selector = meta.get("name"), meta.get("namespace"), spec.get("selector")
+    if not isinstance(name, str) or not isinstance(namespace, str) or not isinstance(selector, Mapping) or not selector:
+        return []
+    lb = status.get("loadBalancer") or {}
+    ingress = lb.get("ingress") if isinstance(lb, Mapping) else None
+    ips = [i.get("ip") for i in ingress or [] if isinstance(i, Mapping)]
+    pairs = tuple(sorted((str(k), str(v)) for k, v in selector.items()))
+    out: list[Frontend] = []
+    for ip in ips:
+        if not isinstance(ip, str) or not serves(ip):
+            continue
+        for port in spec.get("ports") or []:
+            if not isinstance(port, Mapping) or port.get("protocol", "TCP") != "TCP":
+                continue
+            number, target = port.get("port"), port.get("targetPort", port.get("port"))
+            if isinstance(number, int) and 0 < number < 65536 and isinstance(target, int | str):
+                out.append(Frontend(cluster, namespace, name, ip, number, pairs, target))
+    return out
 
 
 def pod_endpoints(cluster: str, pod: Mapping[str, Any], *, serves: Callable[[str], bool]) -> list[Endpoint]:
@@ -213,9 +262,10 @@ def pod_endpoints(cluster: str, pod: Mapping[str, Any], *, serves: Callable[[str
         for port in container.get("ports") or []:
             if not isinstance(port, Mapping) or port.get("protocol", "TCP") != "TCP":
                 continue
-            number = port.get("containerPort")
+            number, port_name = port.get("containerPort"), port.get("name")
             if isinstance(number, int) and 0 < number < 65536:
-                out.append(Endpoint(cluster, namespace, name, ip, number, model_name))
+                named = port_name if isinstance(port_name, str) else ""
+                out.append(Endpoint(cluster, namespace, name, ip, number, model_name, named))
     return out
 
 
@@ -247,7 +297,11 @@ class Server:
         self.runners: dict[Endpoint, Any] = {}
         self.wanted: dict[str, set[Endpoint]] = {}  # cluster -> endpoints its pods ask for
         self.behaviours: dict[str, Behaviour] = {}  # served_by (or "*") -> behaviour
-        self.bind_errors: dict[Endpoint, str] = {}
+        self.pod_labels: dict[tuple[str, str, str], dict[str, str]] = {}  # (cluster, namespace, pod) -> labels
+        self.frontends_wanted: dict[str, set[Frontend]] = {}
+        self.frontends: dict[Frontend, Any] = {}  # -> runner
+        self.turns: dict[Frontend, int] = {}
+        self.bind_errors: dict[Endpoint | Frontend, str] = {}
 
     # ---- the replicas' HTTP API (one application per replica: removing it closes its connections too)
 
@@ -360,12 +414,66 @@ class Server:
     async def stop(self) -> None:
         for ep in list(self.runners):
             await self._release(ep)
+        for runner in self.frontends.values():
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        self.frontends.clear()
 
     def set_pods(self, cluster: str, pods: Iterable[Mapping[str, Any]]) -> None:
         wanted: set[Endpoint] = set()
+        self.pod_labels = {k: v for k, v in self.pod_labels.items() if k[0] != cluster}
         for pod in pods:
-            wanted.update(pod_endpoints(cluster, pod, serves=self.serves))
+            found = pod_endpoints(cluster, pod, serves=self.serves)
+            wanted.update(found)
+            if found:
+                labels = (pod.get("metadata") or {}).get("labels") or {}
+                self.pod_labels[(cluster, found[0].namespace, found[0].pod)] = dict(labels)
         self.wanted[cluster] = wanted
+
+    def set_services(self, cluster: str, services: Iterable[Mapping[str, Any]]) -> None:
+        wanted: set[Frontend] = set()
+        for svc in services:
+            wanted.update(service_frontends(cluster, svc, serves=self.serves))
+        self.frontends_wanted[cluster] = wanted
+
+    def backend(self, frontend: Frontend) -> Replica | None:
+        """The next replica behind a frontend, in turn (a load balancer's round robin)."""
+        selector = dict(frontend.selector)
+        candidates = sorted(
+            (
+                r
+                for r in self.replicas.values()
+                if (ep := r.endpoint).cluster == frontend.cluster
+                and ep.namespace == frontend.namespace
+                and frontend.target in (ep.port, ep.port_name)
+                and selector.items() <= self.pod_labels.get((ep.cluster, ep.namespace, ep.pod), {}).items()
+            ),
+            key=lambda r: r.endpoint.served_by,
+        )
+        if not candidates:
+            return None
+        turn = self.turns.get(frontend, 0)
+        self.turns[frontend] = turn + 1
+        return candidates[turn % len(candidates)]
+
+    def frontend_app(self, frontend: Frontend) -> Any:
+        from aiohttp import web
+
+        def forward(handler: Callable[[Replica, Any], Any]) -> Callable[[Any], Any]:
+            async def handle(request: Any) -> Any:
+                replica = self.backend(frontend)
+                if replica is None:
+                    raise web.HTTPServiceUnavailable(text=f"no backend for {frontend.name}")
+                return await handler(replica, request)
+
+            return handle
+
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post("/v1/completions", forward(self._completions))
+        app.router.add_post("/v1/chat/completions", forward(self._completions))
+        app.router.add_get("/health", forward(self._health))
+        app.router.add_get("/v1/models", forward(self._models))
+        return app
 
     async def reconcile(self) -> None:
         """Bind what the pods want and is not bound, release what no pod wants (bind failures retry later)."""
@@ -392,6 +500,31 @@ class Server:
             self.runners[ep] = runner
             self.replicas[(ep.ip, ep.port)] = replica
             logger.info("serving %s on %s:%d", ep.served_by, ep.ip, ep.port)
+        await self._reconcile_frontends()
+
+    async def _reconcile_frontends(self) -> None:
+        from aiohttp import web
+
+        wanted: set[Frontend] = set().union(*self.frontends_wanted.values()) if self.frontends_wanted else set()
+        for fe in [f for f in self.frontends if f not in wanted]:
+            runner = self.frontends.pop(fe)
+            self.turns.pop(fe, None)
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        for fe in sorted(wanted - set(self.frontends), key=lambda f: (f.name, f.ip, f.port)):
+            try:
+                sock = await asyncio.to_thread(_listen, self.netns, fe.ip, fe.port)
+            except OSError as e:
+                self.bind_errors[fe] = str(e)
+                continue
+            self.bind_errors.pop(fe, None)
+            runner = web.AppRunner(
+                self.frontend_app(fe), access_log=None, handler_cancellation=True, shutdown_timeout=0.1
+            )
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+            self.frontends[fe] = runner
+            logger.info("load balancing %s on %s:%d", fe.name, fe.ip, fe.port)
 
     async def _release(self, ep: Endpoint) -> None:
         runner = self.runners.pop(ep)
@@ -458,39 +591,51 @@ async def _follow_pods(
 ) -> None:
     from kubeapi import RESOURCES
 
-    pods_r = RESOURCES["Pod"]
-    pods: dict[str | None, dict[tuple[str, str], Mapping[str, Any]]] = {}
-    versions: dict[str | None, str] = {}
-    for ns in scopes:
-        items, rv = await kube.list(pods_r, namespace=ns, label_selector=selector)
-        pods[ns] = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in items}
-        versions[ns] = rv
+    def pods(items: list[Mapping[str, Any]]) -> None:
+        server.set_pods(cluster, items)
 
-    def publish() -> None:
-        server.set_pods(cluster, [p for group in pods.values() for p in group.values()])
-        changed.set()
-
-    publish()
-
-    async def follow(ns: str | None) -> None:
-        group = pods[ns]
-        while True:
-            async for ev in kube.watch(pods_r, resource_version=versions[ns], namespace=ns, label_selector=selector):
-                meta = ev.object.get("metadata") or {}
-                if isinstance(meta.get("resourceVersion"), str):
-                    versions[ns] = meta["resourceVersion"]
-                if ev.type == "BOOKMARK":
-                    continue
-                key = (str(meta.get("namespace")), str(meta.get("name")))
-                if ev.type == "DELETED":
-                    group.pop(key, None)
-                else:
-                    group[key] = ev.object
-                publish()
+    def services(items: list[Mapping[str, Any]]) -> None:
+        server.set_services(cluster, items)
 
     async with asyncio.TaskGroup() as tg:
         for ns in scopes:
-            tg.create_task(follow(ns))
+            tg.create_task(_follow(kube, RESOURCES["Pod"], ns, selector, pods, changed))
+            tg.create_task(_follow(kube, RESOURCES["Service"], ns, None, services, changed))
+
+
+async def _follow(
+    kube: Any,
+    resource: Any,
+    namespace: str | None,
+    selector: str | None,
+    publish: Callable[[list[Mapping[str, Any]]], None],
+    changed: asyncio.Event,
+) -> None:
+    """List, then watch, one kind in one scope; ``publish`` gets every object after each change."""
+    items, version = await kube.list(resource, namespace=namespace, label_selector=selector)
+    objects: dict[tuple[str, str], Mapping[str, Any]] = {
+        (i["metadata"]["namespace"], i["metadata"]["name"]): i for i in items
+    }
+    publish(list(objects.values()))
+    changed.set()
+    while True:
+        async for ev in kube.watch(resource, resource_version=version, namespace=namespace, label_selector=selector):
+            meta = ev.object.get("metadata") or {}
+            if isinstance(meta.get("resourceVersion"), str):
+                version = meta["resourceVersion"]
+            if ev.type == "BOOKMARK":
+                continue
+            key = (str(meta.get("namespace")), str(meta.get("name")))
+            if ev.type == "DELETED":
+                objects.pop(key, None)
+            else:
+                objects[key] = ev.object
+            publish(list(objects.values()))
+            changed.set()
+
+
+def _label(what: Endpoint | Frontend) -> str:
+    return what.served_by if isinstance(what, Endpoint) else what.name
 
 
 async def _admin(server: Server, port: int) -> Any:
@@ -498,7 +643,11 @@ async def _admin(server: Server, port: int) -> Any:
 
     async def replicas(_: Any) -> Any:
         return web.json_response(
-            {"replicas": server.describe(), "bind_errors": {e.served_by: m for e, m in server.bind_errors.items()}}
+            {
+                "replicas": server.describe(),
+                "bind_errors": {_label(e): m for e, m in server.bind_errors.items()},
+                "frontends": [f"{f.name} {f.ip}:{f.port}" for f in server.frontends],
+            }
         )
 
     async def latency(request: Any) -> Any:

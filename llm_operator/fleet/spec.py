@@ -135,6 +135,21 @@ def node_pod_cidr(cluster_range: ipaddress.IPv4Network, index: int) -> str:
     raise ValueError(f"{cluster_range} has no /24 number {index}")
 
 
+LOAD_BALANCER_SUBNET = 255
+"""The /24 of a cluster's pod range that no node gets: addresses for emulated load balancers."""
+
+
+def load_balancer_ip(cluster: ClusterSpec, index: int) -> str:
+    """PURE: the ``index``-th (from 1) address for a LoadBalancer Service's ingress in ``cluster``: inside its
+    pod range, so the pod network serves it, and in the one /24 no node's pods use."""
+    if cluster.pod_cidr is None:
+        raise ValueError(f"cluster {cluster.name} has no pod range")
+    subnet = ipaddress.IPv4Network(node_pod_cidr(ipaddress.IPv4Network(cluster.pod_cidr), LOAD_BALANCER_SUBNET))
+    if not 1 <= index < subnet.num_addresses - 1:
+        raise ValueError(f"load balancer address {index} is outside 1..{subnet.num_addresses - 2}")
+    return str(subnet[index])
+
+
 def node_manifest(node: NodeSpec) -> dict[str, Any]:
     """A ``v1.Node`` for ``node``: capacity == allocatable, GFD labels and the GPU taint on GPU nodes."""
     labels: dict[str, str] = {

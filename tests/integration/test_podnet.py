@@ -100,3 +100,44 @@ async def test_the_emulator_serves_each_pod_and_stops_when_the_pod_goes(podnet: 
                     pass
     finally:
         await server.stop()
+
+
+async def test_a_load_balancer_frontend_spreads_requests_over_the_replicas_it_selects(podnet: PodNetwork) -> None:
+    server = Server(netns=podnet.name, serves=podnet.contains, model=LatencyModel(ttft_base_s=0.0))
+    await server.start()
+    try:
+        chat = [_pod(f"chat-{i}", f"10.244.2.{i + 10}") for i in range(2)]
+        other = _pod("other", "10.244.2.30")
+        for pod in chat:
+            pod["metadata"]["labels"] = {"app": "chat"}
+            pod["spec"]["containers"][0]["ports"][0]["name"] = "http"
+        server.set_pods("a100", [*chat, other])
+        server.set_services(
+            "a100",
+            [
+                {
+                    "metadata": {"name": "chat", "namespace": "ns"},
+                    "spec": {
+                        "type": "LoadBalancer",
+                        "selector": {"app": "chat"},
+                        "ports": [{"port": 80, "targetPort": "http"}],
+                    },
+                    "status": {"loadBalancer": {"ingress": [{"ip": "10.244.255.1"}]}},
+                }
+            ],
+        )
+        await server.reconcile()
+        async with aiohttp.ClientSession(trust_env=False) as http:
+            served = set()
+            for _ in range(4):
+                async with http.post("http://10.244.255.1:80/v1/completions", json={"prompt": "hi"}) as r:
+                    assert r.status == 200
+                    served.add(r.headers[SERVED_BY_HEADER])
+            assert served == {"a100/ns/chat-0", "a100/ns/chat-1"}
+            server.set_services("a100", [])
+            await server.reconcile()
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with http.post("http://10.244.255.1:80/v1/completions", json={}) as r:
+                    pass
+    finally:
+        await server.stop()

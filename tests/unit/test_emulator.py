@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_operator.fleet.emulator import TTFT_BUCKETS, LatencyModel, ReplicaStats, pod_endpoints, render_metrics
+from llm_operator.fleet.emulator import (
+    TTFT_BUCKETS,
+    LatencyModel,
+    ReplicaStats,
+    pod_endpoints,
+    render_metrics,
+    service_frontends,
+)
 
 
 def test_time_to_first_token_grows_with_the_requests_in_flight() -> None:
@@ -67,6 +74,7 @@ def _pod(**overrides: Any) -> dict[str, Any]:
 def test_running_pods_in_the_pod_network_are_served_on_their_tcp_ports() -> None:
     eps = pod_endpoints("a100", _pod(), serves=lambda ip: ip.startswith("10.244."))
     assert [(e.served_by, e.ip, e.port, e.model_name) for e in eps] == [("a100/ns/p", "10.244.0.5", 8000, "llama")]
+    assert eps[0].port_name == ""
 
 
 @pytest.mark.parametrize(
@@ -83,3 +91,38 @@ def test_running_pods_in_the_pod_network_are_served_on_their_tcp_ports() -> None
 )
 def test_other_or_malformed_pods_are_not_served(pod: dict[str, Any]) -> None:
     assert pod_endpoints("a100", pod, serves=lambda ip: ip.startswith("10.244.")) == []
+
+
+def _service(**overrides: Any) -> dict[str, Any]:
+    svc: dict[str, Any] = {
+        "metadata": {"name": "chat", "namespace": "ns"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "chat"}, "ports": [{"port": 80, "targetPort": "http"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.244.255.1"}, {"hostname": "lb.example.com"}]}},
+    }
+    svc.update(overrides)
+    return svc
+
+
+def test_load_balancer_services_with_an_ingress_in_the_pod_network_are_served() -> None:
+    (fe,) = service_frontends("a100", _service(), serves=lambda ip: ip.startswith("10.244."))
+    assert (fe.name, fe.ip, fe.port, fe.target, fe.selector) == (
+        "a100/ns/service/chat",
+        "10.244.255.1",
+        80,
+        "http",
+        (("app", "chat"),),
+    )
+
+
+@pytest.mark.parametrize(
+    "svc",
+    [
+        _service(spec={"type": "ClusterIP", "selector": {"app": "chat"}, "ports": [{"port": 80}]}),
+        _service(status={}),
+        _service(status={"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}),
+        _service(spec={"type": "LoadBalancer", "ports": [{"port": 80}]}),
+        _service(spec="garbage"),
+    ],
+)
+def test_other_services_get_no_frontend(svc: dict[str, Any]) -> None:
+    assert service_frontends("a100", svc, serves=lambda ip: ip.startswith("10.244.")) == []

@@ -8,7 +8,7 @@ import pytest
 
 from llm_operator.fleet import DEFAULT_FLEET, ClusterSpec, node_manifest
 from llm_operator.fleet.podnet import PodNetwork, pod_ranges, validate_pod_range
-from llm_operator.fleet.spec import FLEET_POD_RANGE, cpu_node
+from llm_operator.fleet.spec import FLEET_POD_RANGE, cpu_node, load_balancer_ip
 
 
 def test_every_default_cluster_has_its_own_private_range_and_every_node_a_slice_of_it() -> None:
@@ -62,3 +62,12 @@ def test_the_pod_network_serves_its_ranges_only() -> None:
         PodNetwork(ranges=())
     with pytest.raises(ValueError, match="15 characters"):
         PodNetwork(ranges=("10.244.0.0/16",), host_if="a-name-longer-than-15")
+
+
+def test_load_balancer_addresses_lie_in_the_cluster_range_but_in_no_nodes_slice() -> None:
+    a100 = DEFAULT_FLEET[0]
+    ip = load_balancer_ip(a100, 1)
+    assert ip == "10.244.255.1"
+    assert all(ipaddress.IPv4Address(ip) not in ipaddress.IPv4Network(n.pod_cidr or "") for n in a100.nodes)
+    with pytest.raises(ValueError, match="outside"):
+        load_balancer_ip(a100, 255)
