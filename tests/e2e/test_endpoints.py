@@ -30,6 +30,7 @@ from api.plans import DeploymentRef, EndpointsPlan, plan_id
 from applier.apply import ApplyResult
 from applier.endpoints import LABEL_SERVICE_NAME, execute_endpoints, resolve
 from llm_operator.fleet.emulator import SERVED_BY_HEADER, post_json
+from llm_operator.fleet.spec import load_balancer_ip
 from llm_operator.runtime import Member, connect_kube
 from planner.endpoints import ClusterReplicas, follow
 
@@ -355,3 +356,63 @@ def test_when_the_serving_cluster_is_lost_requests_move_to_the_new_cluster_throu
     )
     # The window is the applier's apply plus the client's next resolution: seconds at most on this machine.
     assert max(windows) < 10
+
+
+def test_an_exposed_serving_cluster_is_reached_through_its_load_balancer(
+    fleet: Fleet, namespace: str, emulator: StartEmulator
+) -> None:
+    """``exposed``: the serving cluster's Service is a LoadBalancer; the origin's slice points at its ingress
+    address. kwok has no cloud controller: the test plays it, writing the ingress (an address the pod network
+    serves) into the Service's status, and the emulator answers there as the load balancer would."""
+    origin = Origin(fleet, namespace)
+    emu = emulator(namespaces=[namespace], clusters=["a100"])
+    a100 = _run_replicas(fleet, "a100", origin.origin, namespace, 2)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "chat", "namespace": namespace},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {LABEL_DEPLOYMENT: "chat", LABEL_ORIGIN: origin.origin},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    fleet.kubectl("a100", "apply", "-f", "-", input=json.dumps(service))
+    ingress = load_balancer_ip(fleet.specs["a100"], 1 + uuid.uuid4().int % 250)
+    status = {"status": {"loadBalancer": {"ingress": [{"ip": ingress}]}}}
+    fleet.kubectl(
+        "a100",
+        "patch",
+        "service",
+        "chat",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+    emu.wait_for_replicas(lambda rs: len(rs) == 2, timeout=TIMEOUT_S, what="a100's replicas served")
+
+    exposed = dataclasses.replace(a100, network=ClusterNetwork(mode="exposed"), exposed=(ingress,), exposed_port=80)
+    serving = follow([], [exposed], origin=origin.origin)
+    assert serving == [
+        ServingEndpoints(cluster=fleet.clusters["a100"].name, mode="exposed", addresses=[ingress], port=80)
+    ]
+    assert origin.apply("cpu", origin.plan("cpu", "origin", serving=serving)).outcome == "Applied"
+    assert origin.targets() == [(ingress, 80)]
+
+    def through_the_load_balancer() -> set[str] | None:
+        served = set()
+        for _ in range(4):
+            try:
+                code, headers, _ = post_json(f"http://{ingress}:80/v1/completions", {"prompt": "hi"}, timeout=5)
+            except OSError:
+                return None  # the emulator has not bound the frontend yet
+            if code != 200:
+                return None
+            served.add(headers[SERVED_BY_HEADER])
+        return served
+
+    served = fleet.poll_until(through_the_load_balancer, timeout=TIMEOUT_S, what="the load balancer to answer")
+    assert len(served) == 2 and all(s.startswith(fleet.clusters["a100"].name + "/") for s in served)
