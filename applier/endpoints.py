@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from api.labels import (
@@ -37,7 +38,7 @@ from api.labels import (
 )
 from api.network import clusterset_name
 from api.plans import EndpointsPlan
-from applier.apply import ApplyResult, ensure_namespace
+from applier.apply import ApplyResult, _all, ensure_namespace
 from kubeapi import RESOURCES, Kube, KubeError, NotFound, Resource, TransientKubeError
 
 logger = logging.getLogger(__name__)
@@ -213,26 +214,33 @@ def _recorded(obj: dict[str, Any]) -> tuple[int, int, str] | None:
 
 
 async def _ours(kube: Kube, plan: EndpointsPlan) -> list[dict[str, Any]]:
-    """Every object an endpoints plan of this deployment wrote in this cluster."""
-    found: list[dict[str, Any]] = []
-    for resource in (SERVICE, ENDPOINT_SLICE, NETWORK_POLICY, SERVICE_EXPORT):
+    """Every object an endpoints plan of this deployment wrote in this cluster (the kinds listed side by side)."""
+
+    async def of(resource: Resource) -> list[dict[str, Any]]:
         try:
             items, _ = await kube.list(
                 resource, namespace=plan.deployment.namespace, label_selector=selector_string(plan)
             )
         except NotFound:
-            continue  # e.g. the MCS CRDs are not installed here
+            return []  # e.g. the MCS CRDs are not installed here
         for item in items:
             item.setdefault("kind", resource.kind)
-        found.extend(items)
-    return found
+        return items
+
+    found = await _all([partial(of, r) for r in (SERVICE, ENDPOINT_SLICE, NETWORK_POLICY, SERVICE_EXPORT)])
+    return [item for items in found for item in items]
 
 
 async def execute_endpoints(kube: Kube, plan: EndpointsPlan) -> ApplyResult:
     """Apply the plan here. Outcome Applied, Deleted, Stale, or Failed (an apiserver refusal, with its message);
     transient apiserver errors are raised for the caller to retry."""
     try:
-        existing = await _ours(kube, plan)
+        try:
+            existing = await _ours(kube, plan)
+        except ExceptionGroup as group:
+            # The kinds are listed in a task group: hand on the first apiserver error as itself, so a transient
+            # one is retried by the caller and a refusal reported.
+            raise group.exceptions[0] from None
         records = [r for r in (_recorded(o) for o in existing) if r is not None]
         if records:
             newest = max(records)
