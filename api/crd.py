@@ -207,6 +207,7 @@ def llmdeployment_crd() -> dict[str, Any]:
             _column("Clusters", "string", ".status.clusters", "Member clusters that run replicas."),
             _column("Status", "string", READY_REASON, "Reason of the Ready condition."),
             _column("Endpoint", "string", ".status.endpoints[0].url", "URL of the Service.", priority=1),
+            _column("Traffic", "string", ".status.traffic", "Where requests to the origin's Service go.", priority=1),
             _AGE,
         ],
     )

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
+from api.network import ClusterNetwork
 from api.plans import Plan
 
 ObservedKind = Literal["LLMModel", "LLMDeployment", "Node", "Pod", "Deployment"]
@@ -112,6 +113,8 @@ class ClusterHeartbeat(_Event):
     watcher_id: str
     sent_at: datetime
     sequence: int = Field(ge=0)
+    network: ClusterNetwork | None = None
+    """How other clusters reach replicas here (api.network); absent from watchers older than this field."""
 
 
 class ApplyReported(_Event):

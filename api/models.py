@@ -791,6 +791,9 @@ class LLMDeploymentStatus(ApiModel):
     """Comma-separated clusters that run replicas (the CLUSTERS column of kubectl get)."""
     endpoints: list[Endpoint] = Field(default_factory=list, json_schema_extra=list_map("cluster"))
     """Service URL in each cluster that runs replicas."""
+    traffic: str | None = None
+    """Where requests to the origin's Service go, e.g. "cpu (local: 1), a100 (flat: 2)" (the TRAFFIC column of
+    kubectl get -o wide)."""
     ready: str | None = None
     """The Ready condition's reason (kept for older clients; kubectl get reads the condition itself)."""
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
+from api.network import Cidr, NetworkMode, ServingEndpoints
 
 _PLAN_NAMESPACE = uuid.UUID("9d3f1e22-7c55-4a0e-b7a1-6f2c8e4d0a19")
 
@@ -107,4 +108,26 @@ class StatusPlan(_Plan):
     events: list[KubeEvent] = Field(default_factory=list)
 
 
-Plan = Annotated[WorkloadPlan | StatusPlan, Field(discriminator="kind")]
+class EndpointsPlan(_Plan):
+    """Where traffic for the deployment goes, as seen from one cluster (see api.network).
+
+    ``role="origin"`` (the origin cluster): keep a Service named after the LLMDeployment on ``port``. With
+    ``local_replicas`` the workload's own Service selects the replicas there and this plan adds one EndpointSlice
+    per other serving cluster; without, the Service has no selector and only these slices (or, when a serving
+    cluster uses the MCS API, it names ``<name>.<namespace>.svc.clusterset.local``).
+    ``role="serving"`` (a cluster that runs replicas for another origin): export the Service (``mcs``) and admit
+    the origin's clients (``admit_cidrs``) to the model port, and nothing more.
+    ``remove``: delete what earlier plans of this kind wrote here.
+    """
+
+    kind: Literal["Endpoints"] = "Endpoints"
+    role: Literal["origin", "serving"]
+    port: int = Field(ge=1, le=65535)
+    remove: bool = False
+    local_replicas: bool = False
+    serving: list[ServingEndpoints] = Field(default_factory=list, max_length=64)
+    mode: NetworkMode = "flat"
+    admit_cidrs: list[Cidr] = Field(default_factory=list, max_length=16)
+
+
+Plan = Annotated[WorkloadPlan | StatusPlan | EndpointsPlan, Field(discriminator="kind")]

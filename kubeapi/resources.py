@@ -50,6 +50,8 @@ RESOURCES: dict[str, Resource] = {
         _r("apps", "v1", "Deployment", "deployments"),
         _r("batch", "v1", "Job", "jobs"),
         _r("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
+        _r("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+        _r("multicluster.x-k8s.io", "v1alpha1", "ServiceExport", "serviceexports"),
         _r("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
         _r("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         _r("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False),

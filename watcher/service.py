@@ -17,6 +17,7 @@ import anyio
 
 from api.events import ClusterHeartbeat, ObservedKind, deterministic_id, encode_event
 from api.labels import LABEL_MANAGED_BY, MANAGED_BY
+from api.network import ClusterNetwork
 from bus.connection import JetStream
 from bus.errors import BusUnavailable
 from bus.publish import publish
@@ -41,6 +42,8 @@ class WatcherSettings:
     """Namespaces whose LLM resources are watched; empty means all. Nodes and pods are always cluster-wide."""
     heartbeat_seconds: float = 2.0
     resync_seconds: float = 600.0
+    network: ClusterNetwork | None = None
+    """How other clusters reach replicas here (api.network), reported with every heartbeat; None: undeclared."""
 
 
 def _now() -> datetime:
@@ -95,6 +98,7 @@ async def _heartbeat(js: JetStream, subjects: Subjects, settings: WatcherSetting
             watcher_id=watcher_id,
             sent_at=_now(),
             sequence=sequence,
+            network=settings.network,
         )
         try:
             await publish(

@@ -25,6 +25,7 @@ from api.labels import (
     LABEL_MANAGED_BY,
     LABEL_NAMESPACE,
     LABEL_ORIGIN,
+    MANAGED_BY,
 )
 from api.quantity import parse_quantity
 
@@ -113,13 +114,18 @@ def pod_snapshot(obj: dict[str, Any]) -> dict[str, Any]:
     status = obj.get("status", {}) or {}
     labels = _meta(obj).get("labels", {}) or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []) or [])
-    return {
+    out = {
         "labels": {k: v for k, v in labels.items() if k in _KEPT_POD_LABELS},
         "nodeName": spec.get("nodeName"),
         "phase": status.get("phase", "Pending"),
         "ready": ready,
         "requests": pod_requests(spec),
     }
+    # Where a replica of ours can be reached (the origin's EndpointSlices point there in the flat network mode).
+    # Only for pods we manage: other pods' addresses are of no use to the planner.
+    if labels.get(LABEL_MANAGED_BY) == MANAGED_BY and isinstance(status.get("podIP"), str):
+        out["podIP"] = status["podIP"]
+    return out
 
 
 def workload_snapshot(obj: dict[str, Any]) -> dict[str, Any]:

@@ -201,3 +201,34 @@ def env(kubeconfig: KubeconfigOpt = None) -> None:
     print(_path_line(toolchain))
     if kubeconfig is not None and kubeconfig != default_kubeconfig():
         print(f"export KUBECONFIG={shlex.quote(str(kubeconfig.resolve()))}")
+
+
+@fleet_app.command()
+@_fails_cleanly
+def serve(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", help="Serve pods of this namespace only (repeatable).")
+    ] = None,
+    selector: Annotated[str | None, typer.Option(help="Label selector of the pods to serve.")] = None,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Make the fleet's pods answer HTTP: a pod network namespace for the clusters' pod ranges (needs root) and
+    a model-server emulator (OpenAI-compatible completions, vLLM /metrics) for every running pod; until Ctrl-C."""
+    from llm_operator.fleet import podnet
+    from llm_operator.fleet.build import cache_dir
+    from llm_operator.fleet.emulator import main as emulator_main
+
+    net = podnet.PodNetwork(ranges=podnet.pod_ranges([c.pod_cidr for c in DEFAULT_FLEET]))
+    try:
+        with podnet.shared(net, lock_dir=cache_dir()):
+            Console(stderr=True).print(
+                f"pod network {net.name}: {', '.join(net.ranges)} reachable from this machine; serving pods (Ctrl-C)"
+            )
+            argv = ["--netns", net.name, "--kubeconfig", str(kubeconfig or default_kubeconfig())]
+            argv += [a for r in net.ranges for a in ("--range", r)]
+            argv += [a for c in DEFAULT_FLEET for a in ("--cluster", f"{c.name}={c.context}")]
+            argv += [a for ns in namespace or [] for a in ("--namespace", ns)]
+            argv += ["--selector", selector] if selector else []
+            emulator_main(argv)
+    except podnet.PodNetError as e:
+        raise FleetError(f"the pod network cannot be set up: {e}") from e

@@ -55,6 +55,7 @@ from llm_operator.fleet.versions import ETCD_VERSION, KUBERNETES_VERSION, KWOK_V
 Progress = Callable[[str], None]
 
 FIELD_MANAGER = "llm-operator-fleet"
+POD_CIDR_MANAGER = "llm-operator-fleet-podcidr"
 MARKER = "llm-operator-fleet.json"  # written into kwokctl's directory of each cluster fleet_up manages
 KWOKCTL_CONFIG = "llm-operator-kwokctl.yaml"
 LOCK = ".llm-operator-fleet.lock"
@@ -323,9 +324,20 @@ def apply_nodes(
     if not nodes:
         return
     since = time.time()
-    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": [node_manifest(n) for n in nodes]})
+    manifests = [node_manifest(n) for n in nodes]
+    # spec.podCIDR is set once and never changed: it has a field manager of its own, so that an apply of the
+    # rest (by this or an older version of this code, which knows no podCIDR) never tries to remove it.
+    cidrs = [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": m["metadata"]["name"]}, "spec": {"podCIDR": cidr}}
+        for m in manifests
+        if (cidr := m["spec"].pop("podCIDR", None))
+    ]
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
     ssa = ("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-")
     kubectl(toolchain, cluster, *ssa, input=doc)
+    if cidrs:
+        cidr_ssa = ("apply", "--server-side", "--force-conflicts", f"--field-manager={POD_CIDR_MANAGER}", "-f", "-")
+        kubectl(toolchain, cluster, *cidr_ssa, input=json.dumps({"apiVersion": "v1", "kind": "List", "items": cidrs}))
     kubectl(toolchain, cluster, *ssa, "--subresource=status", input=doc)
     if wait:
         _wait_nodes_ready(
@@ -706,7 +718,15 @@ def _converge_nodes(toolchain: Toolchain, cluster: MemberCluster, nodes: Sequenc
         for name, n in live.items()
         if name not in wanted and n["metadata"].get("labels", {}).get(MANAGED_BY_LABEL) == MANAGED_BY
     ]
-    delete_nodes(toolchain=toolchain, cluster=cluster, names=stale)
+    # spec.podCIDR can be set once but never changed: a node whose range moved is made again.
+    moved = [
+        n.name
+        for n in nodes
+        if n.name in live and (live[n.name].get("spec", {}).get("podCIDR") or n.pod_cidr) != n.pod_cidr
+    ]
+    for name in moved:
+        live.pop(name)
+    delete_nodes(toolchain=toolchain, cluster=cluster, names=stale + moved)
     # Applying costs two kubectl round trips per cluster; on a reused fleet nothing has changed.
     changed = [n for n in nodes if not _node_matches(live.get(n.name), node_manifest(n))]
     apply_nodes(toolchain=toolchain, cluster=cluster, nodes=changed, wait=False)
@@ -730,6 +750,7 @@ def _node_matches(live: Mapping[str, Any] | None, want: Mapping[str, Any]) -> bo
         labels == want_meta["labels"]
         and all(annotations.get(k) == v for k, v in want_meta["annotations"].items())
         and taints == want_taints
+        and live.get("spec", {}).get("podCIDR") == want["spec"].get("podCIDR")
         and status.get("capacity") == want["status"]["capacity"]
         and status.get("allocatable") == want["status"]["allocatable"]
     )

@@ -4,13 +4,18 @@ Guarantees: everything here is pure data and pure functions (no I/O). ``node_man
 the way a real GPU node looks once the NVIDIA GPU operator has run on it (``nvidia.com/gpu`` capacity, GPU
 feature discovery labels, the ``nvidia.com/gpu=present:NoSchedule`` taint), marked for kwok so that kwok keeps
 it Ready and runs the pods the real kube-scheduler binds to it. Specs are frozen and validated when built.
+
+Pod ranges: a cluster may own a private IPv4 range (``ClusterSpec.pod_cidr``, e.g. ``10.244.0.0/16``); its nodes
+then get ``spec.podCIDR`` ``10.244.<i>.0/24`` in order (unless a node names its own), and kwok gives each pod an IP
+from its node's podCIDR. ``llm_operator.fleet.podnet`` makes those addresses answer on this machine.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -52,8 +57,11 @@ class NodeSpec:
     zone: str | None = None
     pods: int = 110
     ephemeral_storage: str = "1Ti"
+    pod_cidr: str | None = None  # spec.podCIDR: kwok takes the node's pods' IPs from it
 
     def __post_init__(self) -> None:
+        if self.pod_cidr is not None:
+            _private_ipv4(self.pod_cidr, f"node {self.name}: pod_cidr")
         if len(self.name) > 253 or not _DNS_SUBDOMAIN.match(self.name):
             raise ValueError(f"node name {self.name!r} is not a DNS-1123 subdomain")
         for what, q in (
@@ -79,6 +87,7 @@ class ClusterSpec:
     name: str
     labels: Mapping[str, str] = field(hash=False)
     nodes: tuple[NodeSpec, ...]
+    pod_cidr: str | None = None  # the cluster's pod range; node i without its own gets the i-th /24 of it
 
     def __post_init__(self) -> None:
         if len(self.name) > 40 or not _DNS_LABEL.match(self.name):
@@ -88,7 +97,15 @@ class ClusterSpec:
         if len(set(names)) != len(names):
             raise ValueError(f"cluster {self.name}: duplicate node names in {names}")
         object.__setattr__(self, "labels", _frozen_mapping(self.labels))
-        object.__setattr__(self, "nodes", tuple(self.nodes))
+        nodes = tuple(self.nodes)
+        if self.pod_cidr is not None:
+            net = _private_ipv4(self.pod_cidr, f"cluster {self.name}: pod_cidr")
+            nodes = tuple(n if n.pod_cidr else replace(n, pod_cidr=node_pod_cidr(net, i)) for i, n in enumerate(nodes))
+            for n in nodes:
+                assert n.pod_cidr is not None
+                if not ipaddress.IPv4Network(n.pod_cidr).subnet_of(net):
+                    raise ValueError(f"cluster {self.name}: node {n.name}'s pod_cidr is outside {net}")
+        object.__setattr__(self, "nodes", nodes)
 
     @property
     def context(self) -> str:
@@ -98,6 +115,42 @@ class ClusterSpec:
     @property
     def gpus(self) -> int:
         return sum(n.gpus for n in self.nodes)
+
+
+def _private_ipv4(cidr: str, what: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(cidr, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{what} {cidr!r} is not an IPv4 network ({e})") from e
+    # The apiserver refuses loopback and link-local addresses in EndpointSlices; public ranges would shadow
+    # real destinations once routed into the pod network namespace.
+    if net.is_loopback or net.is_link_local or not net.is_private:
+        raise ValueError(f"{what} {cidr} must be a private range (not loopback or link-local)")
+    return net
+
+
+def node_pod_cidr(cluster_range: ipaddress.IPv4Network, index: int) -> str:
+    """PURE: the ``index``-th /24 of a cluster's range (``10.244.0.0/16``, 3 -> ``10.244.3.0/24``)."""
+    subnets = cluster_range.subnets(new_prefix=24) if cluster_range.prefixlen < 24 else iter([cluster_range])
+    for i, sub in enumerate(subnets):
+        if i == index:
+            return str(sub)
+    raise ValueError(f"{cluster_range} has no /24 number {index}")
+
+
+LOAD_BALANCER_SUBNET = 255
+"""The /24 of a cluster's pod range that no node gets: addresses for emulated load balancers."""
+
+
+def load_balancer_ip(cluster: ClusterSpec, index: int) -> str:
+    """PURE: the ``index``-th (from 1) address for a LoadBalancer Service's ingress in ``cluster``: inside its
+    pod range, so the pod network serves it, and in the one /24 no node's pods use."""
+    if cluster.pod_cidr is None:
+        raise ValueError(f"cluster {cluster.name} has no pod range")
+    subnet = ipaddress.IPv4Network(node_pod_cidr(ipaddress.IPv4Network(cluster.pod_cidr), LOAD_BALANCER_SUBNET))
+    if not 1 <= index < subnet.num_addresses - 1:
+        raise ValueError(f"load balancer address {index} is outside 1..{subnet.num_addresses - 2}")
+    return str(subnet[index])
 
 
 def node_manifest(node: NodeSpec) -> dict[str, Any]:
@@ -145,7 +198,7 @@ def node_manifest(node: NodeSpec) -> dict[str, Any]:
             "labels": labels,
             "annotations": {KWOK_NODE_ANNOTATION: "fake"},
         },
-        "spec": {"taints": taints},
+        "spec": {"taints": taints, **({"podCIDR": node.pod_cidr} if node.pod_cidr else {})},
         "status": {
             "capacity": dict(resources),
             # kwok fills conditions, addresses and nodeInfo, and keeps whatever capacity is set here (without
@@ -185,6 +238,9 @@ def cpu_node(name: str, *, region: str, zone: str) -> NodeSpec:
     return NodeSpec(name=name, cpu="32", memory="128Gi", instance_type="cpu-32x128", region=region, zone=zone)
 
 
+# Each cluster a private pod range of its own (see the module doc and podnet): never 127/8, which the apiserver
+# refuses in EndpointSlices.
+FLEET_POD_RANGE = "10.244.0.0/14"
 DEFAULT_FLEET: tuple[ClusterSpec, ...] = (
     ClusterSpec(
         name="a100",
@@ -194,6 +250,7 @@ DEFAULT_FLEET: tuple[ClusterSpec, ...] = (
             gpu_node("a100-gpu-1", A100_80GB, region="us-east-1", zone="us-east-1b"),
             cpu_node("a100-cpu-0", region="us-east-1", zone="us-east-1a"),
         ),
+        pod_cidr="10.244.0.0/16",
     ),
     ClusterSpec(
         name="mixed",
@@ -203,6 +260,7 @@ DEFAULT_FLEET: tuple[ClusterSpec, ...] = (
             gpu_node("mixed-h100-0", H100_80GB, region="us-west-2", zone="us-west-2a"),
             gpu_node("mixed-h100-1", H100_80GB, region="us-west-2", zone="us-west-2b"),
         ),
+        pod_cidr="10.245.0.0/16",
     ),
     ClusterSpec(
         name="cpu",
@@ -211,6 +269,7 @@ DEFAULT_FLEET: tuple[ClusterSpec, ...] = (
             cpu_node("cpu-0", region="eu-west-1", zone="eu-west-1a"),
             cpu_node("cpu-1", region="eu-west-1", zone="eu-west-1b"),
         ),
+        pod_cidr="10.246.0.0/16",
     ),
 )
 

@@ -146,3 +146,19 @@ def test_events_survive_the_wire() -> None:
     assert decode_event(encode_event(event)) == event
     gone = translate.deleted("a100", "Node", node(), NOW)
     assert decode_event(encode_event(gone)) == gone
+
+
+def test_pod_snapshot_keeps_the_address_of_our_replicas_only() -> None:
+    ours = {
+        "metadata": {
+            "name": "p",
+            "namespace": "n",
+            "uid": "u",
+            "labels": {"app.kubernetes.io/managed-by": "llm-operator"},
+        },
+        "spec": {"containers": [{}]},
+        "status": {"phase": "Running", "podIP": "10.244.0.7"},
+    }
+    assert translate.pod_snapshot(ours)["podIP"] == "10.244.0.7"
+    theirs = {**ours, "metadata": {**ours["metadata"], "labels": {}}}
+    assert "podIP" not in translate.pod_snapshot(theirs)
