@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.conditions import Condition
 from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
 
 _PLAN_NAMESPACE = uuid.UUID("9d3f1e22-7c55-4a0e-b7a1-6f2c8e4d0a19")
@@ -107,4 +108,15 @@ class StatusPlan(_Plan):
     events: list[KubeEvent] = Field(default_factory=list)
 
 
-Plan = Annotated[WorkloadPlan | StatusPlan, Field(discriminator="kind")]
+class ScalePlan(_Plan):
+    """Set spec.replicas of the origin LLMDeployment through its /scale subresource, as a HorizontalPodAutoscaler
+    would (`replicas` None: leave it), and record the fleet autoscaler's ScalingActive condition."""
+
+    kind: Literal["Scale"] = "Scale"
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    condition: Condition | None = None
+    events: list[KubeEvent] = Field(default_factory=list, max_length=4)
+
+
+AnyPlan = WorkloadPlan | StatusPlan | ScalePlan
+Plan = Annotated[AnyPlan, Field(discriminator="kind")]

@@ -24,9 +24,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
-from api.plans import Plan, StatusPlan, WorkloadPlan
+from api.plans import AnyPlan, Plan, ScalePlan, WorkloadPlan
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
+from applier.scale import execute_scale
 from applier.status import execute_status
 from bus.connection import JetStream
 from bus.consume import Delivery, WorkQueue
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 ACK_WAIT_SECONDS = 15.0
 """A plan delivered to an applier that died is delivered again after this long; one being worked on is kept
 from that by a progress signal every third of it."""
-_PLAN: TypeAdapter[WorkloadPlan | StatusPlan] = TypeAdapter(Plan)
+_PLAN: TypeAdapter[AnyPlan] = TypeAdapter(Plan)
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,9 @@ async def _subscribe(js: JetStream, subjects: Subjects, settings: ApplierSetting
 async def _consume(sub: WorkQueue, app: _Applier) -> None:
     settings = app.settings
     async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
-        inboxes: list[MemoryObjectSendStream[tuple[Delivery, WorkloadPlan | StatusPlan]]] = []
+        inboxes: list[MemoryObjectSendStream[tuple[Delivery, AnyPlan]]] = []
         for _ in range(settings.workers):
-            send, receive = anyio.create_memory_object_stream[tuple[Delivery, WorkloadPlan | StatusPlan]](1)
+            send, receive = anyio.create_memory_object_stream[tuple[Delivery, AnyPlan]](1)
             inboxes.append(await streams.enter_async_context(send))
             tg.start_soon(_lane, receive, app)
         while True:
@@ -129,7 +130,7 @@ async def _consume(sub: WorkQueue, app: _Applier) -> None:
                 return
 
 
-async def _plan_of(msg: Delivery, app: _Applier) -> WorkloadPlan | StatusPlan | None:
+async def _plan_of(msg: Delivery, app: _Applier) -> AnyPlan | None:
     """The plan in `msg`, or None after dead-lettering what is not a plan for this cluster."""
     cluster = app.settings.cluster
     try:
@@ -143,7 +144,7 @@ async def _plan_of(msg: Delivery, app: _Applier) -> WorkloadPlan | StatusPlan | 
     return plan
 
 
-async def _lane(inbox: MemoryObjectReceiveStream[tuple[Delivery, WorkloadPlan | StatusPlan]], app: _Applier) -> None:
+async def _lane(inbox: MemoryObjectReceiveStream[tuple[Delivery, AnyPlan]], app: _Applier) -> None:
     async with inbox:
         try:
             async for msg, plan in inbox:
@@ -164,7 +165,7 @@ async def _hand_back(msgs: list[Delivery]) -> None:
             await msg.nak()
 
 
-async def _one(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
+async def _one(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
     sequence = msg.stream_sequence
     # A later plan of the same kind supersedes an earlier one (each holds the whole intent); a status plan
     # says nothing about the workload, and the other way round.
@@ -184,7 +185,7 @@ async def _one(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier) ->
         app.done[done_key] = max(sequence, app.done.get(done_key, 0))
 
 
-async def _handle(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier) -> None:
+async def _handle(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
     """Execute, retrying transient failures in place (the lane waits, so the deployment's later plans cannot
     overtake this one), then report and acknowledge."""
     settings = app.settings
@@ -226,13 +227,15 @@ async def _handle(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier)
     await msg.ack()
 
 
-async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier) -> ApplyResult:
+async def _execute(plan: AnyPlan, app: _Applier) -> ApplyResult:
     settings = app.settings
     attempt = 0
     while True:
         try:
             if isinstance(plan, WorkloadPlan):
                 return await execute_workload(app.kube, plan, app.guard)
+            if isinstance(plan, ScalePlan):
+                return await execute_scale(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
             return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
         except TransientKubeError as exc:
             attempt += 1
