@@ -82,7 +82,7 @@ class WorkloadPlan(_Plan):
     model: LLMModelSpec | None = None
     spec: LLMDeploymentSpec | None = None
     is_origin: bool = False
-    """The origin cluster also hosts fleet-level objects (the autoscaler for the LLMDeployment)."""
+    """The plan is for the cluster where the LLMDeployment was applied."""
     gpu_type: str | None = None
     """The GPU product the planner expects the replicas to use in this cluster (preferred node affinity)."""
 
@@ -96,7 +96,7 @@ class WorkloadPlan(_Plan):
 
     @property
     def removes_everything(self) -> bool:
-        return self.spec is None or (self.replicas == 0 and not (self.is_origin and self.spec.autoscaling))
+        return self.spec is None or self.replicas == 0
 
 
 class StatusPlan(_Plan):

@@ -6,8 +6,9 @@ Guarantees (each has a table test in tests/unit/test_autoscale.py):
   |ratio − 1| <= `TOLERANCE` (10 %). Several targets: the largest proposal wins.
 - Missing metrics never scale down: a target metric nobody reported (or reported from too few requests) blocks a
   scale-down the others propose; replicas that did not report count as 0 % of the target for a scale-up and as
-  100 % for a scale-down, as the HPA does with pods missing metrics. Nothing reported at all: no change, and the
-  decision says so (`metrics_available` False: the ScalingActive condition turns False).
+  100 % for a scale-down, as the HPA does with pods missing metrics. Nothing reported at all: no change. Whenever
+  anything is missing (a target's metric, a replica's problems, a cluster gone quiet) the decision says so
+  (`metrics_available` False: the ScalingActive condition turns False).
 - The fleet's p90 time to first token is computed from the sum of every cluster's bucket deltas, never from
   averaged quantiles.
 - Stabilisation: the result is held between the lowest recommendation of the scale-up window and the highest of
@@ -147,7 +148,7 @@ def decide(
         current=current,
         desired=desired,
         recommendation=recommendation,
-        metrics_available=bool(proposals) and not unavailable,
+        metrics_available=bool(proposals) and not missing,
         reason=reason,
         metrics=metrics,
         limits=limits,

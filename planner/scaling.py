@@ -90,7 +90,8 @@ async def scale(
             continue
         # Hostile by default: a cluster speaks only for replicas the planner placed there.
         placed = {p["cluster"] for p in placements.get(key, []) if p["replicas"] > 0}
-        loads_now = [o for c, o in memory.loads.get(key, {}).items() if c in placed]
+        memory.loads[key] = {c: o for c, o in memory.loads.get(key, {}).items() if c in placed}
+        loads_now = list(memory.loads[key].values())
         decision = autoscale.decide(spec.autoscaling, spec.replicas, loads_now, memory.history.get(key), now)
         memory.history[key] = decision.history
         metrics.observe_autoscaler(key, decision)

@@ -30,9 +30,9 @@ from bus.subjects import Subjects
 from planner import metrics
 from planner.handle import LostLeadership, StepConfig, step
 from planner.memory import CapacityMemory
-from planner.scaling import AutoscalerMemory
 from planner.outbox import relay
 from planner.readahead import ReadAhead
+from planner.scaling import AutoscalerMemory
 from store import recorder
 from store.engine import Engine
 from store.epochs import Lease, LeaseLost, campaign

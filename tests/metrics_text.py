@@ -48,9 +48,8 @@ def vllm_text(
             f'vllm:request_success_total{{{labels},finished_reason="length"}} 0.0',
         ]
         for bound in VLLM_TTFT_BUCKETS:
-            body.append(
-                f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{bound}"}} {float(sum(t <= bound for t in share))}'
-            )
+            count = float(sum(t <= bound for t in share))
+            body.append(f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{bound}"}} {count}')
         body += [
             f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} {float(len(share))}',
             f"vllm:time_to_first_token_seconds_count{{{labels}}} {float(len(share))}",
