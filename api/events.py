@@ -142,6 +142,9 @@ class LoadObserved(_Event):
     deltas of the window (upper bound, count), so the fleet's p90 is computed from summed buckets, never by
     averaging per-cluster quantiles. A figure no replica reported is None (missing, which never scales down)."""
 
+    # The histogram's last bound is +Inf, which JSON has no number for: written as the string "Infinity".
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
     type: Literal["LoadObserved"] = "LoadObserved"
     origin_cluster: str = Field(min_length=1, max_length=63)
     namespace: str = Field(min_length=1, max_length=63)

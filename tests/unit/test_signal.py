@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -135,3 +136,26 @@ def test_restart_counts_from_zero_and_problems_do_not_report() -> None:
 def test_first_scrape_gives_gauges_only() -> None:
     got = signal.figures({}, {"a": _read(0, waiting=3, success=7, ttft=[0.1])}, replicas=1, window_seconds=10)
     assert (got.waiting, got.requests_per_second, got.ttft_buckets) == (3, None, [])
+
+
+def test_a_load_observation_with_its_histogram_survives_the_wire_and_the_store() -> None:
+    from datetime import UTC, datetime
+
+    from api.events import LoadObserved, decode_event, encode_event
+
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    event = LoadObserved(
+        event_id="x",
+        cluster="a100",
+        origin_cluster="cpu",
+        namespace="team",
+        name="big",
+        window_seconds=10,
+        replicas=1,
+        reporting=1,
+        ttft_buckets=[(0.5, 3.0), (INF, 4.0)],
+        observed_at=at,
+    )
+    assert decode_event(encode_event(event)) == event
+    # The store keeps payloads (store.recorder.payload_json) as JSONB, which has no Infinity either.
+    assert json.loads(event.model_dump_json())["ttft_buckets"][-1] == ["Infinity", 4.0]
