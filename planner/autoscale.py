@@ -16,6 +16,8 @@ Guarantees (each has a table test in tests/unit/test_autoscale.py):
   seeded with the current count, so a new leader never scales down before one full scale-down window.
 - Rate limits (the HPA's default policies): at most max(2 ×, +4) replicas per 15 s up; down, 100 % per 15 s.
   Then minReplicas..maxReplicas.
+- `hold_scale_down` (a failover in progress: replicas are being replaced elsewhere) keeps the count from falling,
+  so a scale-down never removes what is Available while the lost cluster's copies are being replaced.
 - After a change, the next decision waits until the origin's spec.replicas shows it (or `SETTLE` passed), so a
   slow /scale round trip is not taken for a reason to scale again.
 No I/O, no clock: `now` is passed in.
@@ -95,6 +97,7 @@ def decide(
     now: datetime,
     *,
     stale_after: timedelta = STALE_AFTER,
+    hold_scale_down: str | None = None,
 ) -> Decision:
     """The fleet's desired replicas; see the module docstring for the rules."""
     if history is None:
@@ -123,9 +126,13 @@ def decide(
         recommendation = max(p.proposal for p in proposals)
         if unavailable and recommendation < current:
             recommendation = current  # a metric is missing: never scale down on the others alone
+    held: list[str] = []
+    if hold_scale_down and recommendation < current:
+        held.append(f"scale-down held: {hold_scale_down}")
+        recommendation = current
     stabilized, limits, recommendations = _stabilize(autoscaling, current, recommendation, history, now)
     desired, rate_limits, scale_events = _limit(autoscaling, current, stabilized, history, now)
-    limits += rate_limits
+    limits = held + limits + rate_limits
     if desired != current:
         scale_events = (*scale_events, (now, desired - current))
     new_history = History(
@@ -254,8 +261,7 @@ def _stabilize(
             up = min(up, value)
         if at > down_cutoff:
             down = max(down, value)
-    result = max(current, up) if current < up else current
-    result = min(result, down)
+    result = min(max(current, up), down)
     limits: list[str] = []
     if recommendation > current and result < recommendation:
         limits.append(f"scale-up window {autoscaling.scale_up_stabilization_seconds} s holds {result}")

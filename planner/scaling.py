@@ -92,7 +92,15 @@ async def scale(
         placed = {p["cluster"] for p in placements.get(key, []) if p["replicas"] > 0}
         memory.loads[key] = {c: o for c, o in memory.loads.get(key, {}).items() if c in placed}
         loads_now = list(memory.loads[key].values())
-        decision = autoscale.decide(spec.autoscaling, spec.replicas, loads_now, memory.history.get(key), now)
+        retiring = sorted(p["cluster"] for p in placements.get(key, []) if p["role"] == "retiring")
+        decision = autoscale.decide(
+            spec.autoscaling,
+            spec.replicas,
+            loads_now,
+            memory.history.get(key),
+            now,
+            hold_scale_down=f"failing over from {', '.join(retiring)}" if retiring else None,
+        )
         memory.history[key] = decision.history
         metrics.observe_autoscaler(key, decision)
         if decision.waiting:

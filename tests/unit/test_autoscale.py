@@ -275,3 +275,10 @@ def test_waits_for_scale_to_land() -> None:
 def test_reason_reads_like_a_postmortem() -> None:
     got = decide(spec(ttft=800), 2, [load(ttft=[0.05] * 8 + [1.4] * 2)], settled(2), T0)
     assert got.reason == "2 → 5: TTFT p90 1.75 s > 800 ms on a100 over 10 s"
+
+
+def test_no_scale_down_during_a_failover() -> None:
+    got = decide(spec(queue=8), 4, [load(replicas=4, waiting=0)], settled(4), T0, hold_scale_down="failing over")
+    assert got.desired == 4 and "scale-down held: failing over" in got.limits
+    up = decide(spec(queue=8), 4, [load(replicas=4, waiting=80)], settled(4), T0, hold_scale_down="failing over")
+    assert up.desired == 8  # scaling up is never held
