@@ -226,3 +226,63 @@ def test_targets_pair_deployments_with_their_ready_pods() -> None:
     assert target.key == ("cpu", "team", "big")
     assert target.replicas == {"big-0": "http://10.244.1.5:30000/metrics"}
     assert target.names.requests_waiting == "sglang:num_queue_reqs"
+
+
+async def test_the_prometheus_path_asks_promql_for_the_same_figures() -> None:
+    """Against a local HTTP server speaking the Prometheus query API (the real Prometheus comes with the pod
+    network harness): the queries name the runtime's metrics and the replicas, and the answers become figures."""
+    asked: list[str] = []
+
+    def vector(*rows: tuple[dict[str, str], float]) -> dict[str, Any]:
+        result = [{"metric": m, "value": [1.0, str(v)]} for m, v in rows]
+        return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+    async def query(request: web.Request) -> web.Response:
+        promql = request.query["query"]
+        asked.append(promql)
+        if promql.startswith("count(up"):
+            body = vector(({}, 2))
+        elif "num_requests_waiting" in promql:
+            body = vector(({}, 12))
+        elif "num_requests_running" in promql:
+            body = vector(({}, 6))
+        elif "kv_cache_usage_perc" in promql:
+            body = vector(({}, 0.4))
+        elif "request_success_total" in promql:
+            body = vector(({}, 3.5))
+        elif "time_to_first_token_seconds_bucket" in promql:
+            body = vector(({"le": "0.5"}, 10), ({"le": "1.0"}, 16), ({"le": "2.5"}, 20), ({"le": "+Inf"}, 20))
+        else:
+            body = {"status": "error", "errorType": "bad_data", "error": "unknown"}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.add_routes([web.get("/api/v1/query", query)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    target = Target(
+        key=("cpu", "team", "big"),
+        namespace="team",
+        names=signal.names_for("vllm"),
+        replicas={"big-0": "http://10.244.1.5:8000/metrics", "big.1": "http://10.244.1.6:8000/metrics"},
+    )
+
+    async def resolve() -> list[Target]:
+        return [target]
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            settings = LoadSettings(interval_seconds=10, prometheus_url=f"http://127.0.0.1:{port}")
+            [event] = await Scraper(cluster="a100", settings=settings, resolve=resolve, http=http).round()
+    finally:
+        await runner.cleanup()
+    assert (event.replicas, event.reporting, event.waiting, event.running) == (2, 2, 12, 6)
+    assert (event.kv_cache_usage, event.requests_per_second) == (0.4, 3.5)
+    assert event.ttft_p90_seconds == pytest.approx(1.0 + 1.5 * (18 - 16) / 4)
+    assert event.problems == []
+    selector = '{namespace="team",pod=~"big-0|big\\\\.1"}'
+    assert f"sum(vllm:num_requests_waiting{selector})" in asked
+    assert f"sum by (le) (increase(vllm:time_to_first_token_seconds_bucket{selector}[10s]))" in asked
