@@ -176,7 +176,7 @@ class Scraper:
                     if response.status != 200:
                         into[pod] = f"HTTP {response.status} from {url}"
                         return
-                    body = await response.content.read(signal.MAX_TEXT + 1)
+                    body = await _read_bounded(response, signal.MAX_TEXT)
                 into[pod] = signal.parse(body.decode("utf-8", "replace"), target.names, at=self._monotonic())
             except signal.BadMetrics as exc:
                 into[pod] = str(exc)
@@ -213,6 +213,18 @@ class Scraper:
             problems=[p[:300] for p in found.problems[:8]],
             observed_at=now,
         )
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or BadMetrics once it exceeds `limit` bytes (a replica cannot make the agent buffer more)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise signal.BadMetrics(f"metrics text larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # ------------------------------------------------------------------------------------------ finding replicas

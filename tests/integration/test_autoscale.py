@@ -159,8 +159,34 @@ async def test_scraper_reads_real_servers_and_computes_the_window() -> None:
     async def broken(_: web.Request) -> web.Response:
         return web.Response(status=500)
 
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        # A server with many other series, streamed in small chunks: the whole body must be read.
+        text = "".join(f"# TYPE other_{i} gauge\nother_{i} 1\n" for i in range(20_000)) + vllm_text(waiting=5)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for start in range(0, len(text), 4096):
+            await response.write(text[start : start + 4096].encode())
+        await response.write_eof()
+        return response
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(5 * 16):
+            await response.write(b"# " + b"x" * (64 * 1024) + b"\n")
+        await response.write_eof()
+        return response
+
     app = web.Application()
-    app.add_routes([web.get("/metrics", healthy), web.get("/garbage", garbage), web.get("/broken", broken)])
+    app.add_routes(
+        [
+            web.get("/metrics", healthy),
+            web.get("/garbage", garbage),
+            web.get("/broken", broken),
+            web.get("/chunked", chunked),
+            web.get("/huge", huge),
+        ]
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -173,11 +199,17 @@ async def test_scraper_reads_real_servers_and_computes_the_window() -> None:
         names=signal.names_for("vllm"),
         replicas={"big-0": f"{base}/metrics", "big-1": f"{base}/garbage", "big-2": f"{base}/broken"},
     )
+    other = Target(
+        key=("cpu", "team", "other"),
+        namespace="team",
+        names=signal.names_for("vllm"),
+        replicas={"other-0": f"{base}/chunked", "other-1": f"{base}/huge"},
+    )
 
     async def resolve() -> list[Target]:
-        return [target]
+        return [target, other]
 
-    ticks = iter([0.0, 0.0, 10.0, 10.0, 10.0, 10.0])
+    clock = {"now": 0.0}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             scraper = Scraper(
@@ -185,11 +217,12 @@ async def test_scraper_reads_real_servers_and_computes_the_window() -> None:
                 settings=LoadSettings(interval_seconds=10),
                 resolve=resolve,
                 http=http,
-                monotonic=lambda: next(ticks),
+                monotonic=lambda: clock["now"],
             )
-            first = (await scraper.round())[0]
+            first, _ = await scraper.round()
             state.update(success=120, ttft=[0.05] * 110 + [2.0] * 10, waiting=6)
-            second = (await scraper.round())[0]
+            clock["now"] = 10.0
+            second, big = await scraper.round()
     finally:
         await runner.cleanup()
     assert (first.replicas, first.reporting, first.waiting, first.ttft_buckets) == (3, 1, 1, [])
@@ -201,6 +234,8 @@ async def test_scraper_reads_real_servers_and_computes_the_window() -> None:
     assert any("HTTP 500" in p for p in second.problems)
     assert any("unparsable" in p or "none of the runtime" in p for p in second.problems)
     assert second.origin_cluster == "cpu" and second.cluster == "a100"
+    assert (big.name, big.reporting, big.waiting) == ("other", 1, 5)
+    assert big.problems == ["other-1: metrics text larger than 4194304 bytes"]
 
 
 def test_targets_pair_deployments_with_their_ready_pods() -> None:
