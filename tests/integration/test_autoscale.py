@@ -211,7 +211,7 @@ async def test_scraper_reads_real_servers_and_computes_the_window() -> None:
 
     clock = {"now": 0.0}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
             scraper = Scraper(
                 cluster="a100",
                 settings=LoadSettings(interval_seconds=10),
@@ -309,7 +309,7 @@ async def test_the_prometheus_path_asks_promql_for_the_same_figures() -> None:
         return [target]
 
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
             settings = LoadSettings(interval_seconds=10, prometheus_url=f"http://127.0.0.1:{port}")
             [event] = await Scraper(cluster="a100", settings=settings, resolve=resolve, http=http).round()
     finally:
