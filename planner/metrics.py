@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,3 +97,15 @@ def observe_autoscaler(key: tuple[str, str, str], decision: Any) -> None:
     else:
         outcome = "unchanged"
     AUTOSCALER_DECISIONS.labels(outcome=outcome).inc()
+
+
+def forget_autoscaler(key: tuple[str, str, str]) -> None:
+    """Drop a deployment's autoscaler series (it was deleted or no longer autoscales)."""
+    name = "/".join(key)
+    for gauge in (AUTOSCALER_DESIRED, AUTOSCALER_CURRENT, AUTOSCALER_AVAILABLE):
+        with contextlib.suppress(KeyError):
+            gauge.remove(name)
+    for gauge in (AUTOSCALER_METRIC, AUTOSCALER_RATIO):
+        for metric in ("timeToFirstTokenP90Ms", "queueDepth", "requestsPerSecond"):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name, metric)

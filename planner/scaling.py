@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -57,6 +57,14 @@ class AutoscalerMemory:
         self.loads.pop(key, None)
         self.history.pop(key, None)
         self.condition.pop(key, None)
+        metrics.forget_autoscaler(key)
+
+    def prune(self, now: datetime, older_than: timedelta = timedelta(hours=1)) -> None:
+        """Forget deployments nobody reported for `older_than` (deleted, or scaled to zero): memory stays
+        bounded by the deployments that report."""
+        for key, known in list(self.loads.items()):
+            if all(now - o.observed_at > older_than for o in known.values()):
+                self.drop(key)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ async def scale(
 ) -> Scaled:
     """Decide for every deployment `loads` are about; the caller appends the events and writes the outbox."""
     keys = sorted({memory.note(o) for o in loads})
+    memory.prune(now)
     if not keys:
         return Scaled([], [])
     rows = await queries.deployments(conn, keys)

@@ -282,3 +282,15 @@ def test_no_scale_down_during_a_failover() -> None:
     assert got.desired == 4 and "scale-down held: failing over" in got.limits
     up = decide(spec(queue=8), 4, [load(replicas=4, waiting=80)], settled(4), T0, hold_scale_down="failing over")
     assert up.desired == 8  # scaling up is never held
+
+
+def test_the_planner_forgets_deployments_nobody_reports() -> None:
+    from planner.scaling import AutoscalerMemory
+
+    memory = AutoscalerMemory()
+    key = memory.note(load(at=T0))
+    memory.history[key] = settled(2)
+    memory.prune(T0 + timedelta(minutes=30))
+    assert key in memory.loads and key in memory.history
+    memory.prune(T0 + timedelta(hours=2))
+    assert key not in memory.loads and key not in memory.history
