@@ -229,7 +229,8 @@ def _ttft(
     count = histogram.total(buckets)
     if count <= 0 and loads and reporting and not waiting and not running and any(o.ttft_buckets for o in loads):
         # Idle: replicas reported, nothing was asked of them. Not missing: an idle fleet may give GPUs back.
-        return _Proposal("timeToFirstTokenP90Ms", math.ceil(current * 0.0), 0.0, target_ms, 0.0, "idle (no requests)")
+        proposal = current if not_reporting else 0  # silent replicas might be busy: never on their account
+        return _Proposal("timeToFirstTokenP90Ms", proposal, 0.0, target_ms, 0.0, "idle (no requests)")
     if count < MIN_TTFT_SAMPLES:
         if not any(o.ttft_buckets for o in loads):
             return "time to first token: no replica reported a time-to-first-token histogram"

@@ -167,6 +167,9 @@ def test_slow_ttft_with_unready_replicas_does_not_block_scale_down_only() -> Non
 def test_idle_fleet_may_scale_down() -> None:
     got = decide(spec(ttft=800, low=1), 3, [load(replicas=3, waiting=0, running=0, ttft=[])], settled(3), T0)
     assert got.desired == 1 and got.metrics_available
+    # ... but not on the account of replicas that did not report.
+    silent = [load(replicas=3, reporting=2, waiting=0, running=0, ttft=[], problems=["c: TimeoutError"])]
+    assert decide(spec(ttft=800, low=1), 3, silent, settled(3), T0).desired == 3
 
 
 def test_stale_observations_do_not_count() -> None:
