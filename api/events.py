@@ -137,6 +137,48 @@ class ApplyReported(_Event):
         return deterministic_id("applied", plan_id, cluster)
 
 
+class LoadObserved(_Event):
+    """One cluster's agent read the inference metrics of one LLMDeployment's ready replicas there, over a window
+    between two scrapes: a compact summary, published every few seconds (never the raw metrics).
+
+    Sums, not averages, so the planner can combine clusters: the time-to-first-token histogram is the bucket
+    deltas of the window (upper bound, count), so the fleet's p90 is computed from summed buckets, never by
+    averaging per-cluster quantiles. A figure no replica reported is None (missing, which never scales down)."""
+
+    # The histogram's last bound is +Inf, which JSON has no number for: written as the string "Infinity".
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+    type: Literal["LoadObserved"] = "LoadObserved"
+    origin_cluster: str = Field(min_length=1, max_length=63)
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    window_seconds: float = Field(gt=0, le=3600)
+    replicas: int = Field(ge=0, le=100000)
+    """Ready replicas of the deployment in this cluster (the ones scraped)."""
+    reporting: int = Field(ge=0, le=100000)
+    """Replicas whose metrics were read and made sense over the window."""
+    waiting: float | None = Field(default=None, ge=0)
+    """Requests queued, summed over the reporting replicas."""
+    running: float | None = Field(default=None, ge=0)
+    """Requests being served, summed over the reporting replicas."""
+    requests_per_second: float | None = Field(default=None, ge=0)
+    """Requests finished per second over the window, summed over the reporting replicas."""
+    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
+    """Mean KV-cache fill of the reporting replicas, 0 to 1."""
+    ttft_p90_seconds: float | None = Field(default=None, ge=0)
+    """p90 time to first token in this cluster over the window (for people; the planner uses the buckets)."""
+    ttft_buckets: list[tuple[float, float]] = Field(default_factory=list, max_length=64)
+    """Time-to-first-token histogram deltas over the window: (upper bound in seconds, cumulative count), the
+    last bound +Inf. Empty: no histogram (the runtime has none, or no replica reported one)."""
+    problems: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=8)
+    """Why replicas did not report (timeouts, unparsable metrics), at most 8, for the ScalingActive condition."""
+    observed_at: datetime
+
+    @staticmethod
+    def id_for(cluster: str, origin: str, namespace: str, name: str, observed_at: datetime) -> str:
+        return deterministic_id("load", cluster, origin, namespace, name, observed_at.isoformat())
+
+
 # ----------------------------------------------------------------------------------------- from the planner (hub)
 
 
@@ -262,6 +304,29 @@ class PlacementDecided(_Event):
     released: tuple[ReleasedShare, ...] = ()
 
 
+class ScaleDecided(_Event):
+    """The fleet autoscaler changed (or, with `to_replicas` equal to `from_replicas`, could not evaluate) the
+    replicas of one LLMDeployment, with every input it used: `history` and `explain` read these."""
+
+    type: Literal["ScaleDecided"] = "ScaleDecided"
+    origin_cluster: str
+    namespace: str
+    name: str
+    generation: int
+    from_replicas: int
+    to_replicas: int
+    reason: str
+    """One line a person reads, e.g. "TTFT p90 1.4 s > 800 ms over 60 s on a100"."""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    """The fleet's figures and per-metric proposals: {metric: {value, target, ratio, proposal}}."""
+    clusters: dict[str, Any] = Field(default_factory=dict)
+    """Per cluster: the observation used (replicas, reporting, waiting, ttft p90, ...)."""
+    limits: list[str] = Field(default_factory=list)
+    """What held the proposal back: stabilisation window, rate limit, min/max."""
+    epoch: int
+    decided_at: datetime
+
+
 class PlanIssued(_Event):
     """A plan was written to the outbox for a cluster's applier."""
 
@@ -280,7 +345,9 @@ Event = Annotated[
     | ClusterLabelsChanged
     | ClusterHealthChanged
     | PlacementDecided
-    | PlanIssued,
+    | PlanIssued
+    | LoadObserved
+    | ScaleDecided,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -297,6 +364,8 @@ EVENT_TYPES = frozenset(
         ClusterHealthChanged,
         PlacementDecided,
         PlanIssued,
+        LoadObserved,
+        ScaleDecided,
     )
 )
 
@@ -342,7 +411,11 @@ def stream_of(event: _Event) -> str:
         return f"{event.kind}/{event.cluster}/{event.name}"
     if type(event) is ResyncCompleted:
         return f"Resync/{event.cluster}/{event.kind}"
-    if type(event) is ApplyReported or type(event) is PlacementDecided:
+    if type(event) is LoadObserved:
+        # Its own stream: observations every few seconds would bury a deployment's history (ScaleDecided, in the
+        # deployment's stream, carries the figures a decision used).
+        return f"Load/{event.origin_cluster}/{event.namespace}/{event.name}/{event.cluster}"
+    if type(event) is ApplyReported or type(event) is PlacementDecided or type(event) is ScaleDecided:
         return deployment_stream(event.origin_cluster, event.namespace, event.name)
     if type(event) is PlanIssued:
         ref = event.plan.deployment

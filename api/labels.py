@@ -15,6 +15,9 @@ LABEL_ORIGIN = "llm.example.com/origin-cluster"
 ANNOTATION_PLAN = "llm.example.com/plan-id"
 ANNOTATION_EPOCH = "llm.example.com/planner-epoch"
 ANNOTATION_SEQUENCE = "llm.example.com/plan-sequence"
+ANNOTATION_SERVING = "llm.example.com/serving"
+"""On a model's Deployment: where its replicas report load (JSON: runtime, port, path, metric names); the
+member cluster's agent reads it to scrape them."""
 
 # GPUs as the NVIDIA device plugin and GPU feature discovery name them.
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -392,6 +392,68 @@ class Startup(ApiModel):
     """HTTP path on the model port that answers 200 once the model is loaded and serving. Default /health."""
 
 
+MetricName = Annotated[
+    str,
+    Field(min_length=1, max_length=200),
+    Matches(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", "must be a Prometheus metric name, e.g. vllm:num_requests_waiting"),
+]
+
+
+class ServingMetrics(ApiModel):
+    """Which Prometheus metrics of a custom server carry the load signal. For a histogram give its base name
+    (without _bucket); for a counter its full name (with _total, if the server adds it)."""
+
+    time_to_first_token_seconds: MetricName | None = None
+    """Histogram of the time to the first token, in seconds (e.g. vllm:time_to_first_token_seconds)."""
+    requests_waiting: MetricName | None = None
+    """Gauge of the requests queued, waiting for a batch slot (e.g. vllm:num_requests_waiting)."""
+    requests_running: MetricName | None = None
+    """Gauge of the requests being served (e.g. vllm:num_requests_running)."""
+    kv_cache_usage: MetricName | None = None
+    """Gauge of the KV-cache fill, as a fraction from 0 to 1 (e.g. vllm:kv_cache_usage_perc)."""
+    requests_total: MetricName | None = None
+    """Counter of the requests finished (e.g. vllm:request_success_total); it gives requests per second."""
+
+
+class Serving(ApiModel):
+    """How the model server reports its load: the serving runtime (which fixes the metric names) and where its
+    Prometheus metrics are served. The fleet autoscaler reads them (see LLMDeployment spec.autoscaling)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.runtime) || self.runtime != 'custom' || has(self.metrics)",
+                "runtime custom needs metrics: name the server's metrics",
+                ".metrics",
+            )
+        )
+    )
+
+    runtime: Literal["vllm", "sglang", "tgi", "custom"] | None = None
+    """The serving runtime: vllm (vLLM's metric names, e.g. vllm:time_to_first_token_seconds), sglang, tgi (text
+    generation inference: no time-to-first-token histogram, so queue and request targets only) or custom (the
+    names in metrics). Left out: taken from the image name (sglang, text-generation-inference, otherwise vllm)."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port that serves the metrics, 1 to 65535. Left out: the LLMDeployment's port (vLLM, SGLang and TGI serve
+    /metrics on their API port)."""
+    metrics_path: AbsolutePath = "/metrics"
+    """HTTP path of the Prometheus metrics. Default /metrics."""
+    metrics: ServingMetrics | None = None
+    """Metric names for runtime custom; with another runtime, each name given here replaces that runtime's."""
+
+
+def serving_runtime(spec: LLMModelSpec) -> Literal["vllm", "sglang", "tgi", "custom"]:
+    """The runtime the model declares, or the one its image name suggests."""
+    if spec.serving.runtime is not None:
+        return spec.serving.runtime
+    image = spec.image.lower()
+    if "sglang" in image:
+        return "sglang"
+    if "text-generation-inference" in image or "/tgi" in image:
+        return "tgi"
+    return "vllm"
+
+
 class LLMModelSpec(ApiModel):
     """A model: the server image, its resources, and where its weights live."""
 
@@ -434,6 +496,9 @@ class LLMModelSpec(ApiModel):
     """Environment variables of the model server; names must be unique."""
     startup: Startup = Field(default_factory=Startup)
     """Startup budget and health path for slow model loads (default: 600 s on /health)."""
+    serving: Serving = Field(default_factory=Serving)
+    """The serving runtime and where it reports its load (default: taken from the image, /metrics on the
+    deployment's port)."""
 
 
 class LLMModelStatus(ApiModel):
@@ -518,9 +583,9 @@ class LabelSelector(ApiModel):
 
 
 class AutoscalingTarget(ApiModel):
-    """What to hold steady by adding or removing replicas. Set one or more; the largest demand wins. Metrics come
-    from the fleet's metrics adapter as External metrics (llm_time_to_first_token_p90_milliseconds,
-    llm_queue_depth, llm_requests_per_second) selected by the deployment's labels."""
+    """What to hold steady by adding or removing replicas. Set one or more; the largest demand wins. Each member
+    cluster's agent reads its replicas' metrics (the names follow the LLMModel's serving runtime) and the
+    planner's fleet autoscaler combines them across the fleet."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -535,14 +600,17 @@ class AutoscalingTarget(ApiModel):
     """Keep the 90th percentile time to first token at or below this many milliseconds (1 to 600000), e.g. 800.
     Scales on inference latency, not CPU."""
     queue_depth: int | None = Field(default=None, ge=1, le=100000)
-    """Keep the requests waiting per replica at or below this."""
+    """Keep the requests waiting (queued, not yet in a batch) per replica at or below this."""
     requests_per_second: int | None = Field(default=None, ge=1, le=100000)
-    """Keep the requests per second per replica at or below this."""
+    """Keep the requests finished per second per replica at or below this."""
 
 
 class Autoscaling(ApiModel):
-    """Scale replicas on inference metrics. A HorizontalPodAutoscaler in the origin cluster changes spec.replicas
-    through the /scale subresource; the planner then places the added replicas wherever GPUs are free."""
+    """Scale replicas on inference metrics, the way a HorizontalPodAutoscaler would (10 % tolerance,
+    stabilisation windows, at most doubling or +4 replicas per 15 s, missing metrics never scale down). The
+    planner's fleet autoscaler changes spec.replicas through the origin's /scale subresource and places the
+    added replicas wherever GPUs are free, spilling to other clusters. Leave this out to scale with your own
+    HorizontalPodAutoscaler or KEDA through /scale instead."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -555,8 +623,8 @@ class Autoscaling(ApiModel):
     )
 
     min_replicas: int = Field(default=1, ge=0, le=1000)
-    """Fewest replicas, 0 to 1000 (default 1). 0 is accepted, but the HorizontalPodAutoscaler keeps at least
-    one replica (it needs minReplicas >= 1 unless the cluster enables HPAScaleToZero)."""
+    """Fewest replicas, 0 to 1000 (default 1). With 0 no replica reports load, so the autoscaler never scales
+    up from zero by itself: set replicas to start again."""
     max_replicas: int = Field(ge=1, le=1000)
     """Most replicas, 1 to 1000; at least minReplicas. Required."""
     target: AutoscalingTarget

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.conditions import Condition
 from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
 from api.network import Cidr, NetworkMode, ServingEndpoints
 
@@ -82,7 +83,7 @@ class WorkloadPlan(_Plan):
     model: LLMModelSpec | None = None
     spec: LLMDeploymentSpec | None = None
     is_origin: bool = False
-    """The origin cluster also hosts fleet-level objects (the autoscaler for the LLMDeployment)."""
+    """The plan is for the cluster where the LLMDeployment was applied."""
     gpu_type: str | None = None
     """The GPU product the planner expects the replicas to use in this cluster (preferred node affinity)."""
 
@@ -96,7 +97,7 @@ class WorkloadPlan(_Plan):
 
     @property
     def removes_everything(self) -> bool:
-        return self.spec is None or (self.replicas == 0 and not (self.is_origin and self.spec.autoscaling))
+        return self.spec is None or self.replicas == 0
 
 
 class StatusPlan(_Plan):
@@ -130,4 +131,16 @@ class EndpointsPlan(_Plan):
     admit_cidrs: list[Cidr] = Field(default_factory=list, max_length=16)
 
 
-Plan = Annotated[WorkloadPlan | StatusPlan | EndpointsPlan, Field(discriminator="kind")]
+
+class ScalePlan(_Plan):
+    """Set spec.replicas of the origin LLMDeployment through its /scale subresource, as a HorizontalPodAutoscaler
+    would (`replicas` None: leave it), and record the fleet autoscaler's ScalingActive condition."""
+
+    kind: Literal["Scale"] = "Scale"
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    condition: Condition | None = None
+    events: list[KubeEvent] = Field(default_factory=list, max_length=4)
+
+
+AnyPlan = WorkloadPlan | StatusPlan | ScalePlan | EndpointsPlan
+Plan = Annotated[AnyPlan, Field(discriminator="kind")]

@@ -6,7 +6,9 @@ Guarantees:
   (name, namespace, origin cluster), which is how the applier prunes and the watcher recognises managed objects.
 - Objects live in the LLMDeployment's own namespace, named after it; nothing is rendered elsewhere.
 - Pods are secure by default (the Kubernetes 'restricted' profile) unless the spec asks for Baseline.
-- A plan with no replicas renders nothing (except the fleet autoscaler in the origin cluster, when requested).
+- A plan with no replicas renders nothing. No HorizontalPodAutoscaler is rendered: the planner's fleet autoscaler
+  scales through /scale (a HorizontalPodAutoscaler left by an older version is pruned like any object the plan
+  no longer holds).
 - What is rendered is accepted by the apiserver as is: no duplicate env names or mount paths
   (server-side apply refuses duplicate list keys), and quantities as strings.
 - Every object is annotated with the id of the plan that wrote it; the Deployment also records the plan's epoch and
@@ -17,6 +19,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -24,6 +27,7 @@ from api.labels import (
     ANNOTATION_EPOCH,
     ANNOTATION_PLAN,
     ANNOTATION_SEQUENCE,
+    ANNOTATION_SERVING,
     GPU_MEMORY_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -33,7 +37,7 @@ from api.labels import (
     LABEL_ORIGIN,
     MANAGED_BY,
 )
-from api.models import API_VERSION, LLMDeploymentSpec, LLMModelSpec, NetworkPeer
+from api.models import LLMDeploymentSpec, LLMModelSpec, NetworkPeer, serving_runtime
 from api.plans import WorkloadPlan
 from api.quantity import bytes_of
 from api.scheduling import GPU_POD_TOLERATIONS
@@ -114,8 +118,6 @@ def render(plan: WorkloadPlan) -> list[Manifest]:
         if plan.replicas > 1:
             out.append(disruption_budget(plan))
         out.append(deployment(plan, spec, model))
-    if plan.is_origin and spec.autoscaling is not None:
-        out.append(autoscaler(plan, spec))
     record = ",".join(sorted(object_ref(m) for m in out))
     for manifest in out:
         if manifest["kind"] == "Deployment":
@@ -184,10 +186,12 @@ def deployment(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec)
     if gpu is not None:
         # A surge replica would need GPUs nobody reserved: replace one replica at a time instead.
         strategy["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
+    meta = _meta(plan, name, record=True)
+    meta["annotations"][ANNOTATION_SERVING] = serving_annotation(spec, model)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(plan, name, record=True),
+        "metadata": meta,
         "spec": {
             "replicas": plan.replicas,
             "selector": {"matchLabels": identity_labels(plan)},
@@ -198,6 +202,20 @@ def deployment(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelSpec)
             "template": {"metadata": {"labels": labels(plan)}, "spec": pod_spec},
         },
     }
+
+
+def serving_annotation(spec: LLMDeploymentSpec, model: LLMModelSpec) -> str:
+    """Where the replicas report load, for the member cluster's agent (watcher/load.py): on the Deployment, not
+    the pod template, so changing it restarts no pod."""
+    serving = model.serving
+    body: dict[str, Any] = {
+        "runtime": serving_runtime(model),
+        "port": serving.metrics_port or spec.port,
+        "path": serving.metrics_path,
+    }
+    if serving.metrics is not None:
+        body["names"] = serving.metrics.model_dump(by_alias=True, exclude_none=True)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
 def startup_failure_threshold(model: LLMModelSpec) -> int:
@@ -495,63 +513,6 @@ def disruption_budget(plan: WorkloadPlan) -> Manifest:
         "kind": "PodDisruptionBudget",
         "metadata": _meta(plan, plan.deployment.name),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": identity_labels(plan)}},
-    }
-
-
-def autoscaler(plan: WorkloadPlan, spec: LLMDeploymentSpec) -> Manifest:
-    """A fleet-level HPA in the origin cluster: it scales the LLMDeployment (through /scale), and the planner
-    places the added replicas wherever GPUs are free. Metrics come from the fleet's metrics adapter as External
-    metrics selected by the deployment's identity labels."""
-    scaling = spec.autoscaling
-    assert scaling is not None
-    selector = {"matchLabels": identity_labels(plan)}
-    metrics: list[dict[str, Any]] = []
-    target = scaling.target
-    if target.time_to_first_token_p90_ms is not None:
-        metrics.append(
-            {
-                "type": "External",
-                "external": {
-                    "metric": {"name": "llm_time_to_first_token_p90_milliseconds", "selector": selector},
-                    "target": {"type": "Value", "value": str(target.time_to_first_token_p90_ms)},
-                },
-            }
-        )
-    if target.queue_depth is not None:
-        metrics.append(
-            {
-                "type": "External",
-                "external": {
-                    "metric": {"name": "llm_queue_depth", "selector": selector},
-                    "target": {"type": "AverageValue", "averageValue": str(target.queue_depth)},
-                },
-            }
-        )
-    if target.requests_per_second is not None:
-        metrics.append(
-            {
-                "type": "External",
-                "external": {
-                    "metric": {"name": "llm_requests_per_second", "selector": selector},
-                    "target": {"type": "AverageValue", "averageValue": str(target.requests_per_second)},
-                },
-            }
-        )
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": _meta(plan, plan.deployment.name),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": API_VERSION, "kind": "LLMDeployment", "name": plan.deployment.name},
-            # The HPA API needs minReplicas >= 1 unless the HPAScaleToZero gate is on.
-            "minReplicas": max(1, scaling.min_replicas),
-            "maxReplicas": scaling.max_replicas,
-            "metrics": metrics,
-            "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": scaling.scale_up_stabilization_seconds},
-                "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds},
-            },
-        },
     }
 
 

@@ -24,10 +24,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
-from api.plans import EndpointsPlan, Plan, StatusPlan, WorkloadPlan
+from api.plans import AnyPlan, EndpointsPlan, Plan, ScalePlan, WorkloadPlan
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
 from applier.endpoints import execute_endpoints
+from applier.scale import execute_scale
 from applier.status import execute_status
 from bus.connection import JetStream
 from bus.consume import Delivery, WorkQueue
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 ACK_WAIT_SECONDS = 15.0
 """A plan delivered to an applier that died is delivered again after this long; one being worked on is kept
 from that by a progress signal every third of it."""
-AnyPlan = WorkloadPlan | StatusPlan | EndpointsPlan
 _PLAN: TypeAdapter[AnyPlan] = TypeAdapter(Plan)
 
 
@@ -237,6 +237,8 @@ async def _execute(plan: AnyPlan, app: _Applier) -> ApplyResult:
                 return await execute_workload(app.kube, plan, app.guard)
             if isinstance(plan, EndpointsPlan):
                 return await execute_endpoints(app.kube, plan)
+            if isinstance(plan, ScalePlan):
+                return await execute_scale(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
             return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
         except TransientKubeError as exc:
             attempt += 1

@@ -17,7 +17,7 @@ import hashlib
 from typing import Any
 
 from api.models import API_VERSION, FINALIZER
-from api.plans import KubeEvent, StatusPlan
+from api.plans import KubeEvent, ScalePlan, StatusPlan
 from applier.apply import FIELD_MANAGER, ApplyResult
 from kubeapi import RESOURCES, Kube, KubeError, NotFound, TransientKubeError
 
@@ -84,7 +84,7 @@ async def _execute(kube: Kube, plan: StatusPlan, reporting_component: str) -> Ap
         await _write(kube, plan, {**head, "metadata": {**head["metadata"], "finalizers": [FINALIZER]}})
         written.append(f"LLMDeployment/{ref.name}/finalizer")
     for index, event in enumerate(plan.events):
-        if await _record_event(kube, plan, index, event, current, reporting_component):
+        if await record_event(kube, plan, index, event, current, reporting_component):
             written.append(f"Event/{event_name(plan, index)}")
     return ApplyResult("Applied", objects=written, message=f"status {plan.status.ready or ''}".strip())
 
@@ -106,14 +106,14 @@ async def _release_foreign(kube: Kube, plan: StatusPlan, obj: dict[str, Any]) ->
         raise
 
 
-def event_name(plan: StatusPlan, index: int) -> str:
+def event_name(plan: StatusPlan | ScalePlan, index: int) -> str:
     """The Event's name: the same for every delivery of one plan, different for every plan and event."""
     suffix = hashlib.blake2b(f"{plan.plan_id}/{index}".encode(), digest_size=6).hexdigest()
     return f"{plan.deployment.name[:200]}.{suffix}"
 
 
-async def _record_event(
-    kube: Kube, plan: StatusPlan, index: int, event: KubeEvent, obj: dict[str, Any], component: str
+async def record_event(
+    kube: Kube, plan: StatusPlan | ScalePlan, index: int, event: KubeEvent, obj: dict[str, Any], component: str
 ) -> bool:
     """Create the Event; False if an earlier delivery of this plan already did."""
     ref = plan.deployment

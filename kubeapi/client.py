@@ -209,10 +209,11 @@ class Kube:
         *,
         namespace: str | None = None,
         field_manager: str,
+        subresource: str | None = None,
     ) -> dict[str, Any]:
         return await self._json(
             "PATCH",
-            resource.path(namespace=namespace, name=name),
+            resource.path(namespace=namespace, name=name, subresource=subresource),
             query={"fieldManager": field_manager},
             body=patch,
             content_type=MERGE_PATCH_CONTENT_TYPE,

@@ -22,7 +22,7 @@ from rich.table import Table
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from api.events import PlacementDecided, deployment_stream
+from api.events import PlacementDecided, ScaleDecided, deployment_stream
 from llm_operator.runtime import OperatorError, hub_urls
 from llm_operator.settings import Settings
 from llm_operator.timeline import timeline
@@ -285,9 +285,13 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
             decisions = [
                 e
                 async for e in reader.read(
-                    conn, stream_ids=[deployment_stream(origin, namespace, name)], types=["PlacementDecided"]
+                    conn,
+                    stream_ids=[deployment_stream(origin, namespace, name)],
+                    types=["PlacementDecided", "ScaleDecided"],
                 )
             ]
+            scalings = [e for e in decisions if isinstance(e.event, ScaleDecided)][-5:]
+            decisions = [e for e in decisions if isinstance(e.event, PlacementDecided)]
             dep = (
                 (
                     await conn.execute(
@@ -312,6 +316,7 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
                 {
                     "decided_at": last.recorded_at.isoformat(),
                     "decision": decision.model_dump(mode="json"),
+                    "scaling": [e.event.model_dump(mode="json") for e in scalings],
                     "spec": dict(dep["spec"]) if dep else None,
                 },
                 indent=2,
@@ -345,6 +350,19 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
         for reason in decision.reasons:
             out.print(f"  - {reason}")
     _print_verdicts(decision)
+    if scalings:
+        out.print("scaling decisions (fleet autoscaler, latest last):")
+        for stored in scalings:
+            scaled = stored.event
+            assert isinstance(scaled, ScaleDecided)
+            out.print(f"  {stored.recorded_at:%Y-%m-%d %H:%M:%S}  {scaled.reason}")
+            for metric, figures in sorted(scaled.metrics.items()):
+                out.print(
+                    f"      {metric}: value {figures.get('value')}, target {figures.get('target')}, "
+                    f"proposal {figures.get('proposal')}"
+                )
+            if scaled.limits:
+                out.print(f"      held back by: {'; '.join(scaled.limits)}")
     clusters = decision.inputs.get("clusters", {})
     out.print(
         _table(

@@ -7,6 +7,7 @@ one line naming the problem and the fix and exit with status 1, without a traceb
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -193,7 +194,11 @@ def up(
     members = _members(cluster, cluster_labels)
     if not members:
         members, kubeconfig_path = _local_fleet()
-        settings = settings.model_copy(update={"kubeconfig": settings.kubeconfig or kubeconfig_path})
+        update: dict[str, object] = {"kubeconfig": settings.kubeconfig or kubeconfig_path}
+        if "LLMOP_LOAD_INTERVAL_SECONDS" not in os.environ:
+            # kwok pods serve no HTTP: scraping their made-up addresses would only send packets off this machine.
+            update["load_interval_seconds"] = 0.0
+        settings = settings.model_copy(update=update)
 
     async def run() -> None:
         async with hub_urls(settings) as (nats, db):

@@ -38,6 +38,7 @@ from store import schema
 from store.engine import Engine, describe
 from store.engine import open_engine as new_engine
 from store.errors import StoreError
+from watcher.load import LoadSettings
 from watcher.service import WatcherSettings, run_watcher
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,11 @@ async def run_components(
                     namespaces=settings.namespaces,
                     heartbeat_seconds=settings.heartbeat_seconds,
                     resync_seconds=settings.resync_seconds,
+                    load=LoadSettings(
+                        interval_seconds=settings.load_interval_seconds, prometheus_url=settings.prometheus_url
+                    )
+                    if settings.load_interval_seconds
+                    else None,
                 )
                 if "watcher" in parts:
                     tg.start_soon(partial(run_watcher, kube=kube, js=js, subjects=subjects, settings=watcher_settings))

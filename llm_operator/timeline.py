@@ -20,8 +20,9 @@ from api.events import (
     PlanIssued,
     ResourceDeleted,
     ResourceObserved,
+    ScaleDecided,
 )
-from api.plans import StatusPlan, WorkloadPlan
+from api.plans import ScalePlan, StatusPlan, WorkloadPlan
 from store.reader import StoredEvent
 
 
@@ -143,6 +144,15 @@ def timeline(events: Iterable[StoredEvent]) -> list[Line]:
                         + ("; finalizer released" if plan.finalizer == "remove" else "")
                     )
                     kind = "Status"
+                elif isinstance(plan, ScalePlan):
+                    parts = [f"spec.replicas={plan.replicas} through /scale"] if plan.replicas is not None else []
+                    if plan.condition is not None:
+                        parts.append(f"{plan.condition.type}={plan.condition.status} {plan.condition.reason}")
+                    summary = f"plan #{plan.sequence} to {plan.cluster}: {'; '.join(parts)} (epoch {plan.epoch})"
+                    kind = "ScalePlan"
+            case ScaleDecided():
+                summary = event.reason
+                kind = "Scaled"
             case ApplyReported():
                 summary = f"{event.outcome} in {event.cluster}: {event.message}"
                 kind = "Apply"

@@ -30,19 +30,21 @@ from api.events import (
     ClusterJoined,
     ClusterLabelsChanged,
     Event,
+    LoadObserved,
     MalformedEvent,
     PlacementDecided,
     PlanIssued,
     ResourceDeleted,
     ResourceObserved,
     ResyncCompleted,
+    ScaleDecided,
     decode_event,
     deterministic_id,
     encode_event,
 )
 from api.plans import DeploymentRef, WorkloadPlan
 from bus.subjects import Subjects
-from planner import metrics
+from planner import metrics, scaling
 from planner.capacity import FleetCapacity
 from planner.memory import CapacityMemory
 from planner.placement import ClusterInfo, Clusters
@@ -55,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 DeploymentKey = tuple[str, str, str]
 _PLANNER_ONLY: frozenset[type[Event]] = frozenset(
-    {ClusterJoined, ClusterLabelsChanged, ClusterHealthChanged, PlacementDecided, PlanIssued}
+    {ClusterJoined, ClusterLabelsChanged, ClusterHealthChanged, PlacementDecided, PlanIssued, ScaleDecided}
 )
 # Per-event checks compare exact classes (events are never subclassed): isinstance on a pydantic model goes
 # through ABCMeta in Python and cost ~3 % of ingest.
@@ -144,6 +146,7 @@ async def step(
     mode: Literal["normal", "catch-up", "full"] = "normal",
     memory: CapacityMemory | None = None,
     decoded: Sequence[Decoded] | None = None,
+    autoscaler: scaling.AutoscalerMemory | None = None,
 ) -> StepResult:
     """Run one step inside the caller's transaction (the caller commits, then relays the outbox).
 
@@ -152,6 +155,8 @@ async def step(
     `memory`: the fleet's capacity carried from the previous step (planner/memory.py); the caller must `forget`
     it if this step does not commit. None: read the whole fleet's capacity.
     `decoded`: the deliveries already through `prepare` (one per delivery, in order); None: decoded here.
+    `autoscaler`: the fleet autoscaler's memory carried from step to step (planner/scaling.py); None: a fresh one
+    (which never scales down).
     """
     if decoded is None:
         decoded = [decode_delivery(d, config.subjects) for d in deliveries]
@@ -230,7 +235,11 @@ async def step(
         clusters = {c["name"]: c for c in await queries.clusters(conn)}
 
     memory.note(r.event for r in recorded)
+    loads = [r.event for r in recorded if type(r.event) is LoadObserved]
     if mode == "catch-up":
+        if autoscaler is not None:
+            for load in loads:
+                autoscaler.note(load)  # the latest load per cluster, for the first decisions after catching up
         await recorder.record_position(conn, config.consumer, result.position)
         return result
     affected = await _affected(conn, [r.event for r in recorded])
@@ -243,6 +252,20 @@ async def step(
         result.decisions, result.plans = await _decide(
             conn, affected, recorded, epoch, now, config, memory, list(clusters.values())
         )
+    if loads:
+        # After placement: the scale plans take the deployments' plan sequences after this step's plans.
+        scaled = await scaling.scale(
+            conn,
+            loads,
+            epoch=epoch,
+            now=now,
+            subjects=config.subjects,
+            memory=autoscaler if autoscaler is not None else scaling.AutoscalerMemory(),
+        )
+        appended = await recorder.append(conn, [(e, {"epoch": epoch}) for e in scaled.events])
+        await recorder.apply_ops(conn, [op for r in appended for op in fold(r.event)])
+        await recorder.outbox_put_many(conn, scaled.outbox)
+        result.plans += len(scaled.outbox)
     await recorder.record_position(conn, config.consumer, result.position)
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,3 +59,53 @@ def export_free_gpus(clusters: Mapping[str, tuple[NodeFree, ...]]) -> None:
         for product, count in free.items():
             FREE_GPUS.labels(cluster=cluster, gpu_product=product).set(count)
         _exported[cluster] = (nodes, frozenset(free))
+
+
+# The fleet autoscaler's view, per deployment (`origin/namespace/name`): what it saw and what it wants.
+AUTOSCALER_DESIRED = Gauge(
+    "llmop_autoscaler_desired_replicas", "Replicas the fleet autoscaler wants (after all limits)", ["deployment"]
+)
+AUTOSCALER_CURRENT = Gauge("llmop_autoscaler_current_replicas", "spec.replicas the autoscaler saw", ["deployment"])
+AUTOSCALER_METRIC = Gauge(
+    "llmop_autoscaler_metric_value",
+    "The fleet figure of one target (TTFT p90 in ms, per-replica queue, rps)",
+    ["deployment", "metric"],
+)
+AUTOSCALER_RATIO = Gauge("llmop_autoscaler_metric_ratio", "Observed / target of one target", ["deployment", "metric"])
+AUTOSCALER_AVAILABLE = Gauge(
+    "llmop_autoscaler_metrics_available", "1 when every target's metric was available", ["deployment"]
+)
+AUTOSCALER_DECISIONS = Counter("llmop_autoscaler_decisions_total", "Autoscaler evaluations by outcome", ["outcome"])
+
+
+def observe_autoscaler(key: tuple[str, str, str], decision: Any) -> None:
+    name = "/".join(key)
+    AUTOSCALER_CURRENT.labels(deployment=name).set(decision.current)
+    AUTOSCALER_DESIRED.labels(deployment=name).set(decision.desired)
+    AUTOSCALER_AVAILABLE.labels(deployment=name).set(1 if decision.metrics_available else 0)
+    for metric, figures in decision.metrics.items():
+        if figures.get("value") is not None:
+            AUTOSCALER_METRIC.labels(deployment=name, metric=metric).set(figures["value"])
+        if figures.get("ratio") is not None:
+            AUTOSCALER_RATIO.labels(deployment=name, metric=metric).set(figures["ratio"])
+    if decision.waiting:
+        outcome = "waiting"
+    elif decision.desired > decision.current:
+        outcome = "up"
+    elif decision.desired < decision.current:
+        outcome = "down"
+    else:
+        outcome = "unchanged"
+    AUTOSCALER_DECISIONS.labels(outcome=outcome).inc()
+
+
+def forget_autoscaler(key: tuple[str, str, str]) -> None:
+    """Drop a deployment's autoscaler series (it was deleted or no longer autoscales)."""
+    name = "/".join(key)
+    for gauge in (AUTOSCALER_DESIRED, AUTOSCALER_CURRENT, AUTOSCALER_AVAILABLE):
+        with contextlib.suppress(KeyError):
+            gauge.remove(name)
+    for gauge in (AUTOSCALER_METRIC, AUTOSCALER_RATIO):
+        for metric in ("timeToFirstTokenP90Ms", "queueDepth", "requestsPerSecond"):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name, metric)

@@ -242,12 +242,6 @@ def reconcile(inputs: Inputs) -> Outcome:
         # Scaled away, or already being removed: a removal plan (once) and the row until the applier confirms.
         shares.append(ClusterShare(cluster=cluster, replicas=0, role="removing", gpu_type=p.gpu_type, nodes={}))
 
-    if spec.autoscaling is not None and not any(s.cluster == dep.origin and s.role != "removing" for s in shares):
-        # The fleet-level autoscaler lives in the origin cluster (it scales the LLMDeployment through /scale), so
-        # the origin always gets a plan, with zero replicas when it runs none itself.
-        shares = [s for s in shares if s.cluster != dep.origin]
-        shares.append(ClusterShare(cluster=dep.origin, replicas=0, role="active", gpu_type=None, nodes={}))
-
     outcome_name = "Suspended" if spec.suspend else decision.outcome
     message = "suspended" if spec.suspend else decision.message
     events = _kube_events(inputs, outcome_name, message, failed_over)

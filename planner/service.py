@@ -32,6 +32,7 @@ from planner.handle import LostLeadership, StepConfig, step
 from planner.memory import CapacityMemory
 from planner.outbox import relay
 from planner.readahead import ReadAhead
+from planner.scaling import AutoscalerMemory
 from store import recorder
 from store.engine import Engine
 from store.epochs import Lease, LeaseLost, campaign
@@ -114,6 +115,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
     mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
     outbox_dirty = True  # a previous leader may have left committed plans unsent
     memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
+    autoscaler = AutoscalerMemory()  # the fleet autoscaler's history, like an HPA controller's
     try:
         while True:
             try:
@@ -132,6 +134,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                             health_grace_until=grace_until,
                             mode=mode,
                             memory=memory,
+                            autoscaler=autoscaler,
                             decoded=batch.decoded,
                         )
                 metrics.observe_step(result, time.perf_counter() - started, len(deliveries))

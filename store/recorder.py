@@ -33,11 +33,13 @@ from api.events import (
     ClusterJoined,
     ClusterLabelsChanged,
     Event,
+    LoadObserved,
     PlacementDecided,
     PlanIssued,
     ResourceDeleted,
     ResourceObserved,
     ResyncCompleted,
+    ScaleDecided,
     stream_of,
 )
 from store import sql, tables
@@ -72,6 +74,8 @@ _TIME_FIELD: dict[type[Event], str] = {
     ClusterLabelsChanged: "at",
     ClusterHealthChanged: "at",
     PlanIssued: "at",
+    LoadObserved: "observed_at",
+    ScaleDecided: "decided_at",
 }
 
 

@@ -24,6 +24,7 @@ from bus.publish import publish
 from bus.subjects import Subjects
 from kubeapi import RESOURCES, Kube
 from watcher import metrics
+from watcher.load import LoadSettings, run_load
 from watcher.publish import KindPublisher
 from watcher.stream import observe
 
@@ -44,6 +45,8 @@ class WatcherSettings:
     resync_seconds: float = 600.0
     network: ClusterNetwork | None = None
     """How other clusters reach replicas here (api.network), reported with every heartbeat; None: undeclared."""
+    load: LoadSettings | None = None
+    """Read the model replicas' inference metrics and publish load observations (None: off)."""
 
 
 def _now() -> datetime:
@@ -69,6 +72,10 @@ async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, js, subjects, settings)
+        if settings.load is not None:
+            tg.start_soon(
+                partial(run_load, kube=kube, js=js, subjects=subjects, cluster=settings.cluster, settings=settings.load)
+            )
         for kind, namespace, labels, fields in plan:
             sink = KindPublisher(
                 js=js, subjects=subjects, cluster=settings.cluster, kind=kind, namespace=namespace, clock=_now

@@ -28,9 +28,10 @@ from nats.js import JetStreamContext
 from api.conditions import Condition
 from api.events import ApplyReported, decode_event
 from api.models import ClusterPlacementStatus, LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
-from api.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
+from api.plans import DeploymentRef, KubeEvent, ScalePlan, StatusPlan, WorkloadPlan, plan_id
 from applier.apply import FIELD_MANAGER, EpochGuard, execute_workload
 from applier.render import MANAGED_KINDS
+from applier.scale import execute_scale
 from applier.service import ApplierSettings, run_applier
 from applier.status import execute_status
 from bus.consume import SequenceReader
@@ -237,7 +238,6 @@ async def test_a_full_plan_applies_every_kind_and_its_pods_run_on_the_planned_gp
             f"Service/{name}",
             f"NetworkPolicy/{name}",
             f"PodDisruptionBudget/{name}",
-            f"HorizontalPodAutoscaler/{name}",
             f"Deployment/{name}",
         ]
         assert await objects_of(kubectl, role, name, namespace=namespace) == {
@@ -246,7 +246,6 @@ async def test_a_full_plan_applies_every_kind_and_its_pods_run_on_the_planned_gp
             f"NetworkPolicy/{namespace}/{name}",
             f"PodDisruptionBudget/{namespace}/{name}",
             f"Deployment/{namespace}/{name}",
-            f"HorizontalPodAutoscaler/{namespace}/{name}",
         }
 
         deployment = await get(kubectl, role, "deployment", name, namespace)
@@ -257,11 +256,8 @@ async def test_a_full_plan_applies_every_kind_and_its_pods_run_on_the_planned_gp
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
         assert {m["manager"] for m in deployment["metadata"]["managedFields"]} >= {FIELD_MANAGER}
 
-        hpa = await get(kubectl, role, "hpa", name, namespace)
-        assert hpa["apiVersion"] == "autoscaling/v2"
-        assert hpa["spec"]["scaleTargetRef"]["kind"] == "LLMDeployment"
-        assert [m["type"] for m in hpa["spec"]["metrics"]] == ["External", "External"]
-        assert hpa["spec"]["metrics"][0]["external"]["target"] == {"type": "Value", "value": "500"}
+        # No HorizontalPodAutoscaler: the planner's fleet autoscaler scales the LLMDeployment through /scale.
+        assert await kubectl.get(role, "hpa", name, "-n", namespace) is None
         policy = await get(kubectl, role, "networkpolicy", name, namespace)
         assert policy["spec"]["ingress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
         assert policy["spec"]["ingress"][0]["from"][1]["ipBlock"] == {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}
@@ -740,6 +736,20 @@ async def status_flow(kubectl: Kubectl, namespace: str, kube: Kube) -> None:
     assert all(e["involvedObject"]["uid"] == llmd["metadata"]["uid"] for e in recorded)
     assert all(e["count"] == 1 and e["source"]["component"] == "llm-operator-test" for e in recorded)
 
+    # The fleet autoscaler's replica count goes through /scale (the documented RBAC allows it).
+    scale = ScalePlan(
+        plan_id=plan_id(first.deployment, first.cluster, "Scale", 1, 9),
+        epoch=1,
+        sequence=9,
+        cluster=first.cluster,
+        deployment=first.deployment,
+        generation=first.generation,
+        issued_at=first.issued_at,
+        replicas=3,
+    )
+    assert (await execute_scale(kube, scale, reporting_component="t")).outcome == "Applied"
+    assert (await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace))["spec"]["replicas"] == 3
+
     # A plan for another incarnation of the object writes nothing.
     other = status_plan(kubectl, llmd, sequence=2, uid=str(uuid.uuid4()), ready="Wrong")
     assert (await execute_status(kube, other, reporting_component="t")).outcome == "Stale"
@@ -808,7 +818,13 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
     # The applier's rules name exactly the kinds it manages (plus namespaces, its CR, and events).
     applier_resources = {res for rule in roles[1]["rules"] for res in rule["resources"]}
     plurals = {RESOURCES[kind].plural for kind in MANAGED_KINDS}
-    assert applier_resources == plurals | {"namespaces", "llmdeployments", "llmdeployments/status", "events"}
+    assert applier_resources == plurals | {
+        "namespaces",
+        "llmdeployments",
+        "llmdeployments/status",
+        "llmdeployments/scale",
+        "events",
+    }
 
     account = "llm-operator"
     await kubectl(role, "create", "serviceaccount", account, "-n", namespace)
@@ -854,7 +870,7 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
         plan = plan_for(kubectl, missing, "chat", model_changes=weights, spec_changes=spec)
         result = await execute_workload(kube, plan, EpochGuard())
         assert result.outcome == "Applied", result.message
-        assert len(result.objects) == 6
+        assert len(result.objects) == 5
         await kubectl(
             role, "patch", "service", "chat", "-n", missing, "--type=json",
             "-p", '[{"op":"replace","path":"/spec/ports/0/port","value":9999}]',

@@ -305,6 +305,7 @@ def test_applier_role_writes_only_the_managed_kinds() -> None:
         key("Namespace"): {"get", "create"},
         key("LLMDeployment"): {"get", "patch"},
         ("llm.example.com", "llmdeployments/status"): {"patch"},
+        ("llm.example.com", "llmdeployments/scale"): {"patch"},  # the fleet autoscaler's spec.replicas
         key("Event"): {"create"},
     }
     assert not any(verbs & {"watch", "update", "deletecollection", "*"} for verbs in applier.values())

@@ -171,13 +171,14 @@ def test_deleting_removes_every_share_and_releases_the_finalizer_only_when_none_
     assert [p.finalizer for p in cleaned.plans if isinstance(p, StatusPlan)] == ["remove"]
 
 
-def test_autoscaling_gives_the_origin_a_plan_for_the_fleet_autoscaler_even_without_replicas_there() -> None:
+def test_autoscaling_needs_no_plan_in_an_origin_that_runs_no_replicas() -> None:
+    # The fleet autoscaler lives in the planner and writes /scale through a scale plan; the origin no longer
+    # hosts a HorizontalPodAutoscaler, so it gets no workload plan of its own.
     spec = {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "target": {"queueDepth": 8}}}
     outcome = reconcile(inputs(deployment=deployment(**spec)))
     plans = workload_plans(outcome)
     assert plans["a100"].replicas == 1
-    origin = plans["cpu"]
-    assert (origin.replicas, origin.is_origin, origin.removes_everything) == (0, True, False)
+    assert "cpu" not in plans
 
 
 def test_no_capacity_anywhere_reports_insufficient_gpu_with_what_was_needed() -> None:

@@ -789,62 +789,33 @@ def test_disruption_budget_only_with_more_than_one_replica(replicas: int, has_bu
 # ------------------------------------------------------------------------------------------------- autoscaler
 
 
-def test_autoscaler_in_the_origin_scales_the_llm_deployment_on_external_metrics() -> None:
-    plan = gpu_plan(spec=deployment_spec(AUTOSCALED_DEPLOYMENT), cluster="cpu", origin="cpu")
-    manifests = render(plan)
-    hpa = the(manifests, "HorizontalPodAutoscaler")
-
-    assert manifests[-1]["kind"] == "HorizontalPodAutoscaler"
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "llm.example.com/v1alpha1",
-        "kind": "LLMDeployment",
-        "name": NAME,
-    }
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 6)
-    selector = {"matchLabels": identity_labels(plan)}
-    assert hpa["spec"]["metrics"] == [
-        {
-            "type": "External",
-            "external": {
-                "metric": {"name": "llm_time_to_first_token_p90_milliseconds", "selector": selector},
-                "target": {"type": "Value", "value": "500"},
-            },
-        },
-        {
-            "type": "External",
-            "external": {
-                "metric": {"name": "llm_queue_depth", "selector": selector},
-                "target": {"type": "AverageValue", "averageValue": "8"},
-            },
-        },
-        {
-            "type": "External",
-            "external": {
-                "metric": {"name": "llm_requests_per_second", "selector": selector},
-                "target": {"type": "AverageValue", "averageValue": "20"},
-            },
-        },
-    ]
-    assert hpa["spec"]["behavior"] == {
-        "scaleUp": {"stabilizationWindowSeconds": 30},
-        "scaleDown": {"stabilizationWindowSeconds": 600},
-    }
+def test_no_horizontal_pod_autoscaler_is_rendered_the_planner_scales_through_scale() -> None:
+    # The HPA used to point at External metrics no adapter served; the fleet autoscaler (planner/autoscale.py)
+    # writes /scale itself. An HPA an older version left is pruned: the kind stays managed.
+    origin = gpu_plan(spec=deployment_spec(AUTOSCALED_DEPLOYMENT), cluster="cpu", origin="cpu")
+    assert "HorizontalPodAutoscaler" not in by_kind(render(origin))
+    assert "HorizontalPodAutoscaler" in MANAGED_KINDS
 
 
-def test_autoscaler_with_one_target_and_scale_to_zero_minimum() -> None:
-    spec = deployment_spec(
-        SEED_DEPLOYMENT, replicas=1, autoscaling={"minReplicas": 0, "maxReplicas": 3, "target": {"queueDepth": 4}}
-    )
-    hpa = the(render(make_plan(spec=spec, replicas=1)), "HorizontalPodAutoscaler")
-
-    assert [m["external"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == ["llm_queue_depth"]
-    # HPAScaleToZero is an alpha gate: the HPA API needs at least one.
-    assert hpa["spec"]["minReplicas"] == 1
-    assert hpa["spec"]["behavior"] == {
-        "scaleUp": {"stabilizationWindowSeconds": 0},
-        "scaleDown": {"stabilizationWindowSeconds": 300},
-    }
+@pytest.mark.parametrize(
+    ("image", "serving", "expected"),
+    [
+        ("vllm/vllm-openai:v0.11.0", None, {"runtime": "vllm", "port": 8080, "path": "/metrics"}),
+        ("lmsysorg/sglang:v0.5", None, {"runtime": "sglang", "port": 8080, "path": "/metrics"}),
+        ("ghcr.io/huggingface/text-generation-inference:3", {"metricsPort": 9000},
+         {"runtime": "tgi", "port": 9000, "path": "/metrics"}),
+        ("mine:1", {"runtime": "custom", "metricsPath": "/stats", "metrics": {"requestsWaiting": "q"}},
+         {"runtime": "custom", "port": 8080, "path": "/stats", "names": {"requestsWaiting": "q"}}),
+    ],
+)  # fmt: skip
+def test_the_deployment_says_where_replicas_report_load(
+    image: str, serving: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    extra: dict[str, Any] = {"image": image} | ({"serving": serving} if serving else {})
+    plan = make_plan(model_spec(SEED_MODEL, **extra))
+    deployment = the(render(plan), "Deployment")
+    assert json.loads(deployment["metadata"]["annotations"]["llm.example.com/serving"]) == expected
+    assert "annotations" not in deployment["spec"]["template"]["metadata"]  # no restart when it changes
 
 
 def test_no_autoscaler_outside_the_origin_or_without_autoscaling() -> None:
@@ -863,11 +834,11 @@ def test_zero_replicas_renders_nothing() -> None:
     assert render(make_plan(replicas=0, cluster="cpu")) == []
 
 
-def test_zero_replicas_in_the_origin_keeps_only_the_autoscaler() -> None:
+def test_zero_replicas_in_the_origin_removes_everything_even_with_autoscaling() -> None:
     plan = make_plan(spec=deployment_spec(AUTOSCALED_DEPLOYMENT), replicas=0, cluster="cpu", origin="cpu")
 
-    assert [m["kind"] for m in render(plan)] == ["HorizontalPodAutoscaler"]
-    assert not plan.removes_everything
+    assert render(plan) == []
+    assert plan.removes_everything
 
 
 def test_removal_plan_renders_nothing() -> None:
@@ -895,7 +866,8 @@ def _everything() -> list[tuple[WorkloadPlan, list[Manifest]]]:
 def test_every_kind_rendered_is_a_managed_kind_and_all_are_covered() -> None:
     kinds = {m["kind"] for _, manifests in _everything() for m in manifests}
 
-    assert kinds == set(MANAGED_KINDS)
+    # HorizontalPodAutoscaler: no longer rendered, still managed so that old ones are pruned.
+    assert kinds == set(MANAGED_KINDS) - {"HorizontalPodAutoscaler"}
 
 
 def test_every_object_carries_the_standard_and_identity_labels() -> None:
@@ -925,6 +897,7 @@ def test_the_deployment_records_the_plan_and_the_pods_carry_the_labels() -> None
         ANNOTATION_EPOCH: "4",
         ANNOTATION_SEQUENCE: "12",
         ANNOTATION_UID: plan.deployment.uid,
+        "llm.example.com/serving": '{"path":"/metrics","port":8000,"runtime":"vllm"}',
         ANNOTATION_OBJECTS: ",".join(sorted(f"{m['kind']}/{m['metadata']['name']}" for m in render(plan))),
     }
     assert "Deployment/" in deployment["metadata"]["annotations"][ANNOTATION_OBJECTS]
