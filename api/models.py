@@ -31,7 +31,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from api.conditions import Condition
-from api.quantity import parse_quantity
+from api.quantity import bytes_of, parse_quantity
 
 GROUP = "llm.example.com"
 VERSION = "v1alpha1"
@@ -817,4 +817,4 @@ def gpu_min_memory_bytes(spec: LLMModelSpec) -> int:
     gpu = spec.resources.gpu
     if gpu is None or gpu.min_memory is None:
         return 0
-    return int(parse_quantity(gpu.min_memory))
+    return bytes_of(gpu.min_memory)

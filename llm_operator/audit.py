@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -27,6 +29,7 @@ from llm_operator.settings import Settings
 from llm_operator.timeline import timeline
 from store import reader, replay, schema, tables
 from store.errors import StoreError
+from store.sql import like_escape
 
 out = Console()
 
@@ -77,11 +80,13 @@ def parse_target(target: str) -> tuple[str, list[str]]:
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title, header_style="bold", title_justify="left")
+    # Cells and titles hold tenant strings (names, labels, messages): Text objects are printed as they are, never
+    # read as Rich markup (a "[/x]" in a label would raise, other markup could spoof the output).
+    table = Table(title=Text(title), header_style="bold", title_justify="left")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     return table
 
 
@@ -93,7 +98,11 @@ async def _origin_of(engine: AsyncEngine, namespace: str, name: str, cluster: st
         streams = (
             (
                 await conn.execute(
-                    select(e.c.stream_id).where(e.c.stream_id.like(f"LLMDeployment/%/{namespace}/{name}")).distinct()
+                    select(e.c.stream_id)
+                    .where(
+                        e.c.stream_id.like(f"LLMDeployment/%/{like_escape(namespace)}/{like_escape(name)}", escape="\\")
+                    )
+                    .distinct()
                 )
             )
             .scalars()
@@ -193,8 +202,8 @@ async def _as_of(
         if dep is None:
             out.print("the deployment did not exist then")
             return
-        out.print(f"generation {dep['generation']}, spec: {json.dumps(dep['spec'], sort_keys=True)}")
-        out.print(f"last outcome: {dep['last_outcome']}; deleting: {dep['deleting']}")
+        out.print(f"generation {dep['generation']}, spec: {escape(json.dumps(dep['spec'], sort_keys=True))}")
+        out.print(f"last outcome: {escape(str(dep['last_outcome']))}; deleting: {dep['deleting']}")
         out.print(
             _table(
                 "placements",
@@ -308,16 +317,17 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
         )
         return
     out.print(
-        f"[bold]{namespace}/{name}[/bold] (origin {origin}), decided {last.recorded_at:%Y-%m-%d %H:%M:%S} "
+        f"[bold]{escape(namespace)}/{escape(name)}[/bold] (origin {escape(origin)}), "
+        f"decided {last.recorded_at:%Y-%m-%d %H:%M:%S} "
         f"for generation {decision.generation} by planner epoch {decision.epoch}"
     )
-    out.print(f"outcome: [bold]{decision.outcome}[/bold] — {decision.message}")
+    out.print(f"outcome: [bold]{decision.outcome}[/bold] — {escape(decision.message)}")
     out.print(
         f"per replica: {decision.replica_gpus} GPU(s), {decision.replica_cpu_m}m CPU, "
         f"{decision.replica_memory_bytes // 2**20} MiB memory; desired replicas: {decision.desired_replicas}"
     )
     if dep is not None:
-        out.print(f"placement policy: {json.dumps(dep['spec'].get('placement', {}), sort_keys=True)}")
+        out.print(f"placement policy: {escape(json.dumps(dep['spec'].get('placement', {}), sort_keys=True))}")
     out.print(
         _table(
             "decision",
@@ -331,7 +341,7 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
     if decision.reasons:
         out.print("reasons:")
         for reason in decision.reasons:
-            out.print(f"  - {reason}")
+            out.print(f"  - {escape(reason)}")
     clusters = decision.inputs.get("clusters", {})
     out.print(
         _table(
