@@ -179,7 +179,9 @@ async def run_components(
             assert database_url
             engine = await open_engine(database_url, migrate=migrate)
             try:
-                await ensure_streams(js, subjects)
+                await ensure_streams(
+                    js, subjects, limits={role: lim.limits() for role, lim in settings.stream_limits.items()}
+                )
             except BusUnavailable as exc:
                 raise OperatorError(f"NATS at {nats_url}: {exc} (is JetStream enabled? run nats-server -js)") from exc
         for member in members:
