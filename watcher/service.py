@@ -19,7 +19,7 @@ from api.events import ClusterHeartbeat, ObservedKind, deterministic_id, encode_
 from api.labels import LABEL_MANAGED_BY, MANAGED_BY
 from bus.connection import JetStream
 from bus.errors import BusUnavailable
-from bus.publish import publish
+from bus.publish import payload_limit, publish
 from bus.subjects import Subjects
 from kubeapi import RESOURCES, Kube
 from watcher import metrics
@@ -68,7 +68,13 @@ async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings
         tg.start_soon(_heartbeat, js, subjects, settings)
         for kind, namespace, labels, fields in plan:
             sink = KindPublisher(
-                js=js, subjects=subjects, cluster=settings.cluster, kind=kind, namespace=namespace, clock=_now
+                js=js,
+                subjects=subjects,
+                cluster=settings.cluster,
+                kind=kind,
+                namespace=namespace,
+                clock=_now,
+                max_payload=payload_limit(js),
             )
             tg.start_soon(
                 partial(
@@ -110,4 +116,7 @@ async def _heartbeat(js: JetStream, subjects: Subjects, settings: WatcherSetting
         except BusUnavailable as exc:
             metrics.ERRORS.labels(kind="heartbeat").inc()
             logger.warning("cluster %s: heartbeat not delivered: %s", settings.cluster, exc)
+        except Exception:  # never let a bug here stop the heartbeats: the cluster would be failed over as dead
+            metrics.ERRORS.labels(kind="heartbeat").inc()
+            logger.exception("cluster %s: heartbeat failed", settings.cluster)
         await anyio.sleep(settings.heartbeat_seconds)
