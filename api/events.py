@@ -157,7 +157,8 @@ class ApplyReported(_Event):
     origin_cluster: str
     namespace: str
     name: str
-    outcome: Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale"]
+    outcome: Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale", "Superseded"]
+    """Superseded: a newer plan of the same kind for the deployment arrived before this one ran; it was not run."""
     message: str = ""
     objects: list[str] = Field(default_factory=list)
     epoch: int

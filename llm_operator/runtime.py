@@ -216,7 +216,11 @@ async def run_components(
                 if "watcher" in parts:
                     tg.start_soon(partial(run_watcher, kube=kube, js=js, subjects=subjects, settings=watcher_settings))
                 if "applier" in parts:
-                    applier_settings = ApplierSettings(cluster=member.name, workers=settings.applier_workers)
+                    applier_settings = ApplierSettings(
+                        cluster=member.name,
+                        workers=settings.applier_workers,
+                        max_attempts=settings.applier_max_attempts,
+                    )
                     tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=subjects, settings=applier_settings))
             if started is not None:
                 started.set()

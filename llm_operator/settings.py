@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     applier_workers: int = Field(default=8, ge=1, le=256)
     """Plans of different LLMDeployments each cluster's applier executes at once (one deployment's plans always
     run one at a time, in order)."""
+    applier_max_attempts: int = Field(default=10, ge=1, le=1000)
+    """Tries of a plan that keeps failing transiently (apiserver unreachable, 5xx) before the applier reports it
+    Failed (the deployment's status then says ApplyFailed); retries back off exponentially up to 30s."""
     resync_seconds: float = Field(default=600.0, gt=0)
     """Full relist period of every watch."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
