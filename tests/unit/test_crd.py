@@ -208,3 +208,50 @@ def test_committed_files_are_valid_yaml_with_the_header() -> None:
         text = path.read_text()
         assert text.startswith("# Generated from api/models.py")
         assert yaml.safe_load(text)["kind"] == "CustomResourceDefinition"
+
+
+# Strings a rule on the enclosing object checks with a function that refuses control characters (matchLabels
+# values: LabelSelector's rule matches them against LABEL_VALUE).
+_CHECKED_ELSEWHERE = {
+    ".spec.networkPolicy.allowedSources[*].ipBlock.cidr": "IPBlock: isCIDR(self.cidr)",
+    ".spec.networkPolicy.allowedSources[*].ipBlock.except[*]": "IPBlock: self.except.all(e, isCIDR(e))",
+}
+
+
+def _string_rules(node: dict[str, Any]) -> list[str]:
+    """The regular expressions of `self.matches('...')` rules on a string node (unescaped as CEL reads them)."""
+    out = []
+    for rule in node.get("x-kubernetes-validations", []):
+        text = rule["rule"]
+        if text.startswith("self.matches('") and text.endswith("')"):
+            out.append(text[len("self.matches('") : -2].replace("\\\\", "\\").replace("\\'", "'"))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_spec_string_is_bounded_and_refuses_nul_and_control_characters(name: str) -> None:
+    """A NUL cannot be stored anywhere downstream and control characters garble logs and terminals: every string
+    a user writes in a spec has a maximum length and a rule that refuses them at admission."""
+    import re
+
+    for path, node in walk(schema_of(name)):
+        if node.get("type") != "string" or not path.startswith(".spec") or "enum" in node:
+            continue
+        if path.endswith("matchLabels{*}") or path in _CHECKED_ELSEWHERE:
+            continue
+        assert "maxLength" in node, f"{path}: a string needs maxLength"
+        patterns = _string_rules(node)
+        assert patterns, f"{path}: no rule refuses control characters"
+        for bad in ("a\x00b", "a\x1bb", "a\x7fb"):
+            assert any(not re.search(p, bad) for p in patterns), f"{path} accepts {bad!r}"
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_spec_list_and_map_has_a_maximum_size(name: str) -> None:
+    for path, node in walk(schema_of(name)):
+        if not path.startswith(".spec"):
+            continue
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path}: a list needs maxItems"
+        if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+            assert "maxProperties" in node, f"{path}: a map needs maxProperties"
