@@ -67,7 +67,8 @@ MAX_LIST = 64
 MAX_SELECTOR = 16
 """Sources, requirements and values in label selectors: small, because their rules multiply (a NetworkPolicy
 source holds two selectors, each with requirements, each with values)."""
-MAX_ENV_VALUE = 32768
+MAX_ENV_VALUE = 8192
+"""With 256 variables, a longer value would put the rule that reads it over the apiserver's CEL cost budget."""
 # Control characters never belong in names, references, paths or arguments: NUL cannot even be stored (Postgres
 # refuses it in text and jsonb), and the others garble logs and terminals. Env values may hold tabs and newlines
 # (a PEM block, say), nothing else below 0x20.
@@ -396,7 +397,7 @@ class EnvVar(ApiModel):
         ]
         | None
     ) = None
-    """Literal value, at most 32768 characters."""
+    """Literal value, at most 8192 characters (larger values belong in a Secret: use secretKeyRef)."""
     secret_key_ref: EnvSecretKeyRef | None = None
     """Take the value from a Secret key instead."""
 
