@@ -11,7 +11,9 @@ Guarantees:
   deployment's later plans, at most `max_attempts` times; then, like a permanent failure (the apiserver refused
   the object), the plan is reported `Failed` with the reason (the deployment's status says ApplyFailed) and
   acknowledged. If NATS goes away, unacknowledged plans are delivered again.
-- Malformed plans, or plans for another cluster, go to the dead-letter subject and consumption continues.
+- Malformed plans, or plans for another cluster, go to the dead-letter subject and consumption continues. Any
+  other error restarts the consumer after a pause (unacknowledged plans are delivered again); it never ends the
+  agent.
 - Results are `ApplyReported` events with a deterministic id per (plan, cluster): reporting twice is harmless.
 """
 
@@ -84,16 +86,23 @@ async def run_applier(*, kube: Kube, js: JetStream, subjects: Subjects, settings
             sub = await _subscribe(js, subjects, settings)
             delay = settings.retry_seconds
             await _consume(sub, app)
-        except* (BusUnavailable, OSError, TimeoutError) as group:  # also from a worker
+        except* Exception as group:  # also from a worker
             exc = group.exceptions[0]
-            logger.warning(
-                "applier %s: NATS unavailable (%s: %s); retrying in %.1fs",
-                settings.cluster,
-                type(exc).__name__,
-                exc,
-                delay,
-                exc_info=exc,
-            )
+            if all(isinstance(e, BusUnavailable | OSError | TimeoutError) for e in group.exceptions):
+                logger.warning(
+                    "applier %s: NATS unavailable (%s: %s); retrying in %.1fs",
+                    settings.cluster,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=exc,
+                )
+            else:
+                # A bug, or a plan of a shape nobody foresaw: the applier starts over (unacknowledged plans come
+                # back) instead of ending, and with it the agent and its cluster's heartbeats.
+                logger.error(
+                    "applier %s: unexpected error; restarting in %.1fs", settings.cluster, delay, exc_info=group
+                )
             await anyio.sleep(delay)
             delay = min(delay * 2, settings.max_retry_seconds)
 
@@ -268,7 +277,12 @@ async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier, limiter: anyi
                 if isinstance(plan, WorkloadPlan):
                     return await execute_workload(app.kube, plan, app.guard)
                 return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
-        except TransientKubeError as exc:
+        except (KubeError, ExceptionGroup) as raised:
+            exc = _kube_error(raised)
+            if exc is None:
+                raise
+            if not isinstance(exc, TransientKubeError):
+                return ApplyResult("Failed", message=str(exc))
             attempt += 1
             if attempt >= settings.max_attempts:
                 return ApplyResult(
@@ -286,8 +300,26 @@ async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier, limiter: anyi
             )
             metrics.APPLIES.labels(kind=plan.kind, outcome="Retry").inc()
             await anyio.sleep(wait)
-        except KubeError as exc:
-            return ApplyResult("Failed", message=str(exc))
+
+
+def _kube_error(raised: BaseException) -> KubeError | None:
+    """The Kubernetes error behind `raised`: itself, or — for the group that calls made in parallel raise — a
+    permanent error of the group if there is one (retrying cannot help), else its first transient one. None if
+    anything else is in it (a bug or cancellation: not ours to swallow)."""
+    if isinstance(raised, KubeError):
+        return raised
+    leaves: list[BaseException] = []
+    pending = [raised]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    errors = [e for e in leaves if isinstance(e, KubeError)]
+    if not errors or len(errors) != len(leaves):
+        return None
+    return next((e for e in errors if not isinstance(e, TransientKubeError)), errors[0])
 
 
 async def _keep_alive(msg: Delivery) -> None:
