@@ -148,15 +148,27 @@ async def _dispatch(
         tg.start_soon(_lane, key, queue, app, limiter)
         return
     for waiting in [item for item in queue if item[1].kind == plan.kind]:
-        # Not started yet, and a newer plan of its kind holds the whole intent: this one need not run.
-        queue.remove(waiting)
-        old = waiting[1]
-        message = f"superseded by plan {plan.plan_id} (sequence {plan.sequence}) before it ran"
-        logger.info("plan %s: %s", old.plan_id, message)
-        metrics.APPLIES.labels(kind=plan.kind, outcome="Superseded").inc()
-        await _report(old, ApplyResult("Superseded", message=message), app)
-        await waiting[0].ack()
+        if waiting[1].plan_id == plan.plan_id:
+            # The same plan delivered again while it waited (its ack wait ran out): keep the newer delivery.
+            queue.remove(waiting)
+        elif (waiting[1].epoch, waiting[1].sequence) > (plan.epoch, plan.sequence):
+            await _supersede(msg, plan, waiting[1], app)  # an older plan arriving late: it need not run
+            return
+        else:
+            # Not started yet, and a newer plan of its kind holds the whole intent: this one need not run.
+            queue.remove(waiting)
+            await _supersede(waiting[0], waiting[1], plan, app)
     queue.append((msg, plan))
+
+
+async def _supersede(
+    msg: Delivery, old: WorkloadPlan | StatusPlan, new: WorkloadPlan | StatusPlan, app: _Applier
+) -> None:
+    message = f"superseded by plan {new.plan_id} (sequence {new.sequence}) before it ran"
+    logger.info("plan %s: %s", old.plan_id, message)
+    metrics.APPLIES.labels(kind=old.kind, outcome="Superseded").inc()
+    await _report(old, ApplyResult("Superseded", message=message), app)
+    await msg.ack()
 
 
 async def _lane(
