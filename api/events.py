@@ -19,11 +19,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
 from api.network import ClusterNetwork
 from api.plans import Plan
+from api.snapshots import check_snapshot
 
 ObservedKind = Literal["LLMModel", "LLMDeployment", "Node", "Pod", "Deployment"]
 _ID_NAMESPACE = uuid.UUID("5b0c7a4e-8d2f-4f61-9a43-2f0d1c3e9b71")
@@ -63,6 +64,12 @@ class ResourceObserved(_Event):
     observed_at: datetime
     object: dict[str, Any]
 
+    @model_validator(mode="after")
+    def _snapshot_has_its_kinds_shape(self) -> ResourceObserved:
+        if problem := check_snapshot(self.kind, self.object):
+            raise ValueError(f"{self.kind} snapshot: {problem}")
+        return self
+
     @staticmethod
     def id_for(cluster: str, kind: str, uid: str, resource_version: str) -> str:
         return deterministic_id("observed", cluster, kind, uid, resource_version)
@@ -79,6 +86,12 @@ class ResourceDeleted(_Event):
     resource_version: str
     observed_at: datetime
     object: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _snapshot_has_its_kinds_shape(self) -> ResourceDeleted:
+        if problem := check_snapshot(self.kind, self.object):
+            raise ValueError(f"{self.kind} snapshot: {problem}")
+        return self
 
     @staticmethod
     def id_for(cluster: str, kind: str, uid: str, resource_version: str) -> str:
@@ -104,6 +117,28 @@ class ResyncCompleted(_Event):
         return deterministic_id("resync", cluster, kind, namespace or "", resource_version)
 
 
+class ObservationRefused(_Event):
+    """A watcher saw an object it cannot report: its snapshot could not be made, or is larger than the bus carries.
+
+    The object itself is not published (the store keeps what it knew before); this small notice says which object,
+    which version, and why, so the refusal is in the log and can be shown on the object's status."""
+
+    type: Literal["ObservationRefused"] = "ObservationRefused"
+    kind: ObservedKind
+    namespace: str | None = Field(default=None, max_length=253)
+    name: str = Field(max_length=253)
+    uid: str = Field(max_length=128)
+    resource_version: str = Field(max_length=64)
+    reason: Literal["Untranslatable", "TooLarge"]
+    message: str = Field(max_length=1000)
+    size_bytes: int | None = None
+    observed_at: datetime
+
+    @staticmethod
+    def id_for(cluster: str, kind: str, uid: str, resource_version: str) -> str:
+        return deterministic_id("refused", cluster, kind, uid, resource_version)
+
+
 class ClusterHeartbeat(_Event):
     """A watcher is alive. Heartbeats refresh cluster health; they are not kept in the log themselves
     (ClusterJoined / ClusterLabelsChanged / ClusterHealthChanged record what they mean)."""
@@ -125,7 +160,8 @@ class ApplyReported(_Event):
     origin_cluster: str
     namespace: str
     name: str
-    outcome: Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale"]
+    outcome: Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale", "Superseded"]
+    """Superseded: a newer plan of the same kind for the deployment arrived before this one ran; it was not run."""
     message: str = ""
     objects: list[str] = Field(default_factory=list)
     epoch: int
@@ -339,6 +375,7 @@ Event = Annotated[
     ResourceObserved
     | ResourceDeleted
     | ResyncCompleted
+    | ObservationRefused
     | ClusterHeartbeat
     | ApplyReported
     | ClusterJoined
@@ -357,6 +394,7 @@ EVENT_TYPES = frozenset(
         ResourceObserved,
         ResourceDeleted,
         ResyncCompleted,
+        ObservationRefused,
         ClusterHeartbeat,
         ApplyReported,
         ClusterJoined,
@@ -415,6 +453,10 @@ def stream_of(event: _Event) -> str:
         # Its own stream: observations every few seconds would bury a deployment's history (ScaleDecided, in the
         # deployment's stream, carries the figures a decision used).
         return f"Load/{event.origin_cluster}/{event.namespace}/{event.name}/{event.cluster}"
+    if type(event) is ObservationRefused:
+        if event.kind == "LLMDeployment":
+            return deployment_stream(event.cluster, event.namespace or "", event.name)
+        return f"{event.kind}/{event.cluster}/{event.namespace or ''}/{event.name}".replace("//", "/")
     if type(event) is ApplyReported or type(event) is PlacementDecided or type(event) is ScaleDecided:
         return deployment_stream(event.origin_cluster, event.namespace, event.name)
     if type(event) is PlanIssued:

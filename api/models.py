@@ -31,7 +31,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from api.conditions import Condition
-from api.quantity import parse_quantity
+from api.quantity import bytes_of, parse_quantity
 
 GROUP = "llm.example.com"
 VERSION = "v1alpha1"
@@ -67,6 +67,14 @@ MAX_LIST = 64
 MAX_SELECTOR = 16
 """Sources, requirements and values in label selectors: small, because their rules multiply (a NetworkPolicy
 source holds two selectors, each with requirements, each with values)."""
+MAX_ENV_VALUE = 8192
+"""With 256 variables, a longer value would put the rule that reads it over the apiserver's CEL cost budget."""
+# Control characters never belong in names, references, paths or arguments: NUL cannot even be stored (Postgres
+# refuses it in text and jsonb), and the others garble logs and terminals. Env values may hold tabs and newlines
+# (a PEM block, say), nothing else below 0x20.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+NO_CONTROL_MESSAGE = "must not contain control characters (NUL, tab, newline, escape and the like)"
+ENV_VALUE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, JsonValue]:
@@ -107,7 +115,9 @@ class Matches:
         message = self.message
 
         def check(value: str) -> str:
-            if not regex.search(value):
+            # fullmatch: every pattern here is anchored, and Python's `$` would also match before a final newline,
+            # which RE2 (the apiserver's engine) does not.
+            if not regex.fullmatch(value):
                 raise ValueError(message)
             return value
 
@@ -165,7 +175,7 @@ ClusterName = Annotated[
 AbsolutePath = Annotated[
     str,
     Field(min_length=1, max_length=MAX_PATH),
-    Matches(r"^/", "must be an absolute path starting with '/'"),
+    Matches(r"^/[^\x00-\x1f\x7f]*$", "must be an absolute path starting with '/', without control characters"),
 ]
 
 
@@ -288,7 +298,7 @@ class WeightsSource(ApiModel):
         )
     )
 
-    uri: str = Field(min_length=1, max_length=MAX_URI)
+    uri: Annotated[str, Field(min_length=1, max_length=MAX_URI), Matches(NO_CONTROL, NO_CONTROL_MESSAGE)]
     """hf://org/model[@revision] (Hugging Face Hub; pin a revision for reproducible rollouts),
     s3://bucket/path (S3 or an S3-compatible store), or pvc://claim[/path] (weights already on a
     PersistentVolumeClaim in each cluster that runs the model, mounted read-only). Required.
@@ -346,7 +356,11 @@ class EnvSecretKeyRef(ApiModel):
 
     name: SubdomainName
     """Name of the Secret. Required."""
-    key: str = Field(min_length=1, max_length=MAX_NAME)
+    key: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_NAME),
+        Matches(r"^[-._a-zA-Z0-9]+$", "must be a Secret key: letters, digits, '-', '_' and '.'"),
+    ]
     """Key in the Secret. Required."""
 
 
@@ -375,8 +389,15 @@ class EnvVar(ApiModel):
     ]
     """Variable name, unique in the list. Required. Not MODEL_NAME, MODEL_SOURCE, MODEL_PATH or PORT: the operator
     sets those itself."""
-    value: str | None = Field(default=None, max_length=32768)
-    """Literal value."""
+    value: (
+        Annotated[
+            str,
+            Field(max_length=MAX_ENV_VALUE),
+            Matches(ENV_VALUE_TEXT, "must not contain control characters other than tab and newline"),
+        ]
+        | None
+    ) = None
+    """Literal value, at most 8192 characters (larger values belong in a Secret: use secretKeyRef)."""
     secret_key_ref: EnvSecretKeyRef | None = None
     """Take the value from a Secret key instead."""
 
@@ -474,13 +495,16 @@ class LLMModelSpec(ApiModel):
         )
     )
 
-    model_name: str = Field(min_length=1, max_length=MAX_NAME)
+    model_name: Annotated[str, Field(min_length=1, max_length=MAX_NAME), Matches(NO_CONTROL, NO_CONTROL_MESSAGE)]
     """Name of the LLM model, e.g. GPT-Small or meta-llama/Llama-3.1-70B-Instruct (passed to the server as
     MODEL_NAME). Required."""
     image: Annotated[
         str,
         Field(min_length=1, max_length=MAX_PATH),
-        Matches(r"^[^\s]+$", "must be a container image reference without spaces, e.g. your-registry/gpt-small:v1"),
+        Matches(
+            r"^[^\x00-\x20\x7f]+$",
+            "must be a container image reference without spaces or control characters, e.g. your-registry/gpt-small:v1",
+        ),
     ]
     """Container image of the model server, e.g. your-registry/gpt-small:v1 or vllm/vllm-openai:v0.6.3.
     Required."""
@@ -490,7 +514,9 @@ class LLMModelSpec(ApiModel):
     """Where the weights come from; leave out when they are baked into the image."""
     storage: WeightsStorage | None = None
     """Persistent storage for the weights (a new or an existing claim); leave out to keep no copy."""
-    args: list[Annotated[str, Field(max_length=MAX_PATH)]] = Field(default_factory=list, max_length=256)
+    args: list[Annotated[str, Field(max_length=MAX_PATH), Matches(NO_CONTROL, NO_CONTROL_MESSAGE)]] = Field(
+        default_factory=list, max_length=256
+    )
     """Arguments passed to the model server (the container's args), e.g. [--tensor-parallel-size=4]."""
     env: list[EnvVar] = Field(default_factory=list, max_length=256, json_schema_extra=list_map("name"))
     """Environment variables of the model server; names must be unique."""
@@ -888,4 +914,4 @@ def gpu_min_memory_bytes(spec: LLMModelSpec) -> int:
     gpu = spec.resources.gpu
     if gpu is None or gpu.min_memory is None:
         return 0
-    return int(parse_quantity(gpu.min_memory))
+    return bytes_of(gpu.min_memory)

@@ -131,7 +131,6 @@ class EndpointsPlan(_Plan):
     admit_cidrs: list[Cidr] = Field(default_factory=list, max_length=16)
 
 
-
 class ScalePlan(_Plan):
     """Set spec.replicas of the origin LLMDeployment through its /scale subresource, as a HorizontalPodAutoscaler
     would (`replicas` None: leave it), and record the fleet autoscaler's ScalingActive condition."""

@@ -1,26 +1,32 @@
 """The applier of one member cluster: take its plans in order, execute them, report each result.
 
 Guarantees:
-- Plans are consumed from a durable JetStream consumer. Plans of different LLMDeployments run concurrently (up to
-  `workers`); the plans of one deployment run one at a time, in the order the planner issued them. A plan is
-  acknowledged only after its result was published.
-- Transient failures (apiserver unreachable, 5xx) are retried in place with backoff, holding back that
-  deployment's later plans; a permanent failure (the apiserver refused the object) is reported as `Failed` and
+- Plans are consumed from a durable JetStream consumer. Each LLMDeployment has a lane of its own (created when a
+  plan for it arrives, gone when it has none left): plans of different deployments run concurrently (up to
+  `workers` at once), the plans of one deployment one at a time, in the order the planner issued them. A plan
+  waiting in a lane is superseded by a newer plan of the same kind for the same deployment (each holds the whole
+  intent), so a slow deployment holds at most one running and one waiting plan per kind — never the consumer's
+  whole window. A plan is acknowledged only after its result was published.
+- Transient failures (apiserver unreachable, 5xx) are retried with exponential backoff, holding back only that
+  deployment's later plans, at most `max_attempts` times; then, like a permanent failure (the apiserver refused
+  the object), the plan is reported `Failed` with the reason (the deployment's status says ApplyFailed) and
   acknowledged. If NATS goes away, unacknowledged plans are delivered again.
-- Malformed plans, or plans for another cluster, go to the dead-letter subject and consumption continues.
+- Malformed plans, or plans for another cluster, go to the dead-letter subject and consumption continues. Any
+  other error restarts the consumer after a pause (unacknowledged plans are delivered again); it never ends the
+  agent.
 - Results are `ApplyReported` events with a deterministic id per (plan, cluster): reporting twice is harmless.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import zlib
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import TaskGroup
 from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
@@ -51,16 +57,18 @@ class ApplierSettings:
     """Plans of different LLMDeployments executed at once; one deployment's plans always run one at a time."""
     retry_seconds: float = 1.0
     max_retry_seconds: float = 30.0
+    max_attempts: int = 10
+    """Tries of a plan that keeps failing transiently before it is reported Failed (1: no retry)."""
 
 
 @dataclass
 class _Applier:
     """One cluster's applier: its dependencies, and what it remembers across plans.
 
-    Per-deployment order across concurrent workers: a deployment's plans always go to the same lane, and a lane
-    executes its plans one after the other. `done` holds the stream sequence of the last plan executed per
-    deployment and plan kind, so a copy redelivered after a later plan of its kind ran (its ack was lost) is not
-    executed again: an older status must not overwrite a newer one."""
+    Per-deployment order across concurrent workers: a deployment's plans always go to its own lane (`lanes`, by
+    deployment key), and a lane executes its plans one after the other. `done` holds the stream sequence of the
+    last plan executed per deployment and plan kind, so a copy redelivered after a later plan of its kind ran (its
+    ack was lost) is not executed again: an older status must not overwrite a newer one."""
 
     kube: Kube
     js: JetStream
@@ -68,6 +76,7 @@ class _Applier:
     settings: ApplierSettings
     guard: EpochGuard = field(default_factory=EpochGuard)
     done: dict[str, int] = field(default_factory=dict)
+    lanes: dict[str, deque[tuple[Delivery, AnyPlan]]] = field(default_factory=dict)
 
 
 async def run_applier(*, kube: Kube, js: JetStream, subjects: Subjects, settings: ApplierSettings) -> None:
@@ -79,16 +88,23 @@ async def run_applier(*, kube: Kube, js: JetStream, subjects: Subjects, settings
             sub = await _subscribe(js, subjects, settings)
             delay = settings.retry_seconds
             await _consume(sub, app)
-        except* (BusUnavailable, OSError, TimeoutError) as group:  # also from a worker
+        except* Exception as group:  # also from a worker
             exc = group.exceptions[0]
-            logger.warning(
-                "applier %s: NATS unavailable (%s: %s); retrying in %.1fs",
-                settings.cluster,
-                type(exc).__name__,
-                exc,
-                delay,
-                exc_info=exc,
-            )
+            if all(isinstance(e, BusUnavailable | OSError | TimeoutError) for e in group.exceptions):
+                logger.warning(
+                    "applier %s: NATS unavailable (%s: %s); retrying in %.1fs",
+                    settings.cluster,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=exc,
+                )
+            else:
+                # A bug, or a plan of a shape nobody foresaw: the applier starts over (unacknowledged plans come
+                # back) instead of ending, and with it the agent and its cluster's heartbeats.
+                logger.error(
+                    "applier %s: unexpected error; restarting in %.1fs", settings.cluster, delay, exc_info=group
+                )
             await anyio.sleep(delay)
             delay = min(delay * 2, settings.max_retry_seconds)
 
@@ -100,35 +116,75 @@ async def _subscribe(js: JetStream, subjects: Subjects, settings: ApplierSetting
         durable=f"applier-{settings.cluster}",
         subject=subjects.plans(settings.cluster),
         ack_wait=ACK_WAIT_SECONDS,
-        max_ack_pending=settings.workers * 2,
+        # Room for every worker's plan plus a waiting one per kind for some deployments (see _dispatch).
+        max_ack_pending=settings.workers * 4,
     )
 
 
 async def _consume(sub: WorkQueue, app: _Applier) -> None:
     settings = app.settings
-    async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
-        inboxes: list[MemoryObjectSendStream[tuple[Delivery, AnyPlan]]] = []
-        for _ in range(settings.workers):
-            send, receive = anyio.create_memory_object_stream[tuple[Delivery, AnyPlan]](1)
-            inboxes.append(await streams.enter_async_context(send))
-            tg.start_soon(_lane, receive, app)
+    limiter = anyio.CapacityLimiter(settings.workers)
+    app.lanes.clear()
+    async with anyio.create_task_group() as tg:
         while True:
             msgs = await sub.fetch(settings.workers, timeout=1.0)
             try:
                 while msgs:
                     plan = await _plan_of(msgs[0], app)
                     if plan is not None:
-                        lane = zlib.crc32(plan.deployment.key.encode()) % len(inboxes)
-                        await inboxes[lane].send((msgs[0], plan))
+                        await _dispatch(msgs[0], plan, app, tg, limiter)
                     msgs.pop(0)
             except anyio.get_cancelled_exc_class():
                 await _hand_back(msgs)
                 raise
-            except anyio.BrokenResourceError:
-                # A worker stopped on an error (NATS went away while it reported): the task group is already
-                # being torn down with that error, which run_applier handles; only hand the rest back.
-                await _hand_back(msgs)
-                return
+
+
+async def _dispatch(msg: Delivery, plan: AnyPlan, app: _Applier, tg: TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+    """Queue the plan in its deployment's lane (starting the lane if it has none)."""
+    key = plan.deployment.key
+    queue = app.lanes.get(key)
+    if queue is None:
+        queue = app.lanes[key] = deque([(msg, plan)])
+        tg.start_soon(_lane, key, queue, app, limiter)
+        return
+    for waiting in [item for item in queue if item[1].kind == plan.kind]:
+        if waiting[1].plan_id == plan.plan_id:
+            # The same plan delivered again while it waited (its ack wait ran out): keep the newer delivery.
+            queue.remove(waiting)
+        elif (waiting[1].epoch, waiting[1].sequence) > (plan.epoch, plan.sequence):
+            await _supersede(msg, plan, waiting[1], app)  # an older plan arriving late: it need not run
+            return
+        else:
+            # Not started yet, and a newer plan of its kind holds the whole intent: this one need not run.
+            queue.remove(waiting)
+            await _supersede(waiting[0], waiting[1], plan, app)
+    queue.append((msg, plan))
+
+
+async def _supersede(msg: Delivery, old: AnyPlan, new: AnyPlan, app: _Applier) -> None:
+    message = f"superseded by plan {new.plan_id} (sequence {new.sequence}) before it ran"
+    logger.info("plan %s: %s", old.plan_id, message)
+    metrics.APPLIES.labels(kind=old.kind, outcome="Superseded").inc()
+    await _report(old, ApplyResult("Superseded", message=message), app)
+    await msg.ack()
+
+
+async def _lane(
+    key: str, queue: deque[tuple[Delivery, AnyPlan]], app: _Applier, limiter: anyio.CapacityLimiter
+) -> None:
+    """Run one deployment's plans in order until none is left; the lane then ends (a later plan starts a new one)."""
+    try:
+        while queue:
+            msg, plan = queue.popleft()
+            await _one(msg, plan, app, limiter)
+    except anyio.get_cancelled_exc_class():
+        # Stopping: hand back what waits here now, rather than after ack_wait.
+        await _hand_back([m for m, _ in queue])
+        queue.clear()
+        raise
+    finally:
+        if app.lanes.get(key) is queue:
+            del app.lanes[key]
 
 
 async def _plan_of(msg: Delivery, app: _Applier) -> AnyPlan | None:
@@ -145,28 +201,13 @@ async def _plan_of(msg: Delivery, app: _Applier) -> AnyPlan | None:
     return plan
 
 
-async def _lane(inbox: MemoryObjectReceiveStream[tuple[Delivery, AnyPlan]], app: _Applier) -> None:
-    async with inbox:
-        try:
-            async for msg, plan in inbox:
-                await _one(msg, plan, app)
-        except anyio.get_cancelled_exc_class():
-            # Stopping: hand back what waits here now, rather than after ack_wait.
-            waiting: list[Delivery] = []
-            with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
-                while True:
-                    waiting.append(inbox.receive_nowait()[0])
-            await _hand_back(waiting)
-            raise
-
-
 async def _hand_back(msgs: list[Delivery]) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
         for msg in msgs:
             await msg.nak()
 
 
-async def _one(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
+async def _one(msg: Delivery, plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter) -> None:
     sequence = msg.stream_sequence
     # A later plan of the same kind supersedes an earlier one (each holds the whole intent); a status plan
     # says nothing about the workload, and the other way round.
@@ -178,7 +219,7 @@ async def _one(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
         await msg.ack()
         return
     try:
-        await _handle(msg, plan, app)
+        await _handle(msg, plan, app, limiter)
     except anyio.get_cancelled_exc_class():
         await _hand_back([msg])  # stopping: hand it back now rather than after ack_wait
         raise
@@ -186,14 +227,14 @@ async def _one(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
         app.done[done_key] = max(sequence, app.done.get(done_key, 0))
 
 
-async def _handle(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
-    """Execute, retrying transient failures in place (the lane waits, so the deployment's later plans cannot
-    overtake this one), then report and acknowledge."""
+async def _handle(msg: Delivery, plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter) -> None:
+    """Execute, retrying transient failures (the lane waits, so the deployment's later plans cannot overtake this
+    one; other deployments' lanes go on), then report and acknowledge."""
     settings = app.settings
     started = datetime.now(UTC)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_keep_alive, msg)
-        result = await _execute(plan, app)
+        result = await _execute(plan, app, limiter)
         tg.cancel_scope.cancel()
     seconds = (datetime.now(UTC) - started).total_seconds()
     metrics.APPLY_SECONDS.labels(kind=plan.kind).observe(seconds)
@@ -210,6 +251,12 @@ async def _handle(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
         result.outcome,
         result.message,
     )
+    await _report(plan, result, app)
+    await msg.ack()
+
+
+async def _report(plan: AnyPlan, result: ApplyResult, app: _Applier) -> None:
+    settings = app.settings
     report = ApplyReported(
         event_id=ApplyReported.id_for(plan.plan_id, settings.cluster),
         cluster=settings.cluster,
@@ -225,29 +272,66 @@ async def _handle(msg: Delivery, plan: AnyPlan, app: _Applier) -> None:
         finished_at=datetime.now(UTC),
     )
     await publish(app.js, app.subjects.events(settings.cluster), encode_event(report), msg_id=report.event_id)
-    await msg.ack()
 
 
-async def _execute(plan: AnyPlan, app: _Applier) -> ApplyResult:
+async def _execute(plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter) -> ApplyResult:
+    """One attempt at a time holds a worker (`limiter`); waiting out a backoff does not."""
     settings = app.settings
+    started = time.monotonic()
     attempt = 0
     while True:
         try:
-            if isinstance(plan, WorkloadPlan):
-                return await execute_workload(app.kube, plan, app.guard)
-            if isinstance(plan, EndpointsPlan):
-                return await execute_endpoints(app.kube, plan)
-            if isinstance(plan, ScalePlan):
-                return await execute_scale(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
-            return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
-        except TransientKubeError as exc:
+            async with limiter:
+                if isinstance(plan, WorkloadPlan):
+                    return await execute_workload(app.kube, plan, app.guard)
+                if isinstance(plan, EndpointsPlan):
+                    return await execute_endpoints(app.kube, plan)
+                if isinstance(plan, ScalePlan):
+                    return await execute_scale(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
+                return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
+        except (KubeError, ExceptionGroup) as raised:
+            exc = _kube_error(raised)
+            if exc is None:
+                raise
+            if not isinstance(exc, TransientKubeError):
+                return ApplyResult("Failed", message=str(exc))
             attempt += 1
+            if attempt >= settings.max_attempts:
+                return ApplyResult(
+                    "Failed",
+                    message=f"gave up after {attempt} attempts in {time.monotonic() - started:.0f}s: {exc}",
+                )
             wait = min(settings.retry_seconds * 2 ** min(attempt - 1, 6), settings.max_retry_seconds)
-            logger.warning("plan %s: %s; retrying in %.1fs", plan.plan_id, exc, wait)
+            logger.warning(
+                "plan %s: %s; retrying in %.1fs (attempt %d of %d)",
+                plan.plan_id,
+                exc,
+                wait,
+                attempt,
+                settings.max_attempts,
+            )
             metrics.APPLIES.labels(kind=plan.kind, outcome="Retry").inc()
             await anyio.sleep(wait)
-        except KubeError as exc:
-            return ApplyResult("Failed", message=str(exc))
+
+
+def _kube_error(raised: BaseException) -> KubeError | None:
+    """The Kubernetes error behind `raised`: itself, or — for the group that calls made in parallel raise — a
+    permanent error of the group if there is one (retrying cannot help), else its first transient one. None if
+    anything else is in it (a bug or cancellation: not ours to swallow)."""
+    if isinstance(raised, KubeError):
+        return raised
+    leaves: list[BaseException] = []
+    pending = [raised]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    errors = [e for e in leaves if isinstance(e, KubeError)]
+    if not errors or len(errors) != len(leaves):
+        return None
+    return next((e for e in errors if not isinstance(e, TransientKubeError)), errors[0])
 
 
 async def _keep_alive(msg: Delivery) -> None:

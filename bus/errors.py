@@ -12,6 +12,15 @@ class BusUnavailable(Exception):
     """NATS/JetStream could not be reached or did not confirm in time."""
 
 
+class PayloadTooLarge(Exception):
+    """A message larger than the server's max_payload: permanent for that message, never a reason to retry."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the NATS server's max_payload of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
 NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 """What the NATS client raises when the server is away or slow; translated to `BusUnavailable` at this package's
 edge."""

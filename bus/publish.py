@@ -11,13 +11,28 @@ from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 
-from bus.errors import NATS_ERRORS, BusUnavailable
+from bus.errors import NATS_ERRORS, BusUnavailable, PayloadTooLarge
 
 MSG_ID = "Nats-Msg-Id"
+HEADER_ROOM = 1024
+"""Bytes kept free for headers under the server's max_payload (it counts headers and payload together)."""
+
+
+def payload_limit(js: JetStreamContext) -> int:
+    """The largest payload this connection can publish (the server's max_payload less room for our headers)."""
+    return int(js._nc.max_payload) - HEADER_ROOM
+
+
+def _check_size(js: JetStreamContext, data: bytes) -> None:
+    limit = payload_limit(js)
+    if len(data) > limit:
+        raise PayloadTooLarge(len(data), limit)
 
 
 async def publish(js: JetStreamContext, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
-    """Publish durably; True if JetStream stored it, False if it was a duplicate of an earlier message."""
+    """Publish durably; True if JetStream stored it, False if it was a duplicate of an earlier message.
+    `PayloadTooLarge` if it can never be published (nothing was sent)."""
+    _check_size(js, data)
     try:
         ack = await js.publish(subject, data, timeout=timeout, headers={MSG_ID: msg_id})
     except NATS_ERRORS as exc:
@@ -26,7 +41,10 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, *, msg_id: st
 
 
 async def publish_many(js: JetStreamContext, items: Sequence[tuple[str, bytes, str]], *, timeout: float = 10.0) -> int:
-    """Publish (subject, data, msg_id) items pipelined; returns how many were new. All-or-error."""
+    """Publish (subject, data, msg_id) items pipelined; returns how many were new. All-or-error;
+    `PayloadTooLarge` (before anything is sent) if one item can never be published."""
+    for _, data, _ in items:
+        _check_size(js, data)
     try:
         futures = [await js.publish_async(s, d, headers={MSG_ID: i}) for s, d, i in items]
         acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)

@@ -18,7 +18,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -30,6 +32,7 @@ from planner.capacity import gpu_capacity
 from planner.memory import facts_of
 from store import reader, replay, schema, tables
 from store.errors import StoreError
+from store.sql import like_escape
 
 out = Console()
 
@@ -80,11 +83,13 @@ def parse_target(target: str) -> tuple[str, list[str]]:
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title, header_style="bold", title_justify="left")
+    # Cells and titles hold tenant strings (names, labels, messages): Text objects are printed as they are, never
+    # read as Rich markup (a "[/x]" in a label would raise, other markup could spoof the output).
+    table = Table(title=Text(title), header_style="bold", title_justify="left")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     return table
 
 
@@ -96,7 +101,11 @@ async def _origin_of(engine: AsyncEngine, namespace: str, name: str, cluster: st
         streams = (
             (
                 await conn.execute(
-                    select(e.c.stream_id).where(e.c.stream_id.like(f"LLMDeployment/%/{namespace}/{name}")).distinct()
+                    select(e.c.stream_id)
+                    .where(
+                        e.c.stream_id.like(f"LLMDeployment/%/{like_escape(namespace)}/{like_escape(name)}", escape="\\")
+                    )
+                    .distinct()
                 )
             )
             .scalars()
@@ -196,8 +205,8 @@ async def _as_of(
         if dep is None:
             out.print("the deployment did not exist then")
             return
-        out.print(f"generation {dep['generation']}, spec: {json.dumps(dep['spec'], sort_keys=True)}")
-        out.print(f"last outcome: {dep['last_outcome']}; deleting: {dep['deleting']}")
+        out.print(f"generation {dep['generation']}, spec: {escape(json.dumps(dep['spec'], sort_keys=True))}")
+        out.print(f"last outcome: {escape(str(dep['last_outcome']))}; deleting: {dep['deleting']}")
         out.print(
             _table(
                 "placements",
@@ -325,16 +334,17 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
         )
         return
     out.print(
-        f"[bold]{namespace}/{name}[/bold] (origin {origin}), decided {last.recorded_at:%Y-%m-%d %H:%M:%S} "
+        f"[bold]{escape(namespace)}/{escape(name)}[/bold] (origin {escape(origin)}), "
+        f"decided {last.recorded_at:%Y-%m-%d %H:%M:%S} "
         f"for generation {decision.generation} by planner epoch {decision.epoch}"
     )
-    out.print(f"outcome: [bold]{decision.outcome}[/bold] — {decision.message}")
+    out.print(f"outcome: [bold]{decision.outcome}[/bold] — {escape(decision.message)}")
     out.print(
         f"per replica: {decision.replica_gpus} GPU(s), {decision.replica_cpu_m}m CPU, "
         f"{decision.replica_memory_bytes // 2**20} MiB memory; desired replicas: {decision.desired_replicas}"
     )
     if dep is not None:
-        out.print(f"placement policy: {json.dumps(dep['spec'].get('placement', {}), sort_keys=True)}")
+        out.print(f"placement policy: {escape(json.dumps(dep['spec'].get('placement', {}), sort_keys=True))}")
     out.print(
         _table(
             "decision",
@@ -348,21 +358,21 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
     if decision.reasons:
         out.print("reasons:")
         for reason in decision.reasons:
-            out.print(f"  - {reason}")
+            out.print(f"  - {escape(reason)}")
     _print_verdicts(decision)
     if scalings:
         out.print("scaling decisions (fleet autoscaler, latest last):")
         for stored in scalings:
             scaled = stored.event
             assert isinstance(scaled, ScaleDecided)
-            out.print(f"  {stored.recorded_at:%Y-%m-%d %H:%M:%S}  {scaled.reason}")
+            out.print(f"  {stored.recorded_at:%Y-%m-%d %H:%M:%S}  {escape(scaled.reason)}")
             for metric, figures in sorted(scaled.metrics.items()):
                 out.print(
                     f"      {metric}: value {figures.get('value')}, target {figures.get('target')}, "
                     f"proposal {figures.get('proposal')}"
                 )
             if scaled.limits:
-                out.print(f"      held back by: {'; '.join(scaled.limits)}")
+                out.print(f"      held back by: {escape('; '.join(scaled.limits))}")
     clusters = decision.inputs.get("clusters", {})
     out.print(
         _table(

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from llm_operator import logs
 from llm_operator.gc_tuning import tune_gc
@@ -48,7 +49,7 @@ _load_fleet_app()
 
 
 def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -221,7 +222,7 @@ def _local_fleet() -> tuple[list[Member], Path | None]:
     from llm_operator.fleet import FleetError, ensure_toolchain, fleet_up
 
     def progress(message: str) -> None:
-        err.print(f"[dim]fleet:[/dim] {message}", highlight=False)
+        err.print(f"[dim]fleet:[/dim] {escape(message)}", highlight=False)
 
     try:
         toolchain = ensure_toolchain(progress=progress, with_helm=False)
@@ -415,7 +416,7 @@ def install_crds_command(
             kube = await connect_kube(Member(name=parse_cluster(ctx)[0], context=ctx), kubeconfig=settings.kubeconfig)
             try:
                 await install_crds(kube)
-                out.print(f"{ctx}: CRDs installed")
+                out.print(f"{escape(ctx)}: CRDs installed")
             finally:
                 await kube.close()
 

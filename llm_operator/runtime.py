@@ -180,7 +180,9 @@ async def run_components(
             assert database_url
             engine = await open_engine(database_url, migrate=migrate)
             try:
-                await ensure_streams(js, subjects)
+                await ensure_streams(
+                    js, subjects, limits={role: lim.limits() for role, lim in settings.stream_limits.items()}
+                )
             except BusUnavailable as exc:
                 raise OperatorError(f"NATS at {nats_url}: {exc} (is JetStream enabled? run nats-server -js)") from exc
         for member in members:
@@ -220,7 +222,11 @@ async def run_components(
                 if "watcher" in parts:
                     tg.start_soon(partial(run_watcher, kube=kube, js=js, subjects=subjects, settings=watcher_settings))
                 if "applier" in parts:
-                    applier_settings = ApplierSettings(cluster=member.name, workers=settings.applier_workers)
+                    applier_settings = ApplierSettings(
+                        cluster=member.name,
+                        workers=settings.applier_workers,
+                        max_attempts=settings.applier_max_attempts,
+                    )
                     tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=subjects, settings=applier_settings))
             if started is not None:
                 started.set()

@@ -7,15 +7,42 @@ fail at start-up with the variable's name in the message.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.streams import StreamLimits, StreamRole
 from bus.subjects import valid_cluster_name
 
 
 def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "llm-operator"
+
+
+class StreamLimitSettings(BaseModel):
+    """JetStream limits of one stream; an unset field keeps the stream's own value (our default at creation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int | None = Field(default=None, ge=-1)
+    """Total bytes the stream keeps (-1: unlimited)."""
+    max_age_days: float | None = Field(default=None, ge=0)
+    """Messages older than this are removed (0: kept forever)."""
+    max_msgs: int | None = Field(default=None, ge=-1)
+    max_msgs_per_subject: int | None = Field(default=None, ge=-1)
+    """Messages kept per subject, i.e. per member cluster (-1: unlimited)."""
+    discard: Literal["old", "new"] | None = None
+    """At a limit: drop the oldest messages, or refuse new ones (publishers then retry)."""
+
+    def limits(self) -> StreamLimits:
+        return StreamLimits(
+            max_bytes=self.max_bytes,
+            max_age_seconds=None if self.max_age_days is None else self.max_age_days * 86400.0,
+            max_msgs=self.max_msgs,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            discard=self.discard,
+        )
 
 
 class Settings(BaseSettings):
@@ -50,6 +77,9 @@ class Settings(BaseSettings):
     applier_workers: int = Field(default=8, ge=1, le=256)
     """Plans of different LLMDeployments each cluster's applier executes at once (one deployment's plans always
     run one at a time, in order)."""
+    applier_max_attempts: int = Field(default=10, ge=1, le=1000)
+    """Tries of a plan that keeps failing transiently (apiserver unreachable, 5xx) before the applier reports it
+    Failed (the deployment's status then says ApplyFailed); retries back off exponentially up to 30s."""
     resync_seconds: float = Field(default=600.0, gt=0)
     """Full relist period of every watch."""
     load_interval_seconds: float = Field(default=10.0, ge=0, le=60)
@@ -60,6 +90,13 @@ class Settings(BaseSettings):
     replicas' metrics instead of scraping the pods, e.g. http://prometheus.monitoring:9090."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of /metrics, /healthz and /readyz (0: off)."""
+    # --- JetStream stream limits -----------------------------------------------------------------------------
+    stream_limits: dict[StreamRole, StreamLimitSettings] = Field(default_factory=dict)
+    """Limits per stream ("events", "plans", "dead-letters"), as JSON, e.g. LLMOP_STREAM_LIMITS='{"events":
+    {"max_bytes": 10737418240, "max_age_days": 3}}'. The planner creates missing streams with these (defaults: 7
+    days for events and plans, 30 for dead letters); on an existing stream it applies only what is set here and
+    leaves limits tuned elsewhere alone."""
+    # ---------------------------------------------------------------------------------------------------------
     log_format: str = "text"
     """text or json."""
     log_level: str = "INFO"

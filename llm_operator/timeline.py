@@ -16,6 +16,7 @@ from api.events import (
     ClusterHealthChanged,
     ClusterJoined,
     ClusterLabelsChanged,
+    ObservationRefused,
     PlacementDecided,
     PlanIssued,
     ResourceDeleted,
@@ -156,6 +157,9 @@ def timeline(events: Iterable[StoredEvent]) -> list[Line]:
             case ApplyReported():
                 summary = f"{event.outcome} in {event.cluster}: {event.message}"
                 kind = "Apply"
+            case ObservationRefused():
+                summary = f"not reported by the watcher ({event.reason}): {event.message}"
+                kind = "Refused"
             case ClusterHealthChanged():
                 summary = ("healthy" if event.healthy else "UNHEALTHY") + f" ({event.reason})"
             case ClusterJoined():

@@ -38,7 +38,7 @@ from api.labels import (
     LABEL_ORIGIN,
 )
 from api.plans import StatusPlan, WorkloadPlan
-from api.quantity import bytes_of, millicores
+from api.quantity import bytes_of, gpu_memory_label_bytes, millicores, whole_count
 
 
 @dataclass(frozen=True)
@@ -193,13 +193,12 @@ def node_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
     """Projection row of a compact Node snapshot (see watcher.translate)."""
     labels: dict[str, str] = obj.get("labels", {})
     allocatable: dict[str, Any] = obj.get("allocatable", {})
-    gpu_memory_mib = labels.get(GPU_MEMORY_LABEL, "0")
     return {
         "uid": uid,
         "labels": labels,
         "gpu_product": labels.get(GPU_PRODUCT_LABEL),
-        "gpu_memory_bytes": int(gpu_memory_mib) * 2**20 if gpu_memory_mib.isdigit() else 0,
-        "gpu_allocatable": int(bytes_of(allocatable.get(GPU_RESOURCE))),
+        "gpu_memory_bytes": gpu_memory_label_bytes(labels.get(GPU_MEMORY_LABEL)),
+        "gpu_allocatable": whole_count(allocatable.get(GPU_RESOURCE)),  # int4 column: clamped
         "cpu_allocatable_m": millicores(allocatable.get("cpu")),
         "memory_allocatable_bytes": bytes_of(allocatable.get("memory")),
         "ready": bool(obj.get("ready", False)),
@@ -221,7 +220,7 @@ def pod_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
         "node_name": obj.get("nodeName"),
         "phase": obj.get("phase", "Pending"),
         "ready": bool(obj.get("ready", False)),
-        "gpu_request": int(bytes_of(requests.get(GPU_RESOURCE))),
+        "gpu_request": whole_count(requests.get(GPU_RESOURCE)),  # int4 column: clamped
         "cpu_request_m": millicores(requests.get("cpu")),
         "memory_request_bytes": bytes_of(requests.get("memory")),
         "deployment_key": deployment_key,

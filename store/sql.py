@@ -25,6 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 _BEGIN = text("SELECT 1")
 
 
+def like_escape(value: str) -> str:
+    """`value` as a literal inside a LIKE pattern with ``ESCAPE '\\'``: its ``%``, ``_`` and ``\\`` match only
+    themselves."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under `conn`, with the transaction begun."""
     # The checked-out connection is an attribute away (`get_raw_connection` would cost a greenlet switch per

@@ -20,7 +20,7 @@ from api.labels import LABEL_MANAGED_BY, MANAGED_BY
 from api.network import ClusterNetwork
 from bus.connection import JetStream
 from bus.errors import BusUnavailable
-from bus.publish import publish
+from bus.publish import payload_limit, publish
 from bus.subjects import Subjects
 from kubeapi import RESOURCES, Kube
 from watcher import metrics
@@ -78,7 +78,13 @@ async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings
             )
         for kind, namespace, labels, fields in plan:
             sink = KindPublisher(
-                js=js, subjects=subjects, cluster=settings.cluster, kind=kind, namespace=namespace, clock=_now
+                js=js,
+                subjects=subjects,
+                cluster=settings.cluster,
+                kind=kind,
+                namespace=namespace,
+                clock=_now,
+                max_payload=payload_limit(js),
             )
             tg.start_soon(
                 partial(
@@ -121,4 +127,7 @@ async def _heartbeat(js: JetStream, subjects: Subjects, settings: WatcherSetting
         except BusUnavailable as exc:
             metrics.ERRORS.labels(kind="heartbeat").inc()
             logger.warning("cluster %s: heartbeat not delivered: %s", settings.cluster, exc)
+        except Exception:  # never let a bug here stop the heartbeats: the cluster would be failed over as dead
+            metrics.ERRORS.labels(kind="heartbeat").inc()
+            logger.exception("cluster %s: heartbeat failed", settings.cluster)
         await anyio.sleep(settings.heartbeat_seconds)

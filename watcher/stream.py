@@ -7,6 +7,9 @@ Guarantees:
   deadline, or any error leads to a fresh list. Errors back off exponentially (capped) and never end the loop.
 - The sink's errors (e.g. NATS down) are handled the same way: nothing observed is considered reported until
   the sink returned, so the relist after the outage republishes it.
+- Nothing ends the loop but cancellation: an unexpected error (a bug, an object of a shape nobody foresaw) is
+  logged with its traceback, counted, and followed by a relist after the backoff; the cluster's other watches and
+  its heartbeat are never taken down with it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import anyio
 
 from bus.errors import BusUnavailable
 from kubeapi import ApiGone, Kube, KubeError, NotFound, Resource
+from watcher import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,11 @@ async def observe(
             delay = min(delay * 2, backoff.maximum)
         except (KubeError, BusUnavailable) as exc:
             logger.warning("%s: %s; listing again in %.1fs", what, exc, delay)
+            await _pause(delay)
+            delay = min(delay * 2, backoff.maximum)
+        except Exception:  # not cancellation: whatever it is, this watch must go on (see the docstring)
+            metrics.ERRORS.labels(kind=resource.kind).inc()
+            logger.exception("%s: unexpected error; listing again in %.1fs", what, delay)
             await _pause(delay)
             delay = min(delay * 2, backoff.maximum)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from api.events import ObservedKind, ResourceDeleted, ResourceObserved
@@ -27,7 +28,7 @@ from api.labels import (
     LABEL_ORIGIN,
     MANAGED_BY,
 )
-from api.quantity import parse_quantity
+from api.quantity import add_quantities, format_quantity, parse_quantity
 
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 _KEPT_POD_LABELS = (LABEL_MANAGED_BY, LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN)
@@ -93,20 +94,16 @@ def pod_requests(spec: dict[str, Any]) -> dict[str, str]:
         merged.update(resources.get("requests", {}) or {})
         return merged
 
-    total: dict[str, Any] = {}
+    total: dict[str, Decimal] = {}
     for container in spec.get("containers", []) or []:
         for name, value in of(container).items():
-            total[name] = total.get(name, 0) + parse_quantity(value)
+            total[name] = add_quantities(total.get(name, Decimal(0)), parse_quantity(value))
     for container in spec.get("initContainers", []) or []:
         for name, value in of(container).items():
-            total[name] = max(total.get(name, 0), parse_quantity(value))
+            total[name] = max(total.get(name, Decimal(0)), parse_quantity(value))
     for name, value in (spec.get("overhead", {}) or {}).items():
-        total[name] = total.get(name, 0) + parse_quantity(value)
-    return {name: _format_decimal(value) for name, value in sorted(total.items())}
-
-
-def _format_decimal(value: Any) -> str:
-    return format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
+        total[name] = add_quantities(total.get(name, Decimal(0)), parse_quantity(value))
+    return {name: format_quantity(value) for name, value in sorted(total.items())}
 
 
 def pod_snapshot(obj: dict[str, Any]) -> dict[str, Any]:

@@ -77,6 +77,22 @@ INVALID = [
     Invalid("model-name-empty", M, spec({"modelName": ""}), "spec.modelName", "at least 1 chars long"),
     Invalid("image-missing", M, spec({"image": DELETE}), "spec.image", "Required value"),
     Invalid("image-with-spaces", M, spec({"image": "my registry/gpt:v1"}), "spec.image", "without spaces"),
+    # Control characters (issue 15: a NUL in modelName stopped the planner): refused at the door, with a message.
+    Invalid("model-name-nul", M, spec({"modelName": "a\x00b"}), "spec.modelName", "must not contain control"),
+    Invalid("model-name-escape", M, spec({"modelName": "a\x1b[2Jb"}), "spec.modelName", "control characters"),
+    Invalid("image-nul", M, spec({"image": "r/x:v1\x00"}), "spec.image", "control characters"),
+    Invalid("args-newline", M, spec({"args": ["--a", "x\ny"]}), "spec.args[1]", "control characters"),
+    Invalid(
+        "env-value-nul", M, spec({"env": [{"name": "A", "value": "x\x00"}]}), "spec.env[0].value", "control characters"
+    ),
+    Invalid(
+        "env-secret-key-slash",
+        M,
+        spec({"env": [{"name": "A", "secretKeyRef": {"name": "s", "key": "a/b"}}]}),
+        "spec.env[0].secretKeyRef.key",
+        "Secret key",
+    ),
+    Invalid("model-name-too-long", M, spec({"modelName": "m" * 254}), "spec.modelName", "253"),
     Invalid(
         "cpu-not-a-quantity",
         M,

@@ -931,11 +931,96 @@ async def test_the_applier_service_keeps_each_deployments_plans_in_order_across_
         await reader.close()
 
     assert {p.plan_id for p in plans} == set(reports)
-    assert {r.outcome for r in reports.values()} == {"Applied"}, [
-        (r.name, r.sequence, r.outcome, r.message) for r in reports.values() if r.outcome != "Applied"
+    # A plan still waiting when a newer one of its deployment arrives is reported Superseded, not run; the last
+    # plan of every chain runs. An out-of-order plan would be reported Stale. (Duplicate: applied, but the answer
+    # was lost on the way back, e.g. the apiserver restarting, and the retry found it done: the planner reads it
+    # as Applied.)
+    done = {"Applied", "Duplicate"}
+    assert {r.outcome for r in reports.values()} <= done | {"Superseded"}, [
+        (r.name, r.sequence, r.outcome, r.message)
+        for r in reports.values()
+        if r.outcome not in ("Applied", "Superseded")
     ]
+    assert all(reports[chain[-1].plan_id].outcome == "Applied" for chain in chains)
     for i in range(12):
         assert (await get(kubectl, "cpu", "deployment", f"chat-{i}", namespace))["spec"]["replicas"] == 2
+
+
+def _failing_webhook(name: str, namespace: str, deployment: str) -> dict[str, Any]:
+    """An admission webhook nobody serves, for one deployment's objects only: the apiserver answers 500 to every
+    write of them (a transient failure as the applier sees it), and to nothing else."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "stuck.h15b.example.com",
+                "clientConfig": {"url": "https://127.0.0.1:1/never"},
+                "rules": [
+                    {
+                        "operations": ["CREATE", "UPDATE"],
+                        "apiGroups": ["*"],
+                        "apiVersions": ["*"],
+                        "resources": ["*"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "objectSelector": {"matchLabels": {"llm.example.com/deployment": deployment}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 1,
+            }
+        ],
+    }
+
+
+@pytest.mark.services
+async def test_a_plan_that_keeps_failing_is_reported_failed_and_never_holds_back_other_deployments(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener, js: JetStreamContext, hub: Hub
+) -> None:
+    """One deployment's writes are refused with 500 by the apiserver (a webhook nobody serves). Its plan is retried
+    `max_attempts` times with backoff and then reported Failed with the reason; the other deployments' plans,
+    published after it, are applied meanwhile — whatever lane or worker the stuck one would share with them."""
+    cluster = kubectl.fleet.clusters["cpu"].name
+    webhook = f"stuck-{namespace}"
+    await kubectl("cpu", "apply", "-f", "-", input=json.dumps(_failing_webhook(webhook, namespace, "stuck")))
+    kube = await open_kube("cpu")
+    stuck = plan_for(kubectl, namespace, "stuck", uid="00000000-0000-4000-8000-0000000000aa", replicas=1)
+    others = [
+        plan_for(kubectl, namespace, f"fine-{i}", uid=f"00000000-0000-4000-8000-{i:012d}", replicas=1) for i in range(6)
+    ]
+    for plan in [stuck, *others]:
+        await publish(js, hub.subjects.plans(cluster), plan.model_dump_json().encode(), msg_id=plan.plan_id)
+
+    reports: dict[str, tuple[float, ApplyReported]] = {}
+    settings = ApplierSettings(cluster=cluster, workers=2, max_attempts=5, retry_seconds=1.0, max_retry_seconds=3.0)
+    reader = SequenceReader(
+        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
+            with anyio.fail_after(120):
+                while len(reports) < 1 + len(others):
+                    for received in await reader.fetch(64, timeout=1.0):
+                        event = decode_event(received.data)
+                        assert isinstance(event, ApplyReported)
+                        reports[event.plan_id] = (anyio.current_time(), event)
+            tg.cancel_scope.cancel()
+    finally:
+        await reader.close()
+        await kubectl("cpu", "delete", "validatingwebhookconfiguration", webhook, "--ignore-not-found", check=False)
+
+    failed_at, failed = reports[stuck.plan_id]
+    assert failed.outcome == "Failed"
+    assert "gave up after 5 attempts" in failed.message and "webhook" in failed.message, failed.message
+    for plan in others:
+        at, report = reports[plan.plan_id]
+        assert report.outcome == "Applied", report.message
+        assert at < failed_at, f"{plan.deployment.name} waited for the stuck deployment"
 
 
 @pytest.mark.services

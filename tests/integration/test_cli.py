@@ -7,10 +7,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.events import ApplyReported
 from llm_operator.embedded import _free_port
+from store import recorder
+from tests import builders
 from tests.fixtures.services import Hub
 
 pytestmark = [pytest.mark.services]
@@ -134,3 +140,67 @@ def test_an_invalid_cluster_name() -> None:
 def test_an_invalid_setting_names_the_variable() -> None:
     line = one_line_error(run("migrate", env={"LLMOP_HEARTBEAT_SECONDS": "-1", "LLMOP_DATABASE_URL": "x"}))
     assert "heartbeat_seconds" in line
+
+
+# ------------------------------------------------------------------------ tenant text is text, patterns literal
+
+
+async def _record(hub: Hub, *events: Any) -> None:
+    engine = create_async_engine(hub.database_url)
+    try:
+        async with engine.begin() as conn:
+            await recorder.lock_writers(conn)
+            await recorder.append(conn, [(e, {}) for e in events])
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_tenant_strings_are_printed_as_text_not_rich_markup(hub: Hub) -> None:
+    spec = {"modelRef": "m", "replicas": 1}
+    deployment = builders.llm_deployment("chat", "team-a", spec)
+    report = ApplyReported(
+        event_id="r1",
+        cluster="east",
+        plan_id="p1",
+        origin_cluster="east",
+        namespace="team-a",
+        name="chat",
+        outcome="Failed",
+        message="[/x] [bold red]SPOOFED[/bold red]",
+        epoch=1,
+        sequence=1,
+        finished_at=builders.T0,
+    )
+    await _record(hub, builders.observed("east", "LLMDeployment", deployment), report)
+    result = await anyio.to_thread.run_sync(
+        lambda: run("history", "llmdeployment/team-a/chat", "--database-url", hub.database_url)
+    )
+    assert result.returncode == 0, result.stderr
+    cells = "".join(ch for ch in result.stdout if not ch.isspace() and ch not in "│┃")  # the table wraps at 80
+    assert "[/x][boldred]SPOOFED[/boldred]" in cells
+
+    # An argument with markup in an error message: printed as it was given, not a MarkupError traceback.
+    line = one_line_error(
+        await anyio.to_thread.run_sync(
+            lambda: run("history", "llmdeployment/[/x]/[bold]n", "--database-url", hub.database_url)
+        )
+    )
+    assert "[/x]/[bold]n" in line
+
+
+@pytest.mark.anyio
+async def test_like_wildcards_in_arguments_match_only_themselves(hub: Hub) -> None:
+    deployment = builders.llm_deployment("a-c", "team_a", {"modelRef": "m", "replicas": 1})
+    await _record(hub, builders.observed("east", "LLMDeployment", deployment))
+    found = await anyio.to_thread.run_sync(
+        lambda: run("history", "llmdeployment/team_a/a-c", "--database-url", hub.database_url)
+    )
+    assert found.returncode == 0, found.stderr
+    for pattern in ("team%/a-c", "team_a/a_c", "team_a/%"):
+        line = one_line_error(
+            await anyio.to_thread.run_sync(
+                lambda p=pattern: run("history", f"llmdeployment/{p}", "--database-url", hub.database_url)  # type: ignore[misc]
+            )
+        )
+        assert "no history" in line

@@ -212,3 +212,27 @@ def test_unknown_fields_are_ignored_by_the_models() -> None:
     # fail on an object stored by a newer schema.
     spec = LLMDeploymentSpec.model_validate({"modelRef": "m", "replicas": 1, "futureField": True})
     assert spec.model_ref == "m"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        pytest.param({"modelName": "a\x00b"}, "modelName", id="model-name-nul"),
+        pytest.param({"modelName": "ok\n"}, "modelName", id="model-name-trailing-newline"),
+        pytest.param({"image": "r/x:v1\x00"}, "image", id="image-nul"),
+        pytest.param({"args": ["x\x1b[31m"]}, "args", id="args-escape"),
+        pytest.param({"env": [{"name": "A", "value": "\x00"}]}, "value", id="env-value-nul"),
+        pytest.param({"env": [{"name": "A", "secretKeyRef": {"name": "s", "key": "a\x00"}}]}, "key", id="secret-key"),
+        pytest.param({"storage": {"size": "1Gi", "mountPath": "/m\x00"}}, "mountPath", id="mount-path-nul"),
+        pytest.param({"source": {"uri": "pvc://claim/a\x00"}}, "uri", id="uri-nul"),
+    ],
+)
+def test_pydantic_rejects_control_characters(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        LLMModelSpec.model_validate({"modelName": "m", "image": "i", **changes})
+    assert field in str(error.value)
+
+
+def test_env_values_may_hold_tabs_and_newlines() -> None:
+    spec = LLMModelSpec.model_validate({"modelName": "m", "image": "i", "env": [{"name": "PEM", "value": "a\n\tb"}]})
+    assert spec.env[0].value == "a\n\tb"

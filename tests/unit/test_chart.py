@@ -19,7 +19,9 @@ import yaml
 
 from applier.render import MANAGED_KINDS
 from bus import subjects
+from bus.streams import STREAM_ROLES
 from kubeapi import RESOURCES
+from llm_operator.settings import Settings, StreamLimitSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llm-operator"
@@ -199,6 +201,8 @@ def test_defaults_alone_name_what_is_missing() -> None:
         ({"log": {"level": "TRACE"}}, "/log/level:"),
         ({"planner": {"enabled": True}}, "/planner/database: matches none of anyOf"),
         ({"planner": {"enabled": True, "database": {"url": "mysql://x"}}}, "/planner/database/url:"),
+        ({"planner": {"streams": {"events": {"discard": "all"}}}}, "/planner/streams/events/discard:"),
+        ({"planner": {"streams": {"audit": {}}}}, "/planner/streams: additional property 'audit'"),
     ],
 )
 def test_bad_values_are_rejected(overrides: dict[str, Any], problem: str) -> None:
@@ -220,6 +224,17 @@ def test_schema_agrees_with_the_operators_own_rules() -> None:
         assert bool(re.search(cluster_pattern, name)) == subjects.valid_cluster_name(name), name
     default_prefix = yaml.safe_load((CHART / "values.yaml").read_text())["nats"]["subjectPrefix"]
     assert default_prefix == subjects.Subjects().prefix
+
+
+def test_stream_limit_values_are_the_settings_the_planner_reads() -> None:
+    """planner.streams is passed as LLMOP_STREAM_LIMITS: the schema names exactly the fields Settings accepts."""
+    streams = load_schema()["properties"]["planner"]["properties"]["streams"]
+    assert set(streams["properties"]) == set(STREAM_ROLES)
+    for limit in streams["properties"].values():
+        assert set(limit["properties"]) == set(StreamLimitSettings.model_fields)
+    values = {"events": {"max_bytes": 10 * 2**30, "max_age_days": 3, "discard": "new"}}
+    settings = Settings(stream_limits=values)  # type: ignore[arg-type]
+    assert settings.stream_limits["events"].limits().max_age_seconds == 3 * 86400
 
 
 # ------------------------------------------------------------------------------------------ chart metadata

@@ -208,3 +208,73 @@ def test_committed_files_are_valid_yaml_with_the_header() -> None:
         text = path.read_text()
         assert text.startswith("# Generated from api/models.py")
         assert yaml.safe_load(text)["kind"] == "CustomResourceDefinition"
+
+
+# Strings a rule on the enclosing object checks with a function that refuses control characters (matchLabels
+# values: LabelSelector's rule matches them against LABEL_VALUE).
+_CHECKED_ELSEWHERE = {
+    ".spec.networkPolicy.allowedSources[*].ipBlock.cidr": "IPBlock: isCIDR(self.cidr)",
+    ".spec.networkPolicy.allowedSources[*].ipBlock.except[*]": "IPBlock: self.except.all(e, isCIDR(e))",
+}
+
+
+def _string_rules(node: dict[str, Any]) -> list[str]:
+    """The regular expressions of `self.matches('...')` rules on a string node (unescaped as CEL reads them)."""
+    out = []
+    for rule in node.get("x-kubernetes-validations", []):
+        text = rule["rule"]
+        if text.startswith("self.matches('") and text.endswith("')"):
+            out.append(text[len("self.matches('") : -2].replace("\\\\", "\\").replace("\\'", "'"))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_spec_string_is_bounded_and_refuses_nul_and_control_characters(name: str) -> None:
+    """A NUL cannot be stored anywhere downstream and control characters garble logs and terminals: every string
+    a user writes in a spec has a maximum length and a rule that refuses them at admission."""
+    import re
+
+    for path, node in walk(schema_of(name)):
+        if node.get("type") != "string" or not path.startswith(".spec") or "enum" in node:
+            continue
+        if path.endswith("matchLabels{*}") or path in _CHECKED_ELSEWHERE:
+            continue
+        assert "maxLength" in node, f"{path}: a string needs maxLength"
+        patterns = _string_rules(node)
+        assert patterns, f"{path}: no rule refuses control characters"
+        for bad in ("a\x00b", "a\x1bb", "a\x7fb"):
+            assert any(not re.search(p, bad) for p in patterns), f"{path} accepts {bad!r}"
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_spec_list_and_map_has_a_maximum_size(name: str) -> None:
+    for path, node in walk(schema_of(name)):
+        if not path.startswith(".spec"):
+            continue
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path}: a list needs maxItems"
+        if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+            assert "maxProperties" in node, f"{path}: a map needs maxProperties"
+
+
+def _scanned(node: dict[str, Any], cardinality: int = 1, path: str = "") -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """Every node with how many times a rule on it may run per object (the product of the enclosing maxItems)."""
+    yield path, cardinality, node
+    for name, child in node.get("properties", {}).items():
+        yield from _scanned(child, cardinality, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _scanned(node["items"], cardinality * node.get("maxItems", 10**6), f"{path}[*]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _scanned(
+            node["additionalProperties"], cardinality * node.get("maxProperties", 10**6), f"{path}{{*}}"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_string_rules_stay_within_the_apiservers_cost_budget(name: str) -> None:
+    """The apiserver refuses a CRD whose rule's estimated cost (about the characters scanned, times how often the
+    rule may run) exceeds its budget: 8 Mi characters (a 32768-character env value in 256 variables) was 3x too
+    much on Kubernetes 1.36. Keep every matches() rule at 2.5 M characters or fewer."""
+    for path, cardinality, node in _scanned(schema_of(name)):
+        if node.get("type") == "string" and _string_rules(node):
+            assert node["maxLength"] * cardinality <= 2_500_000, f"{path}: {node['maxLength']} x {cardinality}"
