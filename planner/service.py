@@ -105,16 +105,15 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
         backlog_end,
     )
     grace_until = _now() + config.heartbeat_timeout
-    reader = ReadAhead(
+    mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
+    outbox_dirty = True  # a previous leader may have left committed plans unsent
+    memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
+    async with ReadAhead(
         SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1),
         subjects=subjects,
         batch_size=settings.batch_size,
         timeout=settings.tick_seconds,
-    )
-    mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
-    outbox_dirty = True  # a previous leader may have left committed plans unsent
-    memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
-    try:
+    ) as reader:
         while True:
             try:
                 batch = await reader.next()
@@ -154,9 +153,6 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
             except StoreError:
                 metrics.ERRORS.labels(kind="PermanentStoreError").inc()
                 raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            await reader.close()
 
 
 async def _stream_end(js: JetStream, subjects: Subjects) -> int:

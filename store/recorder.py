@@ -129,10 +129,6 @@ def payload_json(event: Event) -> str:
     return event.model_dump_json(exclude=_ENVELOPE)
 
 
-def payload_of(event: Event) -> dict[str, Any]:
-    return event.model_dump(mode="json", exclude=_ENVELOPE)
-
-
 async def append(
     conn: AsyncConnection,
     items: Sequence[tuple[Event, dict[str, Any]]],
