@@ -37,6 +37,14 @@ def deployment_stream(origin_cluster: str, namespace: str, name: str) -> str:
     return f"LLMDeployment/{origin_cluster}/{namespace}/{name}"
 
 
+ApplyOutcome = Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale"]
+"""What an applier did with a plan: applied it, deleted what it removes, failed, or recognised it as already
+applied (Duplicate) or superseded (Stale)."""
+PlacementRole = Literal["active", "retiring", "removing"]
+"""A cluster's part in a placement: serving; still serving until the replacement elsewhere is Available; or being
+emptied."""
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -122,7 +130,7 @@ class ApplyReported(_Event):
     origin_cluster: str
     namespace: str
     name: str
-    outcome: Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale"]
+    outcome: ApplyOutcome
     message: str = ""
     objects: list[str] = Field(default_factory=list)
     epoch: int
@@ -164,7 +172,7 @@ class ClusterShare(BaseModel):
 
     cluster: str
     replicas: int = Field(ge=0)
-    role: Literal["active", "retiring", "removing"] = "active"
+    role: PlacementRole = "active"
     gpu_type: str | None = None
     nodes: dict[str, int] = Field(default_factory=dict)
 

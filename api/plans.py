@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.keys import DeploymentKey
 from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
 
 _PLAN_NAMESPACE = uuid.UUID("9d3f1e22-7c55-4a0e-b7a1-6f2c8e4d0a19")
@@ -34,8 +35,8 @@ class DeploymentRef(BaseModel):
     uid: str
 
     @property
-    def key(self) -> str:
-        return f"{self.origin_cluster}/{self.namespace}/{self.name}"
+    def key(self) -> DeploymentKey:
+        return DeploymentKey(self.origin_cluster, self.namespace, self.name)
 
 
 class KubeEvent(BaseModel):
@@ -49,7 +50,7 @@ class KubeEvent(BaseModel):
 
 
 def plan_id(deployment: DeploymentRef, cluster: str, kind: str, epoch: int, sequence: int) -> str:
-    return str(uuid.uuid5(_PLAN_NAMESPACE, f"{deployment.key}|{deployment.uid}|{cluster}|{kind}|{epoch}|{sequence}"))
+    return str(uuid.uuid5(_PLAN_NAMESPACE, f"{deployment.key!s}|{deployment.uid}|{cluster}|{kind}|{epoch}|{sequence}"))
 
 
 class _Plan(BaseModel):

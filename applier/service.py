@@ -116,7 +116,7 @@ async def _consume(sub: WorkQueue, app: _Applier) -> None:
                 while msgs:
                     plan = await _plan_of(msgs[0], app)
                     if plan is not None:
-                        lane = zlib.crc32(plan.deployment.key.encode()) % len(inboxes)
+                        lane = zlib.crc32(str(plan.deployment.key).encode()) % len(inboxes)
                         await inboxes[lane].send((msgs[0], plan))
                     msgs.pop(0)
             except anyio.get_cancelled_exc_class():
@@ -168,7 +168,7 @@ async def _one(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier) ->
     sequence = msg.stream_sequence
     # A later plan of the same kind supersedes an earlier one (each holds the whole intent); a status plan
     # says nothing about the workload, and the other way round.
-    done_key = f"{plan.deployment.key}|{plan.kind}"
+    done_key = f"{plan.deployment.key!s}|{plan.kind}"
     if sequence and sequence <= app.done.get(done_key, 0):
         logger.info(
             "plan %s: redelivered after a later %s plan of its deployment ran; skipped", plan.plan_id, plan.kind
@@ -215,7 +215,7 @@ async def _handle(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier)
         origin_cluster=plan.deployment.origin_cluster,
         namespace=plan.deployment.namespace,
         name=plan.deployment.name,
-        outcome=result.outcome,  # type: ignore[arg-type,unused-ignore]
+        outcome=result.outcome,
         message=result.message[:2000],
         objects=result.objects,
         epoch=plan.epoch,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from api.events import Event, PlacementDecided, ResourceDeleted, ResourceObserved, ResyncCompleted
+from api.keys import DeploymentKey
 from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from store import queries
 from store.engine import Connection
@@ -98,7 +99,7 @@ async def read_capacity(conn: Connection, clusters: Collection[str] | None = Non
     ]
     reservations = [
         Reservation(
-            deployment_key=f"{p['origin_cluster']}/{p['namespace']}/{p['name']}",
+            deployment_key=str(DeploymentKey(p["origin_cluster"], p["namespace"], p["name"])),
             cluster=p["cluster"],
             replicas=p["replicas"],
             expected_nodes=p["nodes"],

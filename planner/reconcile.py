@@ -22,7 +22,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.conditions import Condition
-from api.events import ApplyReported, ClusterShare, PlacementDecided, PlanIssued, deterministic_id
+from api.events import (
+    ApplyOutcome,
+    ApplyReported,
+    ClusterShare,
+    PlacementDecided,
+    PlacementRole,
+    PlanIssued,
+    deterministic_id,
+)
 from api.models import LLMDeploymentSpec, LLMModelSpec, gpu_count, gpu_min_memory_bytes
 from api.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
 from api.quantity import bytes_of, millicores
@@ -50,11 +58,11 @@ class DeploymentState:
 class PlacementState:
     cluster: str
     replicas: int
-    role: str
+    role: PlacementRole
     gpu_type: str | None
     nodes: Mapping[str, int]
     plan_id: str | None
-    apply_outcome: str | None
+    apply_outcome: ApplyOutcome | None
     apply_message: str | None
     applied_plan_id: str | None
 
@@ -183,7 +191,7 @@ def reconcile(inputs: Inputs) -> Outcome:
     for cluster in unschedulable:
         capacity = capacity.with_cluster(cluster, ())
 
-    demand = demand_of(inputs.ref.key, dep.origin, desired, model)
+    demand = demand_of(str(inputs.ref.key), dep.origin, desired, model)
     policy = policy_of(spec)
     decision = place(demand, clusters=inputs.clusters, capacity=capacity, policy=policy, current=current)
     if unschedulable:
@@ -292,7 +300,7 @@ def _emit(
             decision.reasons,
             message,
             decision,
-            demand_of(inputs.ref.key, dep.origin, desired, model),
+            demand_of(str(inputs.ref.key), dep.origin, desired, model),
         )
     status = _status(inputs, dep, spec, shares, outcome_name, message)
     status_plan = _status_plan(inputs, dep, status, events, sequence + 1, finalizer="ensure")
@@ -322,7 +330,7 @@ def _hold(inputs: Inputs, outcome_name: str, message: str) -> Outcome:
         decided = PlacementDecided(
             event_id=deterministic_id(
                 "decided",
-                inputs.ref.key,
+                str(inputs.ref.key),
                 inputs.ref.uid,
                 str(dep.generation),
                 outcome_name,
@@ -401,7 +409,7 @@ def _teardown(inputs: Inputs) -> Outcome:
         decided = PlacementDecided(
             event_id=deterministic_id(
                 "decided",
-                inputs.ref.key,
+                str(inputs.ref.key),
                 inputs.ref.uid,
                 "teardown",
                 str(inputs.epoch),
@@ -518,7 +526,7 @@ def _decided(
     return PlacementDecided(
         event_id=deterministic_id(
             "decided",
-            inputs.ref.key,
+            str(inputs.ref.key),
             inputs.ref.uid,
             str(generation),
             outcome,
