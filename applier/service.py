@@ -171,7 +171,10 @@ async def _one(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier) ->
     done_key = f"{plan.deployment.key!s}|{plan.kind}"
     if sequence and sequence <= app.done.get(done_key, 0):
         logger.info(
-            "plan %s: redelivered after a later %s plan of its deployment ran; skipped", plan.plan_id, plan.kind
+            "plan %s: redelivered after a later %s plan of its deployment ran; skipped",
+            plan.plan_id,
+            plan.kind,
+            extra=_about(plan, app.settings.cluster),
         )
         await msg.ack()
         return
@@ -207,6 +210,7 @@ async def _handle(msg: Delivery, plan: WorkloadPlan | StatusPlan, app: _Applier)
         settings.cluster,
         result.outcome,
         result.message,
+        extra=_about(plan, settings.cluster),
     )
     report = ApplyReported(
         event_id=ApplyReported.id_for(plan.plan_id, settings.cluster),
@@ -237,11 +241,23 @@ async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier) -> ApplyResul
         except TransientKubeError as exc:
             attempt += 1
             wait = min(settings.retry_seconds * 2 ** min(attempt - 1, 6), settings.max_retry_seconds)
-            logger.warning("plan %s: %s; retrying in %.1fs", plan.plan_id, exc, wait)
+            logger.warning(
+                "plan %s: %s; retrying in %.1fs", plan.plan_id, exc, wait, extra=_about(plan, settings.cluster)
+            )
             metrics.APPLIES.labels(kind=plan.kind, outcome="Retry").inc()
             await anyio.sleep(wait)
         except KubeError as exc:
             return ApplyResult("Failed", message=str(exc))
+
+
+def _about(plan: WorkloadPlan | StatusPlan, cluster: str) -> dict[str, object]:
+    """The structured fields of a log line about one plan (`llm_operator.logs` prints them in both formats)."""
+    return {
+        "cluster": cluster,
+        "object": f"{plan.deployment.namespace}/{plan.deployment.name}",
+        "plan_id": plan.plan_id,
+        "epoch": plan.epoch,
+    }
 
 
 async def _keep_alive(msg: Delivery) -> None:

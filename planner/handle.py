@@ -448,7 +448,12 @@ async def _decide(
                 key[2],
                 outcome.decided.outcome,
                 outcome.decided.message,
-                extra={"cluster": key[0], "object": f"{key[1]}/{key[2]}", "epoch": epoch},
+                extra={
+                    "cluster": key[0],
+                    "object": f"{key[1]}/{key[2]}",
+                    "event_id": outcome.decided.event_id,
+                    "epoch": epoch,
+                },
             )
         new_events.extend(outcome.issued)
         outbox.extend(
