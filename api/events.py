@@ -6,10 +6,10 @@ Guarantees:
 - Event ids are deterministic where the fact is: an observation's id is derived from (cluster, kind, uid,
   resourceVersion), so the same observation published twice is one event (JetStream ``Nats-Msg-Id`` and the
   store's unique ``event_id`` both use it).
-- Each event names the stream it belongs to (`stream_id`): everything about one LLMDeployment — observations in
-  its origin cluster, decisions, plans, apply results, its workloads' progress in target clusters — is one stream,
-  so its history is one ordered read.
-- ``schema_version`` lets old stored payloads be upcast when read (`store.upcast`).
+- Every event belongs to one stream, `stream_of(event)` (the store keeps it in its events' ``stream_id`` column):
+  everything about one LLMDeployment — observations in its origin cluster, decisions, plans, apply results, its
+  workloads' progress in target clusters — is one stream, so its history is one ordered read.
+- ``schema_version`` lets old stored payloads be upcast when read (`store.reader.upcast`).
 No I/O here.
 """
 
