@@ -19,6 +19,7 @@ import socket
 import sys
 import sysconfig
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,12 @@ class EmbeddedPostgres:
 
     def start(self) -> EmbeddedPostgres:
         try:
-            import pgserver  # type: ignore[import-untyped,unused-ignore]
+            with warnings.catch_warnings():
+                # At import, pgserver picks a directory for its lock file with platformdirs, which warns when
+                # XDG_RUNTIME_DIR is unset (containers, `su`, CI) that it falls back to /tmp/runtime-<uid>. The
+                # fallback works; the note is for pgserver's authors, not for the person running a command.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", category=UserWarning)
+                import pgserver  # type: ignore[import-untyped,unused-ignore]
         except ImportError as exc:
             raise EmbeddedError(
                 "pgserver is not installed: `pip install 'llm-operator[embedded]'` (or set LLMOP_DATABASE_URL)"
