@@ -231,21 +231,6 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-EVENT_TYPES = frozenset(
-    t.model_fields["type"].default
-    for t in (
-        ResourceObserved,
-        ResourceDeleted,
-        ResyncCompleted,
-        ClusterHeartbeat,
-        ApplyReported,
-        ClusterJoined,
-        ClusterLabelsChanged,
-        ClusterHealthChanged,
-        PlacementDecided,
-        PlanIssued,
-    )
-)
 
 
 class MalformedEvent(ValueError):

@@ -133,7 +133,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                             memory=memory,
                             decoded=batch.decoded,
                         )
-                metrics.observe_step(result, time.perf_counter() - started, len(deliveries))
+                metrics.observe_step(result, time.perf_counter() - started)
                 if received:
                     metrics.LAG.set(received[-1].pending)
                 position = result.position

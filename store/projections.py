@@ -6,8 +6,9 @@ Guarantees:
   rebuilds cannot disagree.
 - Operations are idempotent under repetition of the same event (upserts and keyed deletes), which is what makes a
   redelivered batch harmless even before the consumer-position check.
-- Observations carry full snapshots, so a later observation of an object supersedes every earlier one
-  (`supersedes_earlier` marks those events; replay relies on it to skip superseded snapshots).
+- Observations carry full snapshots, so a later observation (or the deletion) of an object supersedes every
+  earlier one: the recorder stores their `object_key` (`store.recorder.object_key`), and replay folds only the last
+  event per key.
 """
 
 from __future__ import annotations
@@ -87,11 +88,6 @@ KIND_TABLES = {
     "Pod": "pods",
     "Deployment": "workloads",
 }
-
-
-def supersedes_earlier(event: Event) -> bool:
-    """True for events whose effect replaces that of every earlier event about the same object."""
-    return type(event) is ResourceObserved or type(event) is ResourceDeleted
 
 
 def fold(event: Event) -> list[Op]:
