@@ -107,7 +107,7 @@ async def test_what_arrived_while_the_step_ran_joins_the_batch_read_ahead(
 
         async def delivered() -> bool:  # ... and 3, 4, 5 are sent to this client by the server
             (consumer,) = await js.consumers_info(hub.subjects.events_stream)
-            return bool(consumer.delivered.stream_seq >= 5)
+            return consumer.delivered is not None and (consumer.delivered.stream_seq or 0) >= 5
 
         await eventually(delivered, timeout=10, what="messages 3-5 delivered to the reader", interval=0.01)
         await nats_client.flush()  # everything the server sent before its answer has been taken in
