@@ -6,10 +6,10 @@ Guarantees:
 - Event ids are deterministic where the fact is: an observation's id is derived from (cluster, kind, uid,
   resourceVersion), so the same observation published twice is one event (JetStream ``Nats-Msg-Id`` and the
   store's unique ``event_id`` both use it).
-- Each event names the stream it belongs to (`stream_id`): everything about one LLMDeployment — observations in
-  its origin cluster, decisions, plans, apply results, its workloads' progress in target clusters — is one stream,
-  so its history is one ordered read.
-- ``schema_version`` lets old stored payloads be upcast when read (`store.upcast`).
+- Every event belongs to one stream, `stream_of(event)` (the store keeps it in its events' ``stream_id`` column):
+  everything about one LLMDeployment — observations in its origin cluster, decisions, plans, apply results, its
+  workloads' progress in target clusters — is one stream, so its history is one ordered read.
+- ``schema_version`` lets old stored payloads be upcast when read (`store.reader.upcast`).
 No I/O here.
 """
 
@@ -37,6 +37,14 @@ def deterministic_id(*parts: str) -> str:
 
 def deployment_stream(origin_cluster: str, namespace: str, name: str) -> str:
     return f"LLMDeployment/{origin_cluster}/{namespace}/{name}"
+
+
+ApplyOutcome = Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale", "Superseded"]
+"""What an applier did with a plan: applied it, deleted what it removes, failed, or recognised it as already
+applied (Duplicate) or superseded (Stale)."""
+PlacementRole = Literal["active", "retiring", "removing"]
+"""A cluster's part in a placement: serving; still serving until the replacement elsewhere is Available; or being
+emptied."""
 
 
 class _Event(BaseModel):
@@ -160,7 +168,7 @@ class ApplyReported(_Event):
     origin_cluster: str
     namespace: str
     name: str
-    outcome: Literal["Applied", "Deleted", "Failed", "Duplicate", "Stale", "Superseded"]
+    outcome: ApplyOutcome
     """Superseded: a newer plan of the same kind for the deployment arrived before this one ran; it was not run."""
     message: str = ""
     objects: list[str] = Field(default_factory=list)
@@ -245,7 +253,7 @@ class ClusterShare(BaseModel):
 
     cluster: str
     replicas: int = Field(ge=0)
-    role: Literal["active", "retiring", "removing"] = "active"
+    role: PlacementRole = "active"
     gpu_type: str | None = None
     nodes: dict[str, int] = Field(default_factory=dict)
 
@@ -388,24 +396,6 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-EVENT_TYPES = frozenset(
-    t.model_fields["type"].default
-    for t in (
-        ResourceObserved,
-        ResourceDeleted,
-        ResyncCompleted,
-        ObservationRefused,
-        ClusterHeartbeat,
-        ApplyReported,
-        ClusterJoined,
-        ClusterLabelsChanged,
-        ClusterHealthChanged,
-        PlacementDecided,
-        PlanIssued,
-        LoadObserved,
-        ScaleDecided,
-    )
-)
 
 
 class MalformedEvent(ValueError):

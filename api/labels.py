@@ -18,8 +18,17 @@ ANNOTATION_SEQUENCE = "llm.example.com/plan-sequence"
 ANNOTATION_SERVING = "llm.example.com/serving"
 """On a model's Deployment: where its replicas report load (JSON: runtime, port, path, metric names); the
 member cluster's agent reads it to scrape them."""
+LABEL_MODEL = "llm.example.com/model"
+ANNOTATION_UID = "llm.example.com/deployment-uid"
+"""The uid of the LLMDeployment a workload was applied for: plans of another incarnation are not compared by
+sequence with it."""
+ANNOTATION_OBJECTS = "llm.example.com/objects"
+"""On the Deployment: every object its plan applied (`Kind/name`, comma-separated). The next plan deletes exactly
+those it no longer holds and need not look up the others again."""
 
 # GPUs as the NVIDIA device plugin and GPU feature discovery name them.
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as GPU feature discovery writes it
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"

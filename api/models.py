@@ -39,7 +39,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = f"{GROUP}/cleanup"
 CATEGORY = "llm"
 
-SOURCE_SCHEMES = ("hf://", "s3://", "pvc://")
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # RFC 1035 label: what a Service may be called (an LLMDeployment's name becomes its Service's name).

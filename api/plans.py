@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.conditions import Condition
+from api.keys import DeploymentKey
 from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
 from api.network import Cidr, NetworkMode, ServingEndpoints
 
@@ -36,8 +37,8 @@ class DeploymentRef(BaseModel):
     uid: str
 
     @property
-    def key(self) -> str:
-        return f"{self.origin_cluster}/{self.namespace}/{self.name}"
+    def key(self) -> DeploymentKey:
+        return DeploymentKey(self.origin_cluster, self.namespace, self.name)
 
 
 class KubeEvent(BaseModel):
@@ -51,7 +52,7 @@ class KubeEvent(BaseModel):
 
 
 def plan_id(deployment: DeploymentRef, cluster: str, kind: str, epoch: int, sequence: int) -> str:
-    return str(uuid.uuid5(_PLAN_NAMESPACE, f"{deployment.key}|{deployment.uid}|{cluster}|{kind}|{epoch}|{sequence}"))
+    return str(uuid.uuid5(_PLAN_NAMESPACE, f"{deployment.key!s}|{deployment.uid}|{cluster}|{kind}|{epoch}|{sequence}"))
 
 
 class _Plan(BaseModel):

@@ -32,12 +32,19 @@ from typing import Any, TypeVar
 
 import anyio
 
-from api.labels import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE, LABEL_MANAGED_BY, MANAGED_BY
+from api.events import ApplyOutcome
+from api.labels import (
+    ANNOTATION_EPOCH,
+    ANNOTATION_OBJECTS,
+    ANNOTATION_PLAN,
+    ANNOTATION_SEQUENCE,
+    ANNOTATION_UID,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+)
 from api.plans import WorkloadPlan
 from api.quantity import bytes_of
 from applier.render import (
-    ANNOTATION_OBJECTS,
-    ANNOTATION_UID,
     MANAGED_KINDS,
     identity_labels,
     object_name,
@@ -56,7 +63,7 @@ FIELD_MANAGER = "llm-operator"
 
 @dataclass
 class ApplyResult:
-    outcome: str  # Applied, Deleted, Duplicate, Stale, Failed
+    outcome: ApplyOutcome
     objects: list[str] = field(default_factory=list)
     message: str = ""
 
@@ -80,7 +87,7 @@ class EpochGuard:
 
 
 def _incarnation(plan: WorkloadPlan) -> str:
-    return f"{plan.deployment.key}|{plan.deployment.uid}"
+    return f"{plan.deployment.key!s}|{plan.deployment.uid}"
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,17 @@ from typing import Any
 
 from api.labels import (
     ANNOTATION_EPOCH,
+    ANNOTATION_OBJECTS,
     ANNOTATION_PLAN,
     ANNOTATION_SEQUENCE,
     ANNOTATION_SERVING,
+    ANNOTATION_UID,
     GPU_MEMORY_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
+    LABEL_MODEL,
     LABEL_NAMESPACE,
     LABEL_ORIGIN,
     MANAGED_BY,
@@ -46,13 +49,6 @@ Manifest = dict[str, Any]
 CONTAINER = "model-server"
 LOADER = "load-weights"
 DEFAULT_UID = 1000
-LABEL_MODEL = "llm.example.com/model"
-ANNOTATION_UID = "llm.example.com/deployment-uid"
-"""The uid of the LLMDeployment a workload was applied for: plans of another incarnation are not compared by
-sequence with it."""
-ANNOTATION_OBJECTS = "llm.example.com/objects"
-"""On the Deployment: every object its plan applied (`Kind/name`, comma-separated). The next plan deletes exactly
-those it no longer holds and need not look up the others again."""
 WEIGHTS_MARKER = ".llm-operator-complete"
 """Written by the loader into the weights claim once the weights are complete; it holds the source URI, so a
 changed source is loaded again and an unchanged one is skipped."""

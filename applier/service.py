@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
+from api.keys import DeploymentKey
 from api.plans import AnyPlan, EndpointsPlan, Plan, ScalePlan, WorkloadPlan
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
@@ -76,7 +77,7 @@ class _Applier:
     settings: ApplierSettings
     guard: EpochGuard = field(default_factory=EpochGuard)
     done: dict[str, int] = field(default_factory=dict)
-    lanes: dict[str, deque[tuple[Delivery, AnyPlan]]] = field(default_factory=dict)
+    lanes: dict[DeploymentKey, deque[tuple[Delivery, AnyPlan]]] = field(default_factory=dict)
 
 
 async def run_applier(*, kube: Kube, js: JetStream, subjects: Subjects, settings: ApplierSettings) -> None:
@@ -170,7 +171,7 @@ async def _supersede(msg: Delivery, old: AnyPlan, new: AnyPlan, app: _Applier) -
 
 
 async def _lane(
-    key: str, queue: deque[tuple[Delivery, AnyPlan]], app: _Applier, limiter: anyio.CapacityLimiter
+    key: DeploymentKey, queue: deque[tuple[Delivery, AnyPlan]], app: _Applier, limiter: anyio.CapacityLimiter
 ) -> None:
     """Run one deployment's plans in order until none is left; the lane then ends (a later plan starts a new one)."""
     try:
@@ -211,10 +212,13 @@ async def _one(msg: Delivery, plan: AnyPlan, app: _Applier, limiter: anyio.Capac
     sequence = msg.stream_sequence
     # A later plan of the same kind supersedes an earlier one (each holds the whole intent); a status plan
     # says nothing about the workload, and the other way round.
-    done_key = f"{plan.deployment.key}|{plan.kind}"
+    done_key = f"{plan.deployment.key!s}|{plan.kind}"
     if sequence and sequence <= app.done.get(done_key, 0):
         logger.info(
-            "plan %s: redelivered after a later %s plan of its deployment ran; skipped", plan.plan_id, plan.kind
+            "plan %s: redelivered after a later %s plan of its deployment ran; skipped",
+            plan.plan_id,
+            plan.kind,
+            extra=_about(plan, app.settings.cluster),
         )
         await msg.ack()
         return
@@ -250,6 +254,7 @@ async def _handle(msg: Delivery, plan: AnyPlan, app: _Applier, limiter: anyio.Ca
         settings.cluster,
         result.outcome,
         result.message,
+        extra=_about(plan, settings.cluster),
     )
     await _report(plan, result, app)
     await msg.ack()
@@ -264,7 +269,7 @@ async def _report(plan: AnyPlan, result: ApplyResult, app: _Applier) -> None:
         origin_cluster=plan.deployment.origin_cluster,
         namespace=plan.deployment.namespace,
         name=plan.deployment.name,
-        outcome=result.outcome,  # type: ignore[arg-type,unused-ignore]
+        outcome=result.outcome,
         message=result.message[:2000],
         objects=result.objects,
         epoch=plan.epoch,
@@ -309,6 +314,7 @@ async def _execute(plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter)
                 wait,
                 attempt,
                 settings.max_attempts,
+                extra=_about(plan, settings.cluster),
             )
             metrics.APPLIES.labels(kind=plan.kind, outcome="Retry").inc()
             await anyio.sleep(wait)
@@ -332,6 +338,16 @@ def _kube_error(raised: BaseException) -> KubeError | None:
     if not errors or len(errors) != len(leaves):
         return None
     return next((e for e in errors if not isinstance(e, TransientKubeError)), errors[0])
+
+
+def _about(plan: AnyPlan, cluster: str) -> dict[str, object]:
+    """The structured fields of a log line about one plan (`llm_operator.logs` prints them in both formats)."""
+    return {
+        "cluster": cluster,
+        "object": f"{plan.deployment.namespace}/{plan.deployment.name}",
+        "plan_id": plan.plan_id,
+        "epoch": plan.epoch,
+    }
 
 
 async def _keep_alive(msg: Delivery) -> None:

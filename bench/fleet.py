@@ -47,6 +47,7 @@ from llm_operator.fleet import (
     fleet_up,
     kubectl,
 )
+from llm_operator.processes import Process, operator_command
 from llm_operator.runtime import Member, connect_kube
 
 REPO = Path(__file__).resolve().parent.parent
@@ -241,48 +242,10 @@ async def create_namespace(kubes: Iterable[Kube], name: str) -> None:
 
 
 @dataclass
-class Component:
+class Component(Process):
     """One `llm-operator` process (the planner, or one cluster's agent) with its /metrics port."""
 
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-    wrap: list[str] = field(default_factory=list)
-
-    def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None, f"{self.name} is running"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, *self.wrap, "-m", "llm_operator", *self.argv],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None and self.process.poll() is None else None
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, no last heartbeat — as a crash, a lost node or a network partition."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+    port: int = 0
 
     async def get(self, path: str) -> tuple[int, str]:
         async with (
@@ -299,7 +262,7 @@ class Component:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
+            if not self.running:
                 raise RuntimeError(f"{self.name} exited; see {self.log}")
             try:
                 status, last = await self.get("/readyz")
@@ -365,7 +328,11 @@ class Operator:
         """Start the planner; `wrap`: arguments of `python` before `-m llm_operator` (e.g. a profiler)."""
         port = _free_port()
         self.planner = Component(
-            "planner", ["planner", "--migrate"], self._env(port), self.logs / "planner.log", port, wrap=list(wrap)
+            "planner",
+            operator_command("planner", "--migrate", python_options=wrap),
+            self.logs / "planner.log",
+            env=self._env(port),
+            port=port,
         )
         self.planner.start()
         await self.planner.wait_ready()
@@ -379,7 +346,13 @@ class Operator:
             port = _free_port()
             labels = ",".join(f"{k}={v}" for k, v in member.labels.items())
             argv = ["agent", "--cluster", member.name, "--context", str(member.context), "--labels", labels]
-            agent = Component(f"agent-{role}", argv, self._env(port), self.logs / f"agent-{role}.log", port)
+            agent = Component(
+                f"agent-{role}",
+                operator_command(*argv),
+                self.logs / f"agent-{role}.log",
+                env=self._env(port),
+                port=port,
+            )
             self.agents[role] = agent
         agent.start()
         await agent.wait_ready()

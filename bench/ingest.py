@@ -73,32 +73,31 @@ async def ingest(js: nats.js.JetStreamContext, subjects: Subjects, url: str, cou
         consumer="planner", subjects=subjects, heartbeat_timeout=timedelta(days=1), recovery_hold=timedelta(seconds=1)
     )
     # As the planner service reads: the next batch is read and prepared while the current step runs.
-    reader = ReadAhead(
+    memory = CapacityMemory()
+    seen = 0
+    async with ReadAhead(
         SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=1),
         subjects=subjects,
         batch_size=batch,
         timeout=5,
-    )
-    memory = CapacityMemory()
-    seen = 0
-    started = time.perf_counter()
-    while seen < count:
-        ahead = await reader.next()
-        now = datetime.now(UTC)
-        async with engine.begin() as conn:
-            await step(
-                conn,
-                deliveries=ahead.deliveries,
-                decoded=ahead.decoded,
-                epoch=lease.epoch,
-                now=now,
-                config=config,
-                health_grace_until=now,
-                memory=memory,
-            )
-        seen += len(ahead.deliveries)
-    elapsed = time.perf_counter() - started
-    await reader.close()
+    ) as reader:
+        started = time.perf_counter()
+        while seen < count:
+            ahead = await reader.next()
+            now = datetime.now(UTC)
+            async with engine.begin() as conn:
+                await step(
+                    conn,
+                    deliveries=ahead.deliveries,
+                    decoded=ahead.decoded,
+                    epoch=lease.epoch,
+                    now=now,
+                    config=config,
+                    health_grace_until=now,
+                    memory=memory,
+                )
+            seen += len(ahead.deliveries)
+        elapsed = time.perf_counter() - started
     await lease.release()
     await engine.dispose()
     return elapsed

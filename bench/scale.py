@@ -50,10 +50,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.events import ApplyReported, ClusterHeartbeat, Event, deterministic_id, encode_event
-from api.labels import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE
+from api.labels import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE, ANNOTATION_UID
 from api.models import API_VERSION, FINALIZER, gpu_count
 from api.plans import Plan, StatusPlan, WorkloadPlan
-from applier.render import ANNOTATION_UID, labels
+from applier.render import labels
 from bench.common import _node, print_table, servers, write_result
 from bench.fleet import (
     Operator,

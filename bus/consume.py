@@ -78,15 +78,6 @@ class SequenceReader:
             return []
         return self._in_order([first, *self._arrived(queue, batch - 1)])
 
-    @property
-    def next_sequence(self) -> int:
-        """The stream sequence this reader hands out next (everything before it has been handed out)."""
-        return self._next
-
-    def pending_in_buffer(self) -> int:
-        """Messages received from the server and not yet handed out."""
-        return 0 if self._queue is None else self._queue.qsize()
-
     def ready(self, batch: int) -> list[Received]:
         """Up to `batch` messages that have already arrived, without waiting ([] if none)."""
         return [] if self._queue is None else self._in_order(self._arrived(self._queue, batch))

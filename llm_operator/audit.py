@@ -2,61 +2,50 @@
 
 Guarantees: read-only against the store, except `replay --rebuild`, which rewrites projections only (never the
 log) inside one transaction that holds the writers' lock; every command prints a table for people and, where it
-says so, JSON or CSV for scripts.
+says so, JSON or CSV for scripts. The reads are the store's (`store.reports`, typed rows); this module only picks
+and presents them. The commands' options are in `llm_operator.audit_cli`.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from api.events import PlacementDecided, ScaleDecided, deployment_stream
+from api.events import PlacementDecided, ScaleDecided
 from llm_operator.runtime import OperatorError, hub_urls
 from llm_operator.settings import Settings
 from llm_operator.timeline import timeline
 from planner.capacity import gpu_capacity
 from planner.memory import facts_of
-from store import reader, replay, schema, tables
+from store import replay
 from store.errors import StoreError
-from store.sql import like_escape
+from store.reports import VIEWS, Reports, open_reports
 
 out = Console()
 
-REPORTS = {
-    "gpu-capacity": "report_gpu_capacity",
-    "placements": "report_current_placements",
-    "placement-history": "report_placement_history",
-    "gpu-hours": "report_gpu_hours",
-    "churn": "report_placement_churn",
-    "time-to-ready": "report_time_to_ready",
-}
+REPORTS = VIEWS
 
 
 @asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+async def database(settings: Settings) -> AsyncIterator[Reports]:
     async with hub_urls(settings, need_nats=False) as (_, url):
-        engine = create_async_engine(url)
         try:
-            await schema.require_current(engine)
-            yield engine
+            async with open_reports(url) as reports:
+                yield reports
         except StoreError as exc:
             raise OperatorError(str(exc)) from exc
-        finally:
-            await engine.dispose()
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -93,30 +82,15 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     return table
 
 
-async def _origin_of(engine: AsyncEngine, namespace: str, name: str, cluster: str | None) -> str:
+async def _origin_of(reports: Reports, namespace: str, name: str, cluster: str | None) -> str:
     if cluster:
         return cluster
-    e = tables.events
-    async with engine.connect() as conn:
-        streams = (
-            (
-                await conn.execute(
-                    select(e.c.stream_id)
-                    .where(
-                        e.c.stream_id.like(f"LLMDeployment/%/{like_escape(namespace)}/{like_escape(name)}", escape="\\")
-                    )
-                    .distinct()
-                )
-            )
-            .scalars()
-            .all()
-        )
-    if not streams:
+    origins = await reports.origins(namespace, name)
+    if not origins:
         raise OperatorError(f"no history for llmdeployment {namespace}/{name}")
-    if len(streams) > 1:
-        origins = ", ".join(s.split("/")[1] for s in streams)
-        raise OperatorError(f"{namespace}/{name} exists in several clusters ({origins}): pass --cluster")
-    return str(streams[0]).split("/")[1]
+    if len(origins) > 1:
+        raise OperatorError(f"{namespace}/{name} exists in several clusters ({', '.join(origins)}): pass --cluster")
+    return origins[0]
 
 
 # --------------------------------------------------------------------------------------------------- history
@@ -133,24 +107,16 @@ async def history(
     as_of: str | None,
 ) -> None:
     kind, parts = parse_target(target)
-    async with database(settings) as engine:
-        if as_of:
-            await _as_of(engine, kind, parts, parse_time(as_of), cluster, as_json)  # type: ignore[arg-type]
+    async with database(settings) as reports:
+        when = parse_time(as_of)
+        if when is not None:
+            await _as_of(reports, kind, parts, when, cluster, as_json)
             return
         if kind != "llmdeployment":
             raise OperatorError("history takes llmdeployment/<namespace>/<name> (use --as-of for clusters/fleet)")
         namespace, name = parts
-        origin = await _origin_of(engine, namespace, name, cluster)
-        async with engine.connect() as conn:
-            events = [
-                e
-                async for e in reader.read(
-                    conn,
-                    stream_ids=[deployment_stream(origin, namespace, name)],
-                    since=parse_time(since),
-                    until=parse_time(until),
-                )
-            ]
+        origin = await _origin_of(reports, namespace, name, cluster)
+        events = await reports.history(origin, namespace, name, since=parse_time(since), until=parse_time(until))
     lines = timeline(events)
     if as_json:
         sys.stdout.write(json.dumps([line.as_dict() for line in lines], indent=2) + "\n")
@@ -162,10 +128,9 @@ async def history(
 
 
 async def _as_of(
-    engine: AsyncEngine, kind: str, parts: list[str], when: datetime, cluster: str | None, as_json: bool
+    reports: Reports, kind: str, parts: list[str], when: datetime, cluster: str | None, as_json: bool
 ) -> None:
-    async with engine.connect() as conn:
-        state = await replay.as_of(conn, when)
+    state = await reports.as_of(when)
     result: dict[str, Any] = {"as_of": when.isoformat()}
     if kind == "llmdeployment":
         namespace, name = parts
@@ -288,32 +253,12 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
     if kind != "llmdeployment":
         raise OperatorError("explain takes llmdeployment/<namespace>/<name>")
     namespace, name = parts
-    async with database(settings) as engine:
-        origin = await _origin_of(engine, namespace, name, cluster)
-        async with engine.connect() as conn:
-            decisions = [
-                e
-                async for e in reader.read(
-                    conn,
-                    stream_ids=[deployment_stream(origin, namespace, name)],
-                    types=["PlacementDecided", "ScaleDecided"],
-                )
-            ]
-            scalings = [e for e in decisions if isinstance(e.event, ScaleDecided)][-5:]
-            decisions = [e for e in decisions if isinstance(e.event, PlacementDecided)]
-            dep = (
-                (
-                    await conn.execute(
-                        select(tables.deployments).where(
-                            tables.deployments.c.origin_cluster == origin,
-                            tables.deployments.c.namespace == namespace,
-                            tables.deployments.c.name == name,
-                        )
-                    )
-                )
-                .mappings()
-                .first()
-            )
+    async with database(settings) as reports:
+        origin = await _origin_of(reports, namespace, name, cluster)
+        decisions = await reports.history(origin, namespace, name, types=["PlacementDecided", "ScaleDecided"])
+        scalings = [e for e in decisions if isinstance(e.event, ScaleDecided)][-5:]
+        decisions = [e for e in decisions if isinstance(e.event, PlacementDecided)]
+        spec = await reports.deployment_spec(origin, namespace, name)
     if not decisions:
         raise OperatorError(f"no placement decision recorded for {namespace}/{name} yet")
     last = decisions[-1]
@@ -326,7 +271,7 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
                     "decided_at": last.recorded_at.isoformat(),
                     "decision": decision.model_dump(mode="json"),
                     "scaling": [e.event.model_dump(mode="json") for e in scalings],
-                    "spec": dict(dep["spec"]) if dep else None,
+                    "spec": spec,
                 },
                 indent=2,
             )
@@ -343,8 +288,8 @@ async def explain(settings: Settings, target: str, *, cluster: str | None, as_js
         f"per replica: {decision.replica_gpus} GPU(s), {decision.replica_cpu_m}m CPU, "
         f"{decision.replica_memory_bytes // 2**20} MiB memory; desired replicas: {decision.desired_replicas}"
     )
-    if dep is not None:
-        out.print(f"placement policy: {escape(json.dumps(dep['spec'].get('placement', {}), sort_keys=True))}")
+    if spec is not None:
+        out.print(f"placement policy: {escape(json.dumps(spec.get('placement', {}), sort_keys=True))}")
     out.print(
         _table(
             "decision",
@@ -417,31 +362,18 @@ def _print_verdicts(decision: PlacementDecided) -> None:
 
 
 async def status(settings: Settings, *, as_json: bool) -> None:
-    async with database(settings) as engine, engine.connect() as conn:
-        clusters = (await conn.execute(select(tables.clusters).order_by(tables.clusters.c.name))).mappings().all()
-        capacity = (await conn.execute(text("SELECT * FROM report_gpu_capacity"))).mappings().all()
-        deployments = (
-            (
-                await conn.execute(
-                    text(
-                        "SELECT d.namespace, d.name, d.origin_cluster, d.spec->>'replicas' AS replicas,"
-                        " b.last_outcome, coalesce(b.last_status->>'readyReplicas', '0') AS ready,"
-                        " b.last_status->>'clusters' AS clusters FROM deployments d"
-                        " LEFT JOIN deployment_plans b USING (origin_cluster, namespace, name) ORDER BY 1, 2"
-                    )
-                )
-            )
-            .mappings()
-            .all()
-        )
+    async with database(settings) as reports:
+        clusters = await reports.clusters()
+        capacity = await reports.gpu_capacity()
+        deployments = await reports.deployment_summaries()
     now = datetime.now(UTC)
     if as_json:
         sys.stdout.write(
             json.dumps(
                 {
-                    "clusters": [dict(c) for c in clusters],
-                    "capacity": [dict(c) for c in capacity],
-                    "deployments": [dict(d) for d in deployments],
+                    "clusters": [dataclasses.asdict(c) for c in clusters],
+                    "capacity": [dataclasses.asdict(c) for c in capacity],
+                    "deployments": [dataclasses.asdict(d) for d in deployments],
                 },
                 default=str,
                 indent=2,
@@ -455,30 +387,22 @@ async def status(settings: Settings, *, as_json: bool) -> None:
             ["CLUSTER", "HEALTH", "LAST HEARTBEAT", "LABELS"],
             [
                 [
-                    c["name"],
-                    "Healthy" if c["healthy"] else f"Unhealthy ({c['health_reason']})",
-                    f"{(now - c['last_heartbeat_at']).total_seconds():.0f}s ago" if c["last_heartbeat_at"] else "never",
-                    ",".join(f"{k}={v}" for k, v in sorted(c["labels"].items())),
+                    c.name,
+                    "Healthy" if c.healthy else f"Unhealthy ({c.health_reason})",
+                    f"{(now - c.last_heartbeat_at).total_seconds():.0f}s ago" if c.last_heartbeat_at else "never",
+                    ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())),
                 ]
                 for c in clusters
             ],
         )
     )
-    out.print(_table("GPUs", _CAPACITY_COLUMNS, _capacity_rows(capacity)))
+    out.print(_table("GPUs", _CAPACITY_COLUMNS, _capacity_rows([dataclasses.asdict(c) for c in capacity])))
     out.print(
         _table(
             "deployments",
             ["NAMESPACE", "NAME", "ORIGIN", "REPLICAS", "READY", "CLUSTERS", "STATUS"],
             [
-                [
-                    d["namespace"],
-                    d["name"],
-                    d["origin_cluster"],
-                    d["replicas"],
-                    d["ready"],
-                    d["clusters"],
-                    d["last_outcome"],
-                ]
+                [d.namespace, d.name, d.origin_cluster, d.replicas, d.ready, d.clusters, d.last_outcome]
                 for d in deployments
             ],
         )
@@ -488,24 +412,20 @@ async def status(settings: Settings, *, as_json: bool) -> None:
 async def report(settings: Settings, view: str, *, as_csv: bool, limit: int | None) -> None:
     if view not in REPORTS:
         raise OperatorError(f"unknown report {view!r}: choose one of {', '.join(REPORTS)}")
-    query = f"SELECT * FROM {REPORTS[view]}" + (f" LIMIT {int(limit)}" if limit else "")
-    async with database(settings) as engine, engine.connect() as conn:
-        result = await conn.execute(text(query))
-        columns = list(result.keys())
-        rows = [list(r) for r in result.all()]
+    async with database(settings) as reports:
+        found = await reports.report(view, limit=limit)
     if as_csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerow(found.columns)
+        writer.writerows(found.rows)
         return
-    out.print(_table(f"{view} ({REPORTS[view]})", [c.upper() for c in columns], rows))
+    out.print(_table(f"{view} ({REPORTS[view]})", [c.upper() for c in found.columns], [list(r) for r in found.rows]))
 
 
 async def rebuild(settings: Settings) -> None:
-    async with database(settings) as engine:
+    async with database(settings) as reports:
         with out.status("rebuilding projections from the event log…"):
-            async with engine.begin() as conn:
-                stats = await replay.rebuild(conn)
+            stats = await reports.rebuild()
     out.print(
         f"rebuilt projections from {stats.events_in_log} events ({stats.events_folded} folded after "
         f"skipping superseded snapshots) in {stats.seconds:.2f}s — {stats.rate:,.0f} events/s"
@@ -513,23 +433,19 @@ async def rebuild(settings: Settings) -> None:
 
 
 async def dead_letters(settings: Settings, *, limit: int, as_json: bool) -> None:
-    async with database(settings) as engine, engine.connect() as conn:
-        rows = (
-            (await conn.execute(select(tables.dead_letters).order_by(tables.dead_letters.c.id.desc()).limit(limit)))
-            .mappings()
-            .all()
-        )
-    items = [
+    async with database(settings) as reports:
+        letters = await reports.dead_letters(limit=limit)
+    items: list[dict[str, Any]] = [
         {
-            "id": r["id"],
-            "received_at": r["received_at"].isoformat(),
-            "consumer": r["consumer"],
-            "subject": r["subject"],
-            "stream_sequence": r["stream_sequence"],
-            "reason": r["reason"],
-            "raw": bytes(r["raw"])[:200].decode("utf-8", "replace"),
+            "id": r.id,
+            "received_at": r.received_at.isoformat(),
+            "consumer": r.consumer,
+            "subject": r.subject,
+            "stream_sequence": r.stream_sequence,
+            "reason": r.reason,
+            "raw": r.raw[:200].decode("utf-8", "replace"),
         }
-        for r in rows
+        for r in letters
     ]
     if as_json:
         sys.stdout.write(json.dumps(items, indent=2) + "\n")
@@ -544,84 +460,3 @@ async def dead_letters(settings: Settings, *, limit: int, as_json: bool) -> None
             ],
         )
     )
-
-
-# --------------------------------------------------------------------------------------------- registration
-
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option("--database-url", envvar="LLMOP_DATABASE_URL", help="Postgres URL; unset: the embedded Postgres."),
-]
-
-
-def register(app: typer.Typer, *, settings_for: Any, run_async: Any) -> None:
-    """Add the audit commands to the main CLI (`settings_for(**options)` builds Settings)."""
-
-    @app.command("history")
-    def history_command(
-        target: Annotated[
-            str, typer.Argument(help="llmdeployment/<namespace>/<name> (or cluster/<name>, fleet with --as-of)")
-        ],
-        cluster: Annotated[str | None, typer.Option(help="Origin cluster, if the name exists in several.")] = None,
-        since: Annotated[str | None, typer.Option(help="Only events recorded at or after (ISO 8601).")] = None,
-        until: Annotated[str | None, typer.Option(help="Only events recorded at or before (ISO 8601).")] = None,
-        as_of: Annotated[str | None, typer.Option("--as-of", help="Show the state as it was at this time.")] = None,
-        as_json: Json = False,
-        database_url: DatabaseUrl = None,
-    ) -> None:
-        """The timeline of a deployment: spec changes and who made them, decisions and reasons, plans, applies,
-        status — or, with --as-of, the state of a deployment, a cluster or the fleet at a past moment."""
-        settings = settings_for(database_url=database_url)
-        run_async(
-            lambda: history(settings, target, cluster=cluster, since=since, until=until, as_json=as_json, as_of=as_of)
-        )
-
-    @app.command("explain")
-    def explain_command(
-        target: Annotated[str, typer.Argument(help="llmdeployment/<namespace>/<name>")],
-        cluster: Annotated[str | None, typer.Option(help="Origin cluster, if the name exists in several.")] = None,
-        as_json: Json = False,
-        database_url: DatabaseUrl = None,
-    ) -> None:
-        """Why a deployment runs where it runs: the last placement decision and its inputs."""
-        settings = settings_for(database_url=database_url)
-        run_async(lambda: explain(settings, target, cluster=cluster, as_json=as_json))
-
-    @app.command("status")
-    def status_command(as_json: Json = False, database_url: DatabaseUrl = None) -> None:
-        """The fleet at a glance: clusters and health, free GPUs by type, deployments and where they run."""
-        settings = settings_for(database_url=database_url)
-        run_async(lambda: status(settings, as_json=as_json))
-
-    @app.command("report")
-    def report_command(
-        view: Annotated[str, typer.Argument(help=f"One of: {', '.join(REPORTS)}.")],
-        as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-        limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
-        database_url: DatabaseUrl = None,
-    ) -> None:
-        """Fleet reports from the SQL views (the same views any SQL client can query)."""
-        settings = settings_for(database_url=database_url)
-        run_async(lambda: report(settings, view, as_csv=as_csv, limit=limit))
-
-    @app.command("replay")
-    def replay_command(
-        do_rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop and refold every projection.")] = False,
-        database_url: DatabaseUrl = None,
-    ) -> None:
-        """Rebuild the projections from the event log (the log itself is never changed)."""
-        if not do_rebuild:
-            raise typer.BadParameter("pass --rebuild to rebuild the projections")
-        settings = settings_for(database_url=database_url)
-        run_async(lambda: rebuild(settings))
-
-    @app.command("dead-letters")
-    def dead_letters_command(
-        limit: Annotated[int, typer.Option(help="Newest N.")] = 50,
-        as_json: Json = False,
-        database_url: DatabaseUrl = None,
-    ) -> None:
-        """Messages the planner could not use, with the reason (they are kept; consumption went on)."""
-        settings = settings_for(database_url=database_url)
-        run_async(lambda: dead_letters(settings, limit=limit, as_json=as_json))

@@ -424,9 +424,9 @@ def install_crds_command(
 
 
 def _register_audit() -> None:
-    from llm_operator import audit
+    from llm_operator import audit_cli
 
-    audit.register(app, settings_for=settings_from, run_async=run_async)
+    audit_cli.register(app, settings_for=settings_from, run_async=run_async)
 
 
 _register_audit()

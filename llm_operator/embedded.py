@@ -15,15 +15,15 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import sysconfig
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+
+from llm_operator.processes import Process
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def nats_server_binary() -> Path:
 class EmbeddedNats:
     data_dir: Path
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
+    process: Process | None = None
 
     @property
     def url(self) -> str:
@@ -78,8 +77,8 @@ class EmbeddedNats:
                 return self
         if self.port == 0:
             self.port = 4222 if not _port_open(4222) else _free_port()
-        self._log = open(self.data_dir / "nats.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
+        self.process = Process(
+            "nats-server",
             [
                 str(nats_server_binary()),
                 "-js",
@@ -92,13 +91,13 @@ class EmbeddedNats:
                 "--pid",
                 str(pid_file),
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.data_dir / "nats.log",
+            stop_timeout=10.0,
         )
+        self.process.start()
         deadline = time.monotonic() + timeout
         while not _port_open(self.port):
-            if self.process.poll() is not None:
+            if not self.process.running:
                 raise EmbeddedError(f"embedded NATS exited at start; see {self.data_dir / 'nats.log'}")
             if time.monotonic() > deadline:
                 raise EmbeddedError(f"embedded NATS did not start within {timeout:.0f}s; see {self.data_dir}")
@@ -108,27 +107,15 @@ class EmbeddedNats:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            self.process.stop()
             self.process = None
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def kill(self) -> None:
         """Kill -9 (fault tests)."""
         if self.process is not None:
             self.process.kill()
-            self.process.wait()
             self.process = None
-        self._close_log()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -151,7 +138,12 @@ class EmbeddedPostgres:
 
     def start(self) -> EmbeddedPostgres:
         try:
-            import pgserver  # type: ignore[import-untyped,unused-ignore]
+            with warnings.catch_warnings():
+                # At import, pgserver picks a directory for its lock file with platformdirs, which warns when
+                # XDG_RUNTIME_DIR is unset (containers, `su`, CI) that it falls back to /tmp/runtime-<uid>. The
+                # fallback works; the note is for pgserver's authors, not for the person running a command.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", category=UserWarning)
+                import pgserver  # type: ignore[import-untyped,unused-ignore]
         except ImportError as exc:
             raise EmbeddedError(
                 "pgserver is not installed: `pip install 'llm-operator[embedded]'` (or set LLMOP_DATABASE_URL)"

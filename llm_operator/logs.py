@@ -1,7 +1,9 @@
 """Logging set-up: readable lines for people, or one JSON object per line for log pipelines.
 
-Guarantees: structured fields passed as ``extra={...}`` (cluster, namespace, name, event_id, plan_id, epoch)
-appear in both formats; noisy third-party loggers are kept at WARNING.
+Guarantees: structured fields passed as ``extra={...}`` (cluster, object, event_id, plan_id, epoch, component)
+appear in both formats, as fields of their own in JSON; noisy third-party loggers are kept at WARNING. Who passes
+them: the applier on every line about one plan (cluster, object, plan_id, epoch), the planner on every placement
+decision (cluster, object, the decision's event_id, epoch).
 """
 
 from __future__ import annotations

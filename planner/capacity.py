@@ -188,7 +188,7 @@ class FleetCapacity:
         delta: dict[SlotKey, int] = {}
         same_kinds = True
         for before, after in changes:
-            if (  # _shape(before) == _shape(after), spelled out: this runs for every node a decision takes from
+            if (  # same GPU kind and count (taking never changes them); this runs for every node a decision takes
                 before.gpu_allocatable == after.gpu_allocatable
                 and before.gpu_product == after.gpu_product
                 and before.gpu_memory_bytes == after.gpu_memory_bytes
@@ -228,10 +228,6 @@ class FleetCapacity:
         for cluster in sorted(clusters & fresh.clusters.keys()):
             result = result.with_cluster(cluster, fresh.clusters[cluster])
         return result
-
-    def with_node(self, node: NodeFree) -> FleetCapacity:
-        updated = tuple(node if n.name == node.name else n for n in self.clusters[node.cluster])
-        return self.with_cluster(node.cluster, updated)
 
     def gpu_kinds(self) -> tuple[GpuKind, ...]:
         """Every (product, GPU memory) among the fleet's usable nodes, sorted."""
@@ -379,11 +375,6 @@ def _remember(known: dict[str, list[_Known]], cluster: str, entry: _Known) -> _K
 
 def _kind(node: NodeFree) -> tuple[str | None, int]:
     return (node.gpu_product, node.gpu_memory_bytes)
-
-
-def _shape(node: NodeFree) -> tuple[str | None, int, int]:
-    """What taking capacity never changes about a node: its GPU kind and how many GPUs it has."""
-    return (node.gpu_product, node.gpu_memory_bytes, node.gpu_allocatable)
 
 
 def _unique(names: Iterable[str]) -> Iterator[str]:
@@ -665,14 +656,3 @@ def _unbound(
             result.append((node_name, charge))
             outstanding -= charge
     return result
-
-
-def describe_largest_free(
-    capacity: FleetCapacity, clusters: Sequence[str], kinds: Iterable[GpuKind] | None = None
-) -> str:
-    """'4 × NVIDIA-A100-SXM4-80GB on a100/gpu-1' for the roomiest GPU node among `clusters` (of `kinds`, if
-    given), for messages. Ties go to the first cluster in the given order, then to the first node by name."""
-    best = capacity.largest_gpu_block(clusters, kinds)
-    if best is None:
-        return "no free GPUs"
-    return f"{best.gpus} × {best.gpu_product} on {best.cluster}/{best.name}"

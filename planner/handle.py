@@ -42,6 +42,8 @@ from api.events import (
     deterministic_id,
     encode_event,
 )
+from api.keys import DeploymentKey
+from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
 from api.plans import DeploymentRef, WorkloadPlan
 from bus.subjects import Subjects
 from planner import metrics, scaling
@@ -55,7 +57,6 @@ from store.projections import Op, fold
 
 logger = logging.getLogger(__name__)
 
-DeploymentKey = tuple[str, str, str]
 _PLANNER_ONLY: frozenset[type[Event]] = frozenset(
     {ClusterJoined, ClusterLabelsChanged, ClusterHealthChanged, PlacementDecided, PlanIssued, ScaleDecided}
 )
@@ -352,19 +353,19 @@ async def _affected(conn: Connection, events: Sequence[Event]) -> list[Deploymen
     for event in events:
         match event:
             case ResourceObserved() | ResourceDeleted() if event.kind == "LLMDeployment":
-                keys.add((event.cluster, event.namespace or "", event.name))
+                keys.add(DeploymentKey(event.cluster, event.namespace or "", event.name))
                 removals = removals or isinstance(event, ResourceDeleted)
             case ResourceObserved() | ResourceDeleted() if event.kind == "LLMModel":
                 models.add((event.cluster, event.namespace or "", event.name))
             case ResourceObserved() | ResourceDeleted() if event.kind == "Deployment":
                 labels = event.object.get("labels", {})
-                origin = labels.get("llm.example.com/origin-cluster")
+                origin = labels.get(LABEL_ORIGIN)
                 if origin:
                     keys.add(
-                        (
+                        DeploymentKey(
                             origin,
-                            labels.get("llm.example.com/namespace", ""),
-                            labels.get("llm.example.com/deployment", ""),
+                            labels.get(LABEL_NAMESPACE, ""),
+                            labels.get(LABEL_DEPLOYMENT, ""),
                         )
                     )
                 removals = removals or isinstance(event, ResourceDeleted)
@@ -374,7 +375,7 @@ async def _affected(conn: Connection, events: Sequence[Event]) -> list[Deploymen
                 removals = True
                 capacity_changed = True
             case ApplyReported():
-                keys.add((event.origin_cluster, event.namespace, event.name))
+                keys.add(DeploymentKey(event.origin_cluster, event.namespace, event.name))
             case ClusterHealthChanged():
                 health_changed.append(event.cluster)
                 capacity_changed = True
@@ -428,7 +429,9 @@ async def _decide(
     reports: dict[DeploymentKey, list[ApplyReported]] = {}
     for r in recorded:
         if isinstance(r.event, ApplyReported):
-            reports.setdefault((r.event.origin_cluster, r.event.namespace, r.event.name), []).append(r.event)
+            reports.setdefault(DeploymentKey(r.event.origin_cluster, r.event.namespace, r.event.name), []).append(
+                r.event
+            )
     # First come, first served: older deployments get capacity first, whatever order events arrived in.
     ordered = sorted(keys, key=lambda k: (rows[k]["created_at"] if k in rows else now, k))
     new_events: list[Event] = []
@@ -468,7 +471,12 @@ async def _decide(
                 key[2],
                 outcome.decided.outcome,
                 outcome.decided.message,
-                extra={"cluster": key[0], "object": f"{key[1]}/{key[2]}", "epoch": epoch},
+                extra={
+                    "cluster": key[0],
+                    "object": f"{key[1]}/{key[2]}",
+                    "event_id": outcome.decided.event_id,
+                    "epoch": epoch,
+                },
             )
         new_events.extend(outcome.issued)
         outbox.extend(

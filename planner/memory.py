@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from api.events import Event, PlacementDecided, ResourceDeleted, ResourceObserved, ResyncCompleted
+from api.keys import DeploymentKey
 from planner.capacity import TERMINATED_PHASES, FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from store import queries
 from store.engine import Connection
@@ -114,7 +115,7 @@ def facts_of(
     ]
     reservations = [
         Reservation(
-            deployment_key=f"{p['origin_cluster']}/{p['namespace']}/{p['name']}",
+            deployment_key=str(DeploymentKey(p["origin_cluster"], p["namespace"], p["name"])),
             cluster=p["cluster"],
             replicas=p["replicas"],
             expected_nodes=p["nodes"],

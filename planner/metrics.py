@@ -26,7 +26,7 @@ LAG = Gauge("llmop_planner_consumer_lag", "Events in the stream not yet handled 
 FREE_GPUS = Gauge("llmop_fleet_free_gpus", "Free GPUs after running pods and reservations", ["cluster", "gpu_product"])
 
 
-def observe_step(result: Any, seconds: float, delivered: int) -> None:
+def observe_step(result: Any, seconds: float) -> None:
     STEP_SECONDS.observe(seconds)
     EVENTS.labels(result="recorded").inc(result.recorded)
     EVENTS.labels(result="duplicate").inc(result.duplicates)

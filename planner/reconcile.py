@@ -23,10 +23,12 @@ from pydantic import ValidationError
 
 from api.conditions import Condition
 from api.events import (
+    ApplyOutcome,
     ApplyReported,
     ClusterShare,
     ClusterVerdict,
     PlacementDecided,
+    PlacementRole,
     PlanIssued,
     ReleasedShare,
     deterministic_id,
@@ -58,11 +60,11 @@ class DeploymentState:
 class PlacementState:
     cluster: str
     replicas: int
-    role: str
+    role: PlacementRole
     gpu_type: str | None
     nodes: Mapping[str, int]
     plan_id: str | None
-    apply_outcome: str | None
+    apply_outcome: ApplyOutcome | None
     apply_message: str | None
     applied_plan_id: str | None
 
@@ -191,7 +193,7 @@ def reconcile(inputs: Inputs) -> Outcome:
     for cluster in unschedulable:
         capacity = capacity.with_cluster(cluster, ())
 
-    demand = demand_of(inputs.ref.key, dep.origin, desired, model)
+    demand = demand_of(str(inputs.ref.key), dep.origin, desired, model)
     policy = policy_of(spec)
     decision = place(demand, clusters=inputs.clusters, capacity=capacity, policy=policy, current=current)
     if unschedulable:
@@ -291,7 +293,7 @@ def _emit(
             reasons=decision.reasons,
             message=message,
             sequence=sequence,
-            demand=demand_of(inputs.ref.key, dep.origin, desired, model),
+            demand=demand_of(str(inputs.ref.key), dep.origin, desired, model),
             inputs_summary=_inputs_summary(inputs, decision),
             verdicts=_verdicts(decision, unschedulable),
             released=decision.released,
@@ -501,7 +503,7 @@ def _decision_event(
     return PlacementDecided(
         event_id=deterministic_id(
             "decided",
-            inputs.ref.key,
+            str(inputs.ref.key),
             inputs.ref.uid,
             str(generation),
             outcome,

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from api.conditions import Condition
 from api.events import Event, LoadObserved, PlanIssued, ScaleDecided, deterministic_id
+from api.keys import DeploymentKey
 from api.models import LLMDeploymentSpec
 from api.plans import DeploymentRef, KubeEvent, ScalePlan, plan_id
 from bus.subjects import Subjects
@@ -35,7 +36,6 @@ from store.engine import Connection
 
 logger = logging.getLogger(__name__)
 
-DeploymentKey = tuple[str, str, str]
 CONDITION = "ScalingActive"
 
 
@@ -46,7 +46,7 @@ class AutoscalerMemory:
     condition: dict[DeploymentKey, Condition] = field(default_factory=dict)
 
     def note(self, event: LoadObserved) -> DeploymentKey:
-        key = (event.origin_cluster, event.namespace, event.name)
+        key = DeploymentKey(event.origin_cluster, event.namespace, event.name)
         known = self.loads.setdefault(key, {})
         previous = known.get(event.cluster)
         if previous is None or previous.observed_at <= event.observed_at:

@@ -106,17 +106,16 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
         backlog_end,
     )
     grace_until = _now() + config.heartbeat_timeout
-    reader = ReadAhead(
-        SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1),
-        subjects=subjects,
-        batch_size=settings.batch_size,
-        timeout=settings.tick_seconds,
-    )
     mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
     outbox_dirty = True  # a previous leader may have left committed plans unsent
     memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
     autoscaler = AutoscalerMemory()  # the fleet autoscaler's history, like an HPA controller's
-    try:
+    async with ReadAhead(
+        SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1),
+        subjects=subjects,
+        batch_size=settings.batch_size,
+        timeout=settings.tick_seconds,
+    ) as reader:
         while True:
             try:
                 batch = await reader.next()
@@ -137,7 +136,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                             autoscaler=autoscaler,
                             decoded=batch.decoded,
                         )
-                metrics.observe_step(result, time.perf_counter() - started, len(deliveries))
+                metrics.observe_step(result, time.perf_counter() - started)
                 if received:
                     metrics.LAG.set(received[-1].pending)
                 position = result.position
@@ -157,9 +156,6 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
             except StoreError:
                 metrics.ERRORS.labels(kind="PermanentStoreError").inc()
                 raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            await reader.close()
 
 
 async def _stream_end(js: JetStream, subjects: Subjects) -> int:

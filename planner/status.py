@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from api.conditions import Condition, ConditionStatus, set_condition
+from api.events import PlacementRole
 from api.labels import LABEL_DEPLOYMENT, LABEL_ORIGIN
 from api.models import ClusterPlacementStatus, Endpoint, LLMDeploymentStatus
 
@@ -26,7 +27,7 @@ class ClusterProgress:
 
     cluster: str
     replicas: int
-    role: str
+    role: PlacementRole
     gpu_type: str | None
     healthy: bool
     ready_replicas: int

@@ -6,8 +6,9 @@ Guarantees:
   rebuilds cannot disagree.
 - Operations are idempotent under repetition of the same event (upserts and keyed deletes), which is what makes a
   redelivered batch harmless even before the consumer-position check.
-- Observations carry full snapshots, so a later observation of an object supersedes every earlier one
-  (`supersedes_earlier` marks those events; replay relies on it to skip superseded snapshots).
+- Observations carry full snapshots, so a later observation (or the deletion) of an object supersedes every
+  earlier one: the recorder stores their `object_key` (`store.recorder.object_key`), and replay folds only the last
+  event per key.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from api.events import (
     ResourceObserved,
     ResyncCompleted,
 )
+from api.keys import DeploymentKey
 from api.labels import (
     ANNOTATION_PLAN,
     GPU_MEMORY_LABEL,
@@ -88,11 +90,6 @@ KIND_TABLES = {
 }
 
 
-def supersedes_earlier(event: Event) -> bool:
-    """True for events whose effect replaces that of every earlier event about the same object."""
-    return type(event) is ResourceObserved or type(event) is ResourceDeleted
-
-
 def fold(event: Event) -> list[Op]:
     # Observations are nearly every event: test for them by exact class first. `match` on a class pattern (an
     # isinstance check through pydantic's ABCMeta, in Python) costs more than folding a snapshot.
@@ -147,16 +144,12 @@ def fold(event: Event) -> list[Op]:
             return []
 
 
-def _deployment_key(origin: str, namespace: str, name: str) -> dict[str, Any]:
-    return {"origin_cluster": origin, "namespace": namespace, "name": name}
-
-
 def _observed(event: ResourceObserved) -> list[Op]:
     obj = event.object
     at = event.observed_at
     match event.kind:
         case "LLMModel":
-            key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
+            key: dict[str, Any] = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
             values = {
                 "uid": event.uid,
                 "generation": event.generation or 0,
@@ -165,7 +158,7 @@ def _observed(event: ResourceObserved) -> list[Op]:
             }
             return [Upsert("models", key, values)]
         case "LLMDeployment":
-            key = _deployment_key(event.cluster, event.namespace or "", event.name)
+            key = DeploymentKey(event.cluster, event.namespace or "", event.name).columns()
             values = {
                 "uid": event.uid,
                 "generation": event.generation or 0,
@@ -214,7 +207,9 @@ def pod_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
     requests: dict[str, Any] = obj.get("requests", {})
     deployment_key = None
     if LABEL_ORIGIN in labels and LABEL_DEPLOYMENT in labels:
-        deployment_key = f"{labels[LABEL_ORIGIN]}/{labels.get(LABEL_NAMESPACE, '')}/{labels[LABEL_DEPLOYMENT]}"
+        deployment_key = str(
+            DeploymentKey(labels[LABEL_ORIGIN], labels.get(LABEL_NAMESPACE, ""), labels[LABEL_DEPLOYMENT])
+        )
     return {
         "uid": uid,
         "node_name": obj.get("nodeName"),
@@ -249,7 +244,7 @@ def workload_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
 
 
 def _decided(event: PlacementDecided) -> list[Op]:
-    key = _deployment_key(event.origin_cluster, event.namespace, event.name)
+    key = DeploymentKey(event.origin_cluster, event.namespace, event.name).columns()
     ops: list[Op] = [
         Upsert("deployment_plans", key, {"last_outcome": event.outcome, "last_decision_at": event.decided_at})
     ]
@@ -276,7 +271,7 @@ def _decided(event: PlacementDecided) -> list[Op]:
 def _plan_issued(event: PlanIssued) -> list[Op]:
     plan = event.plan
     ref = plan.deployment
-    key = _deployment_key(ref.origin_cluster, ref.namespace, ref.name)
+    key = ref.key.columns()
     row = {
         "kind": plan.kind,
         "cluster": plan.cluster,
@@ -305,7 +300,7 @@ def _plan_issued(event: PlanIssued) -> list[Op]:
 
 
 def _apply_reported(event: ApplyReported) -> list[Op]:
-    key = _deployment_key(event.origin_cluster, event.namespace, event.name)
+    key = DeploymentKey(event.origin_cluster, event.namespace, event.name).columns()
     ops: list[Op] = [
         Upsert(
             "apply_results",

@@ -14,9 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.keys import DeploymentKey
 from store import sql
-
-DeploymentKey = tuple[str, str, str]  # (origin cluster, namespace, name)
 
 _KEYS = "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
 """The deployment keys passed as the first three parameters, as a row set for `(a, b, c) IN ...`."""
@@ -70,11 +69,11 @@ async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> d
         f"WHERE (d.origin_cluster, d.namespace, d.name) IN {_KEYS}",
         *sql.key_arrays(keys),
     )
-    return {(r["origin_cluster"], r["namespace"], r["name"]): r for r in found}
+    return {DeploymentKey(r["origin_cluster"], r["namespace"], r["name"]): r for r in found}
 
 
 def _keys(found: Iterable[Any]) -> list[DeploymentKey]:
-    return [(a, b, c) for a, b, c in found]
+    return [DeploymentKey(a, b, c) for a, b, c in found]
 
 
 async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
@@ -143,7 +142,7 @@ async def scheduling(
     conn: AsyncConnection, keys: Iterable[DeploymentKey], *, stuck_before: datetime
 ) -> dict[DeploymentKey, dict[str, tuple[int, int]]]:
     """Per deployment and cluster: (pods bound to a node, pods Pending unscheduled since before `stuck_before`)."""
-    wanted = {f"{o}/{n}/{d}": (o, n, d) for o, n, d in keys}
+    wanted = {str(key): DeploymentKey(*key) for key in keys}
     if not wanted:
         return {}
     found = await sql.records(
@@ -168,11 +167,7 @@ async def stuck_deployment_keys(conn: AsyncConnection, *, stuck_before: datetime
         "AND phase = 'Pending' AND updated_at < $1",
         stuck_before,
     )
-    out = []
-    for (key,) in found:
-        origin, namespace, name = str(key).split("/", 2)
-        out.append((origin, namespace, name))
-    return out
+    return [DeploymentKey.parse(str(key)) for (key,) in found]
 
 
 # ------------------------------------------------------------------------ batched reads for one planner step
@@ -183,7 +178,7 @@ def _by_deployment(
 ) -> dict[DeploymentKey, list[dict[str, Any]]]:
     out: dict[DeploymentKey, list[dict[str, Any]]] = {}
     for row in rows:
-        out.setdefault((row[origin], row[namespace], row[name]), []).append(row)
+        out.setdefault(DeploymentKey(row[origin], row[namespace], row[name]), []).append(row)
     return out
 
 
@@ -245,7 +240,7 @@ async def plan_sequences(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -
         f"WHERE (origin_cluster, namespace, name) IN {_KEYS}",
         *sql.key_arrays(keys),
     )
-    return {(o, n, d): int(s) for o, n, d, s in found}
+    return {DeploymentKey(o, n, d): int(s) for o, n, d, s in found}
 
 
 async def plan_payloads(conn: AsyncConnection, plan_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

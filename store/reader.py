@@ -127,12 +127,3 @@ async def read(conn: AsyncConnection, *, chunk: int = 5000, **filters: Any) -> A
             metadata=row["metadata"],
             event=decode_row(row),
         )
-
-
-async def last_position(conn: AsyncConnection, *, until: datetime | None = None) -> int:
-    from sqlalchemy import func
-
-    query = select(func.coalesce(func.max(tables.events.c.position), 0))
-    if until is not None:
-        query = query.where(tables.events.c.recorded_at <= until)
-    return int(await conn.scalar(query) or 0)

@@ -1,4 +1,10 @@
-"""The recorder: the only place SQL runs for writes to the event log, projections and bookkeeping tables.
+"""The recorder: the writes of the event log, the projections and the bookkeeping tables (consumer positions, the
+outbox, dead letters).
+
+It is the only writer of the event log and of every projection row while the operator runs. Two other store
+modules write, each its own table or moment: `store.epochs` inserts the planner's leadership epochs, and
+`store.replay.rebuild` empties the projections and refolds them (through `apply_ops`, under `lock_writers`),
+then puts back the clusters' heartbeat times.
 
 Guarantees:
 - `lock_writers` takes a transaction-scoped advisory lock; every writing transaction takes it first, so event
@@ -131,10 +137,6 @@ def object_key(event: Event) -> str | None:
 
 def payload_json(event: Event) -> str:
     return event.model_dump_json(exclude=_ENVELOPE)
-
-
-def payload_of(event: Event) -> dict[str, Any]:
-    return event.model_dump(mode="json", exclude=_ENVELOPE)
 
 
 async def append(

@@ -7,7 +7,7 @@ Guarantees:
 - Memory stays bounded: events are streamed from the server in chunks and applied chunk by chunk.
 - Superseded observations are skipped: an observation of an object is replaced by any later observation or
   deletion of the same object (full snapshots), so only the last one per object needs folding. This is what makes
-  a rebuild of a long log fast; it relies on `store.projections.supersedes_earlier`.
+  a rebuild of a long log fast; it relies on the `object_key` the recorder stores (`store.recorder.object_key`).
 - `as_of` folds the log recorded up to a time into `MemoryTables` (no database writes): the state the operator
   knew at that moment.
 """

@@ -97,8 +97,9 @@ def _built_toolchain() -> Toolchain:
 
 
 def _path_line(toolchain: Toolchain) -> str:
+    """PATH with the fleet's kubectl, and helm when it has been built (`fleet build` builds it; `up` does not)."""
     dirs = []
-    for d in (toolchain.kubectl.parent, toolchain.helm.parent):
+    for d in (toolchain.kubectl.parent, *([toolchain.helm.parent] if toolchain.helm.exists() else [])):
         if str(d) not in dirs:
             dirs.append(str(d))
     return f"export PATH={shlex.quote(':'.join(dirs))}:$PATH"
@@ -196,7 +197,8 @@ def status(kubeconfig: KubeconfigOpt = None, workdir: WorkdirOpt = None) -> None
 @fleet_app.command()
 @_fails_cleanly
 def env(kubeconfig: KubeconfigOpt = None) -> None:
-    """Print shell exports for the fleet's kubectl: eval "$(llm-operator fleet env)"."""
+    """Print shell exports for the fleet's kubectl (and helm, once `fleet build` built it):
+    eval "$(llm-operator fleet env)"."""
     toolchain = _toolchain(with_helm=False)  # progress goes to stderr; stdout stays eval-able
     print(_path_line(toolchain))
     if kubeconfig is not None and kubeconfig != default_kubeconfig():

@@ -38,12 +38,11 @@ from typing import Any
 
 import yaml
 
+from api.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE, LABEL_MANAGED_BY
 from llm_operator.fleet.build import FleetError, Toolchain, elapsed, file_lock
 from llm_operator.fleet.spec import (
     DEFAULT_FLEET,
-    GPU_RESOURCE,
     MANAGED_BY,
-    MANAGED_BY_LABEL,
     VOLUME_POOL,
     ClusterSpec,
     NodeSpec,
@@ -264,7 +263,7 @@ def fleet_status(
         for n in nodes:
             count = _int(n.get("status", {}).get("capacity", {}).get(GPU_RESOURCE))
             if count:
-                product = n["metadata"].get("labels", {}).get("nvidia.com/gpu.product", "unknown")
+                product = n["metadata"].get("labels", {}).get(GPU_PRODUCT_LABEL, "unknown")
                 gpus[product] = gpus.get(product, 0) + count
         out.append(
             ClusterStatus(
@@ -286,7 +285,7 @@ def fleet_status(
 
 def _converge_volumes(toolchain: Toolchain, cluster: MemberCluster) -> None:
     """Keep the pool of static volumes full: volumes whose claim is gone (Released) are recreated Available."""
-    listed = kubectl(toolchain, cluster, "get", "pv", "-l", f"{MANAGED_BY_LABEL}={MANAGED_BY}", "-o", "json")
+    listed = kubectl(toolchain, cluster, "get", "pv", "-l", f"{LABEL_MANAGED_BY}={MANAGED_BY}", "-o", "json")
     released = [
         v["metadata"]["name"]
         for v in json.loads(listed.stdout)["items"]
@@ -716,7 +715,7 @@ def _converge_nodes(toolchain: Toolchain, cluster: MemberCluster, nodes: Sequenc
     stale = [
         name
         for name, n in live.items()
-        if name not in wanted and n["metadata"].get("labels", {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+        if name not in wanted and n["metadata"].get("labels", {}).get(LABEL_MANAGED_BY) == MANAGED_BY
     ]
     # spec.podCIDR can be set once but never changed: a node whose range moved is made again.
     moved = [

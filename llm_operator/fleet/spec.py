@@ -19,8 +19,16 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_TAINT_KEY = "nvidia.com/gpu"
+from api.labels import (
+    GPU_COUNT_LABEL,
+    GPU_MEMORY_LABEL,
+    GPU_PRESENT_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    LABEL_MANAGED_BY,
+)
+
+GPU_TAINT_KEY = GPU_RESOURCE  # NVIDIA's GPU operator taints GPU nodes with the resource's name
 GPU_TAINT_VALUE = "present"
 GPU_TAINT_EFFECT = "NoSchedule"
 # kwok's own convention: kwokctl's kwok-controller runs with --manage-all-nodes=true and would manage the
@@ -29,7 +37,6 @@ GPU_TAINT_EFFECT = "NoSchedule"
 # pods off them, but kwok does not need the taint, and our fleet has no real pods to keep off. Without it the
 # fleet's nodes carry exactly the taints real GPU nodes carry, and no product code tolerates a test-only taint.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "llm-operator-fleet"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -160,7 +167,7 @@ def node_manifest(node: NodeSpec) -> dict[str, Any]:
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
         "type": "kwok",
-        MANAGED_BY_LABEL: MANAGED_BY,
+        LABEL_MANAGED_BY: MANAGED_BY,
     }
     if node.instance_type:
         labels["node.kubernetes.io/instance-type"] = node.instance_type
@@ -181,10 +188,10 @@ def node_manifest(node: NodeSpec) -> dict[str, Any]:
         assert node.gpu_memory_mib is not None
         labels.update(
             {
-                "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": node.gpu_product,
-                "nvidia.com/gpu.memory": str(node.gpu_memory_mib),
-                "nvidia.com/gpu.count": str(node.gpus),
+                GPU_PRESENT_LABEL: "true",
+                GPU_PRODUCT_LABEL: node.gpu_product,
+                GPU_MEMORY_LABEL: str(node.gpu_memory_mib),
+                GPU_COUNT_LABEL: str(node.gpus),
             }
         )
         resources[GPU_RESOURCE] = str(node.gpus)
@@ -289,7 +296,7 @@ def volume_manifest(index: int, *, size: str = VOLUME_SIZE) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": f"fleet-pv-{index:03d}", "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+        "metadata": {"name": f"fleet-pv-{index:03d}", "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
         "spec": {
             "capacity": {"storage": size},
             "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],

@@ -12,6 +12,7 @@ its workers; and, with the whole operator running, the LLMDeployment shows Place
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -896,11 +897,18 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
 
 @pytest.mark.services
 async def test_the_applier_service_keeps_each_deployments_plans_in_order_across_workers(
-    kubectl: Kubectl, namespace: str, open_kube: KubeOpener, js: JetStreamContext, hub: Hub
+    kubectl: Kubectl,
+    namespace: str,
+    open_kube: KubeOpener,
+    js: JetStreamContext,
+    hub: Hub,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Through JetStream and `run_applier` with several workers: 12 deployments get 3 workload plans each
     (replicas 1, then 3, then 2), published interleaved. Every plan must run, in its deployment's order (an
-    out-of-order one would be reported `Stale`), and be reported exactly once."""
+    out-of-order one would be reported `Stale`), and be reported exactly once; the log line of each names its
+    plan in the structured fields (what JSON logs carry)."""
+    caplog.set_level(logging.INFO, logger="applier.service")
     cluster = kubectl.fleet.clusters["cpu"].name
     kube = await open_kube("cpu")
     chains = []
@@ -944,6 +952,17 @@ async def test_the_applier_service_keeps_each_deployments_plans_in_order_across_
     assert all(reports[chain[-1].plan_id].outcome == "Applied" for chain in chains)
     for i in range(12):
         assert (await get(kubectl, "cpu", "deployment", f"chat-{i}", namespace))["spec"]["replicas"] == 2
+    logged = {
+        getattr(r, "plan_id", None): (
+            getattr(r, "cluster", None),
+            getattr(r, "object", None),
+            getattr(r, "epoch", None),
+        )
+        for r in caplog.records
+        if r.name == "applier.service" and r.getMessage().startswith("plan ")
+    }
+    for plan in plans:
+        assert logged.get(plan.plan_id) == (cluster, f"{namespace}/{plan.deployment.name}", plan.epoch), plan.plan_id
 
 
 def _failing_webhook(name: str, namespace: str, deployment: str) -> dict[str, Any]:

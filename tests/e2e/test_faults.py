@@ -19,9 +19,10 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from llm_operator.processes import Process, operator_command
 from store import schema
 from tests.fixtures.operator import Kubectl, RunningOperator, eventually
-from tests.fixtures.processes import KillableNats, KillablePostgres, Proc
+from tests.fixtures.processes import KillableNats, KillablePostgres
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet, pytest.mark.services, pytest.mark.slow]
 
@@ -93,13 +94,15 @@ async def test_killing_the_leading_planner_mid_stream_hands_over_without_lost_or
         prefix=hub.subjects.prefix,
         kubeconfig=kubectl.fleet.kubeconfig,
     )
-    planners = [Proc(f"planner-{i}", ["planner"], env, tmp_path / f"planner-{i}.log") for i in range(2)]
+    planners = [
+        Process(f"planner-{i}", operator_command("planner"), tmp_path / f"planner-{i}.log", env=env) for i in range(2)
+    ]
     engine = create_async_engine(hub.database_url)
     try:
         for planner in planners:
             planner.start()
 
-        async def leader() -> Proc | None:
+        async def leader() -> Process | None:
             async with engine.connect() as conn:
                 holder = await conn.scalar(text("SELECT holder FROM planner_epochs ORDER BY epoch DESC LIMIT 1"))
             return next((p for p in planners if holder and holder.endswith(f"-{p.pid}")), None)
@@ -162,10 +165,10 @@ async def test_killing_the_leading_planner_mid_stream_hands_over_without_lost_or
         await engine.dispose()
 
 
-async def _other_leader(engine: AsyncEngine, planners: list[Proc], old: Proc) -> Proc | None:
+async def _other_leader(engine: AsyncEngine, planners: list[Process], old: Process) -> Process | None:
     async with engine.connect() as conn:
         holder = await conn.scalar(text("SELECT holder FROM planner_epochs ORDER BY epoch DESC LIMIT 1"))
-    return next((p for p in planners if p is not old and p.alive and holder and holder.endswith(f"-{p.pid}")), None)
+    return next((p for p in planners if p is not old and p.running and holder and holder.endswith(f"-{p.pid}")), None)
 
 
 # ------------------------------------------------------------------------------------------------------ chaos
@@ -179,7 +182,7 @@ class Chaos:
         self.postgres = KillablePostgres(root / "pg" / "data")
         self.kubectl = kubectl
         self.namespace = namespace
-        self.procs: dict[str, Proc] = {}
+        self.procs: dict[str, Process] = {}
         self.root = root
         self.prefix = "chaos"
         self.log: list[str] = []
@@ -200,7 +203,9 @@ class Chaos:
             nats_url=self.nats.url, database_url=self.database_url, prefix=self.prefix, kubeconfig=fleet.kubeconfig
         )
         for i in range(2):
-            self.procs[f"planner-{i}"] = Proc(f"planner-{i}", ["planner"], env, self.root / f"planner-{i}.log")
+            self.procs[f"planner-{i}"] = Process(
+                f"planner-{i}", operator_command("planner"), self.root / f"planner-{i}.log", env=env
+            )
         for role, cluster in fleet.clusters.items():
             labels = ",".join(f"{k}={v}" for k, v in cluster.labels.items())
             for part in ("watcher", "applier"):
@@ -217,7 +222,9 @@ class Chaos:
                     "-n",
                     self.namespace,
                 ]
-                self.procs[f"{part}-{role}"] = Proc(f"{part}-{role}", argv, env, self.root / f"{part}-{role}.log")
+                self.procs[f"{part}-{role}"] = Process(
+                    f"{part}-{role}", operator_command(*argv), self.root / f"{part}-{role}.log", env=env
+                )
         for proc in self.procs.values():
             proc.start()
 

@@ -204,3 +204,33 @@ async def test_like_wildcards_in_arguments_match_only_themselves(hub: Hub) -> No
             )
         )
         assert "no history" in line
+
+
+def test_the_first_screen_is_clean(tmp_path: Path) -> None:
+    """No warning of ours or of a library reaches the terminal: not from --help, and not from a command that starts
+    the embedded Postgres without XDG_RUNTIME_DIR (as in containers and CI), where platformdirs warns on import
+    of pgserver."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env.pop("LLMOP_DATABASE_URL", None)
+    for args in (["--help"], ["status", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "llm_operator", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_operator", "status"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**env, "LLMOP_DATA_DIR": str(tmp_path / "data")},
+        timeout=180,
+    )
+    assert "Warning" not in result.stderr and "XDG_RUNTIME_DIR" not in result.stderr, result.stderr
+    line = one_line_error(result)  # a fresh database: one line saying what to do
+    assert "llm-operator migrate" in line

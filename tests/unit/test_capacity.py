@@ -14,7 +14,6 @@ from planner.capacity import (
     NodeFree,
     PodUsage,
     Reservation,
-    describe_largest_free,
     free_capacity,
     gpu_capacity,
     usable,
@@ -220,43 +219,47 @@ def test_gpu_capacity_sums_the_planners_per_node_arithmetic() -> None:
             fleet(gpu("a", "n1", free=3), gpu("b", "n1", free=5), gpu("b", "n2", free=5)),
             ["a", "b"],
             None,
-            "5 × NVIDIA-A100-SXM4-80GB on b/n1",
+            ("b", "n1", 5),
             id="the roomiest node; ties to the first node by name",
         ),
         pytest.param(
             fleet(gpu("a", "n1", free=5), gpu("b", "n1", free=5)),
             ["b", "a"],
             None,
-            "5 × NVIDIA-A100-SXM4-80GB on b/n1",
+            ("b", "n1", 5),
             id="ties to the first cluster in the given order",
         ),
         pytest.param(
             fleet(gpu("a", "n1", free=8), gpu("b", "n1", free=2)),
             ["b"],
             None,
-            "2 × NVIDIA-A100-SXM4-80GB on b/n1",
+            ("b", "n1", 2),
             id="only the given clusters",
         ),
         pytest.param(
             fleet(gpu("a", "n1", A100, free=8), gpu("a", "n2", H100, free=2)),
             ["a"],
             [(H100, 80 * GiB)],
-            "2 × NVIDIA-H100-80GB-HBM3 on a/n2",
+            ("a", "n2", 2),
             id="only the given GPU kinds",
         ),
         pytest.param(
             fleet(gpu("a", "n1", free=0)),
             ["a"],
             None,
-            "no free GPUs",
+            None,
             id="nothing free",
         ),
     ],
 )
-def test_describe_largest_free(
-    capacity: FleetCapacity, order: list[str], kinds: list[tuple[str, int]] | None, expected: str
+def test_largest_gpu_block(
+    capacity: FleetCapacity,
+    order: list[str],
+    kinds: list[tuple[str, int]] | None,
+    expected: tuple[str, str, int] | None,
 ) -> None:
-    assert describe_largest_free(capacity, order, kinds) == expected
+    best = capacity.largest_gpu_block(order, kinds)
+    assert (None if best is None else (best.cluster, best.name, best.gpus)) == expected
 
 
 # --- Derived data: always what counting from scratch gives ----------------------------------------------------
@@ -284,7 +287,7 @@ def test_derived_data_follows_every_change() -> None:
     assert list(capacity.clusters_with_gpu_slots(4, KINDS)) == ["a", "b"]  # builds the index
 
     (node,) = capacity.nodes("a")
-    taken = capacity.with_node(node.take(gpus=2, cpu_m=0, memory_bytes=0))
+    taken = capacity.with_cluster("a", (node.take(gpus=2, cpu_m=0, memory_bytes=0),))
     (node,) = capacity.nodes("b")
     taken = taken.with_cluster("b", (node.take(gpus=1, cpu_m=0, memory_bytes=0, count=8),), changed=[0])
 
@@ -314,7 +317,7 @@ def test_memo_is_per_version_of_a_cluster_and_not_part_of_equality() -> None:
     assert capacity.memo("a", "total", total) == 4
     assert capacity.memo("a", "total", total) == 4
     (node,) = capacity.nodes("b")
-    derived = capacity.with_node(node.take(gpus=1, cpu_m=0, memory_bytes=0))
+    derived = capacity.with_cluster("b", (node.take(gpus=1, cpu_m=0, memory_bytes=0),))
     assert derived.memo("a", "total", total) == 4  # "a" did not change: remembered
     assert derived.memo("b", "total", total) == 7
     assert len(calls) == 2  # "a" once for both versions, "b" once for the derived one

@@ -7,9 +7,10 @@ from collections import Counter
 
 import pytest
 
+from api.labels import GPU_RESOURCE
 from api.scheduling import CPU_POD_TOLERATIONS, GPU_POD_TOLERATIONS, tolerates_all
 from llm_operator.fleet import DEFAULT_FLEET, ClusterSpec, NodeSpec, node_manifest
-from llm_operator.fleet.spec import GPU_RESOURCE, KWOK_NODE_ANNOTATION, cpu_node, gpu_node
+from llm_operator.fleet.spec import KWOK_NODE_ANNOTATION, cpu_node, gpu_node
 
 H100 = NodeSpec(
     name="h100-0",

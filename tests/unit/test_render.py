@@ -20,8 +20,10 @@ import yaml
 
 from api.labels import (
     ANNOTATION_EPOCH,
+    ANNOTATION_OBJECTS,
     ANNOTATION_PLAN,
     ANNOTATION_SEQUENCE,
+    ANNOTATION_UID,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_NAMESPACE,
@@ -30,8 +32,6 @@ from api.labels import (
 from api.models import LLMDeploymentSpec, LLMModelSpec
 from api.plans import NOT_IN_PODS, DeploymentRef, WorkloadPlan, plan_id
 from applier.render import (
-    ANNOTATION_OBJECTS,
-    ANNOTATION_UID,
     CONTAINER,
     LOADER,
     MANAGED_KINDS,
