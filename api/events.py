@@ -188,6 +188,7 @@ class PlacementDecided(_Event):
         "Suspended",
         "Deleting",
         "NoEligibleCluster",
+        "PolicyDenied",
     ]
     shares: list[ClusterShare] = Field(default_factory=list)
     replica_gpus: int = 0

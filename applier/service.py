@@ -7,7 +7,8 @@ Guarantees:
 - Transient failures (apiserver unreachable, 5xx) are retried in place with backoff, holding back that
   deployment's later plans; a permanent failure (the apiserver refused the object) is reported as `Failed` and
   acknowledged. If NATS goes away, unacknowledged plans are delivered again.
-- Malformed plans, or plans for another cluster, go to the dead-letter subject and consumption continues.
+- Malformed plans, plans for another cluster, and plans applier.trust refuses (unsigned, forged, replayed,
+  far-future epoch) go to the dead-letter subject with the reason, and consumption continues.
 - Results are `ApplyReported` events with a deterministic id per (plan, cluster): reporting twice is harmless.
 """
 
@@ -16,18 +17,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
 from api.plans import Plan, StatusPlan, WorkloadPlan
+from api.policy import TenantPolicy
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
 from applier.status import execute_status
+from applier.trust import DEFAULT_MAX_EPOCH_JUMP, PlanTrust
 from bus.connection import JetStream
 from bus.consume import Delivery, WorkQueue
 from bus.errors import BusUnavailable
@@ -49,6 +54,11 @@ class ApplierSettings:
     """Plans of different LLMDeployments executed at once; one deployment's plans always run one at a time."""
     retry_seconds: float = 1.0
     max_retry_seconds: float = 30.0
+    trusted_keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    """Public keys whose plans are executed, by key id (none: every plan is refused)."""
+    max_epoch_jump: int = DEFAULT_MAX_EPOCH_JUMP
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    """Which origins may place workloads into which namespaces of this cluster (the last line of defence)."""
 
 
 @dataclass
@@ -66,6 +76,10 @@ class _Applier:
     settings: ApplierSettings
     guard: EpochGuard = field(default_factory=EpochGuard)
     done: dict[str, int] = field(default_factory=dict)
+    trust: PlanTrust = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trust = PlanTrust(self.settings.trusted_keys, max_epoch_jump=self.settings.max_epoch_jump)
 
 
 async def run_applier(*, kube: Kube, js: JetStream, subjects: Subjects, settings: ApplierSettings) -> None:
@@ -132,6 +146,10 @@ async def _consume(sub: WorkQueue, app: _Applier) -> None:
 async def _plan_of(msg: Delivery, app: _Applier) -> WorkloadPlan | StatusPlan | None:
     """The plan in `msg`, or None after dead-lettering what is not a plan for this cluster."""
     cluster = app.settings.cluster
+    refused = app.trust.signature_problem(msg.subject, msg.data, msg.headers)
+    if refused is not None:
+        await _dead_letter(msg, app, refused)
+        return None
     try:
         plan = _PLAN.validate_json(msg.data)
     except ValidationError as exc:
@@ -139,6 +157,10 @@ async def _plan_of(msg: Delivery, app: _Applier) -> WorkloadPlan | StatusPlan | 
         return None
     if plan.cluster != cluster:
         await _dead_letter(msg, app, f"plan for cluster {plan.cluster} reached {cluster}")
+        return None
+    refused = app.trust.admit(plan, msg.stream_sequence)
+    if refused is not None:
+        await _dead_letter(msg, app, refused)
         return None
     return plan
 
@@ -232,7 +254,7 @@ async def _execute(plan: WorkloadPlan | StatusPlan, app: _Applier) -> ApplyResul
     while True:
         try:
             if isinstance(plan, WorkloadPlan):
-                return await execute_workload(app.kube, plan, app.guard)
+                return await execute_workload(app.kube, plan, app.guard, policy=settings.policy)
             return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
         except TransientKubeError as exc:
             attempt += 1

@@ -54,6 +54,22 @@ class Settings(BaseSettings):
     """Full relist period of every watch."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of /metrics, /healthz and /readyz (0: off)."""
+    # ---- trust: signed plans and the tenant policy (issue 16)
+    plan_signing_key: Path | None = None
+    """The planner's Ed25519 private key (PEM; `llm-operator keys generate`). Only the hub has it. Unset: the
+    key in data_dir (plan-signing.pem), generated on first use (local runs)."""
+    plan_public_keys: list[str] = Field(default_factory=list)
+    """Public keys (ed25519:<base64>) whose signed plans the appliers execute; list two while rotating keys.
+    Unset: the planner's own key when it runs in the same process (`llm-operator up`); an agent alone refuses
+    to start without one."""
+    plan_max_epoch_jump: int = Field(default=10_000, ge=1)
+    """Appliers refuse a plan whose planner epoch is more than this above the highest they have seen."""
+    tenant_policy: Path | None = None
+    """YAML/JSON file with the tenant policy (api.policy.TenantPolicy: rules, reservedNamespaces). Unset: any
+    origin may place into any cluster, reserved namespaces refused, missing namespaces not created."""
+    operator_namespace: str | None = None
+    """The operator's own namespace (refused by the tenant policy); the chart sets it."""
+
     log_format: str = "text"
     """text or json."""
     log_level: str = "INFO"
