@@ -53,7 +53,18 @@ def planner_signer(settings: Settings) -> PlanSigner:
     if settings.plan_signing_key is not None:
         return read_signer(settings.plan_signing_key)
     path = settings.data_dir / SIGNING_KEY_FILE
-    return read_signer(path) if path.exists() else write_private_key(path)
+    if not path.exists():
+        # Written aside and linked into place: a process starting at the same time reads a whole key or none.
+        aside = path.with_name(f".{path.name}.{os.getpid()}")
+        aside.unlink(missing_ok=True)
+        write_private_key(aside)
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            aside.unlink(missing_ok=True)
+    return read_signer(path)
 
 
 def applier_keys(settings: Settings, planner: PlanSigner | None) -> dict[str, Ed25519PublicKey]:
