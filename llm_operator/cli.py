@@ -423,14 +423,22 @@ app.add_typer(keys_app, name="keys")
 
 @keys_app.command("generate")
 def keys_generate(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Private key file to create (0600; never overwritten).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Private key file to create (0600; never overwritten); - for stdout.")
+    ],
 ) -> None:
     """Create a new signing key for the planner and print its public key (for the appliers' planSigning.publicKeys).
 
     Rotation: generate a new key, add its public key to every applier next to the old one, point the planner at
     the new key, and drop the old public key once no plan signed with it is still waiting."""
+    from api.signing import generate_private_key, load_signer
     from llm_operator import trust
 
+    if str(out) == "-":  # e.g. from the container image: docker run --rm IMAGE keys generate -o - > hub.pem
+        pem = generate_private_key()
+        sys.stdout.buffer.write(pem)
+        err.print(f"public key: {load_signer(pem).public_key}", highlight=False)
+        return
     try:
         signer = trust.write_private_key(out)
     except (trust.TrustError, OSError) as exc:
@@ -441,13 +449,14 @@ def keys_generate(
 
 
 @keys_app.command("public")
-def keys_public(key: Annotated[Path, typer.Argument(help="Private key file.")]) -> None:
+def keys_public(key: Annotated[Path, typer.Argument(help="Private key file; - for stdin.")]) -> None:
     """Print the public key of a signing key (what appliers pin)."""
+    from api.signing import InvalidKey, load_signer
     from llm_operator import trust
 
     try:
-        signer = trust.read_signer(key)
-    except trust.TrustError as exc:
+        signer = load_signer(sys.stdin.buffer.read()) if str(key) == "-" else trust.read_signer(key)
+    except (trust.TrustError, InvalidKey) as exc:
         fail(str(exc))
         raise
     typer.echo(signer.public_key)  # plain stdout: capturable into a values file

@@ -53,6 +53,16 @@ def planner_signer(settings: Settings) -> PlanSigner:
     if settings.plan_signing_key is not None:
         return read_signer(settings.plan_signing_key)
     path = settings.data_dir / SIGNING_KEY_FILE
+    try:
+        return _local_signer(path)
+    except OSError as exc:
+        raise TrustError(
+            f"no plan signing key: set LLMOP_PLAN_SIGNING_KEY (llm-operator keys generate), or make {path.parent} "
+            f"writable to have one generated there ({exc.strerror})"
+        ) from exc
+
+
+def _local_signer(path: Path) -> PlanSigner:
     if not path.exists():
         # Written aside and linked into place: a process starting at the same time reads a whole key or none.
         aside = path.with_name(f".{path.name}.{os.getpid()}")
