@@ -301,7 +301,7 @@ BAD_VALUES = {
         ["--set", "cluster.name=GPU_East", "--set", "nats.url=nats://hub:4222"],
         "at '/cluster/name': 'GPU_East' does not match pattern",
     ),
-    "cluster named hub": (["--set", "cluster.name=hub", "--set", "nats.url=nats://hub:4222"], '"hub" is reserved'),
+    "cluster named hub": ([*MEMBER, "--set", "cluster.name=hub"], '"hub" is reserved'),
     "NATS URL not nats://": (
         ["--set", "cluster.name=a", "--set", "nats.url=http://hub:4222"],
         "at '/nats/url': 'http://hub:4222' does not match pattern",
