@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
+from api.labels import deployment_identity
 from api.network import ClusterNetwork
 from api.plans import Plan
 from api.snapshots import check_snapshot
@@ -330,6 +330,7 @@ class PlacementDecided(_Event):
         "Suspended",
         "Deleting",
         "NoEligibleCluster",
+        "PolicyDenied",
     ]
     shares: list[ClusterShare] = Field(default_factory=list)
     replica_gpus: int = 0
@@ -427,12 +428,9 @@ def stream_of(event: _Event) -> str:
         if event.kind == "LLMDeployment":
             return deployment_stream(event.cluster, event.namespace or "", event.name)
         if event.kind == "Deployment":
-            labels = event.object.get("labels", {})
-            origin = labels.get(LABEL_ORIGIN)
-            if origin and LABEL_DEPLOYMENT in labels:
-                return deployment_stream(
-                    origin, labels.get(LABEL_NAMESPACE, event.namespace or ""), labels[LABEL_DEPLOYMENT]
-                )
+            identity = deployment_identity(event.object.get("labels", {}), event.namespace)
+            if identity is not None:
+                return deployment_stream(*identity)
             return f"Deployment/{event.cluster}/{event.namespace}/{event.name}"
         if event.namespace:
             return f"{event.kind}/{event.cluster}/{event.namespace}/{event.name}"

@@ -6,6 +6,8 @@ planner), and the GPU names that NVIDIA's device plugin and GPU feature discover
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # Identity of the objects the operator manages.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "llm-operator"
@@ -25,6 +27,19 @@ sequence with it."""
 ANNOTATION_OBJECTS = "llm.example.com/objects"
 """On the Deployment: every object its plan applied (`Kind/name`, comma-separated). The next plan deletes exactly
 those it no longer holds and need not look up the others again."""
+
+
+def deployment_identity(labels: Mapping[str, str], namespace: str | None) -> tuple[str, str, str] | None:
+    """(origin cluster, namespace, name) of the LLMDeployment an object's identity labels name, or None.
+
+    Trusted only on an object in the namespace the labels name (the applier puts every object there): anyone
+    who may create a Deployment in their own namespace could otherwise label it as another tenant's copy."""
+    origin = labels.get(LABEL_ORIGIN)
+    name = labels.get(LABEL_DEPLOYMENT)
+    if not origin or not name or not namespace or labels.get(LABEL_NAMESPACE, namespace) != namespace:
+        return None
+    return origin, namespace, name
+
 
 # GPUs as the NVIDIA device plugin and GPU feature discovery name them.
 GPU_RESOURCE = "nvidia.com/gpu"

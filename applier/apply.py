@@ -7,8 +7,11 @@ Guarantees:
   record is skipped (`Duplicate` for the same plan id, `Stale` for an older plan). So is one older than a plan
   this process already executed for the same deployment (which catches an old plan arriving after a removal
   deleted the record). A deposed planner's late plan is thereby refused wherever its successor already planned.
-- Objects go only into the plan's namespace, which is created (labelled managed-by) when this cluster lacks it;
-  an existing namespace is never modified.
+- The cluster's tenant policy (api.policy) is checked first: a plan it refuses (a reserved namespace, an origin
+  no rule admits, Secret/PVC references it does not allow) touches nothing and fails with the policy's reason.
+- Objects go only into the plan's namespace. When this cluster lacks it, it is created (labelled managed-by and
+  Pod Security `restricted`) only if the policy says so; otherwise the plan fails. An existing namespace is
+  never modified.
 - An object of the same name that belongs to someone else (another LLMDeployment, or not ours at all) is never
   overwritten: the plan fails with a message naming it.
 - A weights claim keeps the access modes, class and size it was created with (they are immutable, or can only
@@ -39,10 +42,9 @@ from api.labels import (
     ANNOTATION_PLAN,
     ANNOTATION_SEQUENCE,
     ANNOTATION_UID,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
 )
 from api.plans import WorkloadPlan
+from api.policy import NAMESPACE_LABELS, TenantPolicy, allows, references_of
 from api.quantity import bytes_of
 from applier.render import (
     MANAGED_KINDS,
@@ -59,6 +61,7 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 FIELD_MANAGER = "llm-operator"
+DEFAULT_POLICY = TenantPolicy()
 
 
 @dataclass
@@ -125,21 +128,28 @@ async def _get_or_none(kube: Kube, kind: str, name: str, namespace: str) -> dict
         return None
 
 
-async def ensure_namespace(kube: Kube, namespace: str) -> None:
-    """Create the namespace if this cluster lacks it (an existing one is never modified, so the applier needs
-    only get and create on namespaces)."""
+async def ensure_namespace(kube: Kube, namespace: str, *, create: bool) -> str | None:
+    """Create the namespace if this cluster lacks it and `create` allows it (an existing one is never modified,
+    so the applier needs only get, and create where the policy allows it, on namespaces). Returns why the plan
+    cannot go on (the namespace is missing and may not be created), or None."""
     if await _get_or_none(kube, "Namespace", namespace, "") is not None:
-        return
+        return None
+    if not create:
+        return (
+            f"not applied: namespace {namespace} does not exist in this cluster and the tenant policy does not let "
+            "the operator create it"
+        )
     body = {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
+        "metadata": {"name": namespace, "labels": dict(NAMESPACE_LABELS)},
     }
     try:
         await kube.create(RESOURCES["Namespace"], body)
     except KubeError as exc:
         if exc.status != 409:  # 409: created meanwhile
             raise
+    return None
 
 
 def _skip_reason(plan: WorkloadPlan, record: _Record | None, guard: EpochGuard) -> ApplyResult | None:
@@ -172,7 +182,9 @@ async def _all(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
     return results  # type: ignore[return-value]
 
 
-async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) -> ApplyResult:
+async def execute_workload(
+    kube: Kube, plan: WorkloadPlan, guard: EpochGuard, *, policy: TenantPolicy = DEFAULT_POLICY
+) -> ApplyResult:
     """Look, then write: every object the plan would overwrite is checked first (a plan that would overwrite
     someone else's object writes nothing); then everything but the Deployment is applied while what the plan no
     longer holds is deleted, and the Deployment, which carries the record, goes last: a plan interrupted
@@ -182,6 +194,15 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
     in one round (its Deployment, every object, the namespace), then written in two. A known one reads its
     Deployment first, whose record names the objects that need no lookup."""
     namespace = plan.deployment.namespace
+    verdict = allows(
+        policy,
+        origin_cluster=plan.deployment.origin_cluster,
+        namespace=namespace,
+        cluster=plan.cluster,
+        references=references_of(plan.model),
+    )
+    if not verdict.allowed:
+        return ApplyResult("Failed", message=f"refused by this cluster's tenant policy: {verdict.reason}")
     manifests = render(plan)
     others = [m for m in manifests if m["kind"] != "Deployment"]
     first_time = bool(manifests) and guard.executed_for(plan) is None
@@ -192,13 +213,15 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
         # trust, that is what there is to prune (no label-selected lists of every kind in a second round).
         rendered = {m["kind"] for m in manifests}
         absent = [(kind, object_name(plan, kind)) for kind in MANAGED_KINDS if kind not in rendered]
-        lookups: list[Callable[[], Awaitable[dict[str, Any] | None]]] = [
+        lookups: list[Callable[[], Awaitable[Any]]] = [
             partial(_get_or_none, kube, "Deployment", plan.deployment.name, namespace),
             *(partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in others),
             *(partial(_get_or_none, kube, kind, name, namespace) for kind, name in absent),
-            partial(ensure_namespace, kube, namespace),
+            partial(ensure_namespace, kube, namespace, create=verdict.create_namespace),
         ]
         current, *rest = await _all(lookups)
+        if rest[-1] is not None:
+            return ApplyResult("Failed", message=rest[-1])
         found = dict(zip((object_ref(m) for m in others), rest, strict=False))
         absent_found = rest[len(others) : len(others) + len(absent)]
         leftovers = [
@@ -221,12 +244,15 @@ async def execute_workload(kube: Kube, plan: WorkloadPlan, guard: EpochGuard) ->
         looked_up = [
             m for m in others if known is None or object_ref(m) not in known or m["kind"] == "PersistentVolumeClaim"
         ]
-        later: list[Callable[[], Awaitable[dict[str, Any] | None]]] = [
+        later: list[Callable[[], Awaitable[Any]]] = [
             partial(_get_or_none, kube, m["kind"], m["metadata"]["name"], namespace) for m in looked_up
         ]
         if manifests and current is None:
-            later.append(partial(ensure_namespace, kube, namespace))
-        found = dict(zip((object_ref(m) for m in looked_up), await _all(later), strict=False))
+            later.append(partial(ensure_namespace, kube, namespace, create=verdict.create_namespace))
+        results = await _all(later)
+        if len(results) > len(looked_up) and results[-1] is not None:
+            return ApplyResult("Failed", message=results[-1])
+        found = dict(zip((object_ref(m) for m in looked_up), results, strict=False))
     for manifest in manifests:
         ref = object_ref(manifest)
         existing = current if manifest["kind"] == "Deployment" else found.get(ref)

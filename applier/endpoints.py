@@ -250,7 +250,11 @@ async def execute_endpoints(kube: Kube, plan: EndpointsPlan) -> ApplyResult:
                 )
         wanted = render(plan)
         if wanted:
-            await ensure_namespace(kube, plan.deployment.namespace)
+            # The origin's namespace holds the LLMDeployment; a serving cluster's was made (or refused) by the
+            # workload plan under the tenant policy: this plan never creates one.
+            missing = await ensure_namespace(kube, plan.deployment.namespace, create=False)
+            if missing is not None:
+                return ApplyResult("Failed", message=missing)
         written: list[str] = []
         for manifest in wanted:  # Service first, then the new slices, before anything is deleted
             kind = manifest["kind"]

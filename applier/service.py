@@ -11,7 +11,8 @@ Guarantees:
   deployment's later plans, at most `max_attempts` times; then, like a permanent failure (the apiserver refused
   the object), the plan is reported `Failed` with the reason (the deployment's status says ApplyFailed) and
   acknowledged. If NATS goes away, unacknowledged plans are delivered again.
-- Malformed plans, or plans for another cluster, go to the dead-letter subject and consumption continues. Any
+- Malformed plans, plans for another cluster, and plans applier.trust refuses (unsigned, forged, replayed,
+  far-future epoch) go to the dead-letter subject with the reason, and consumption continues. Any
   other error restarts the consumer after a pause (unacknowledged plans are delivered again); it never ends the
   agent.
 - Results are `ApplyReported` events with a deterministic id per (plan, cluster): reporting twice is harmless.
@@ -22,21 +23,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
 from anyio.abc import TaskGroup
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
 from api.keys import DeploymentKey
 from api.plans import AnyPlan, EndpointsPlan, Plan, ScalePlan, WorkloadPlan
+from api.policy import TenantPolicy
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
 from applier.endpoints import execute_endpoints
 from applier.scale import execute_scale
 from applier.status import execute_status
+from applier.trust import DEFAULT_MAX_EPOCH_JUMP, PlanTrust
 from bus.connection import JetStream
 from bus.consume import Delivery, WorkQueue
 from bus.errors import BusUnavailable
@@ -60,6 +65,11 @@ class ApplierSettings:
     max_retry_seconds: float = 30.0
     max_attempts: int = 10
     """Tries of a plan that keeps failing transiently before it is reported Failed (1: no retry)."""
+    trusted_keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    """Public keys whose plans are executed, by key id (none: every plan is refused)."""
+    max_epoch_jump: int = DEFAULT_MAX_EPOCH_JUMP
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    """Which origins may place workloads into which namespaces of this cluster (the last line of defence)."""
 
 
 @dataclass
@@ -78,6 +88,10 @@ class _Applier:
     guard: EpochGuard = field(default_factory=EpochGuard)
     done: dict[str, int] = field(default_factory=dict)
     lanes: dict[DeploymentKey, deque[tuple[Delivery, AnyPlan]]] = field(default_factory=dict)
+    trust: PlanTrust = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trust = PlanTrust(self.settings.trusted_keys, max_epoch_jump=self.settings.max_epoch_jump)
 
 
 async def run_applier(*, kube: Kube, js: JetStream, subjects: Subjects, settings: ApplierSettings) -> None:
@@ -191,6 +205,10 @@ async def _lane(
 async def _plan_of(msg: Delivery, app: _Applier) -> AnyPlan | None:
     """The plan in `msg`, or None after dead-lettering what is not a plan for this cluster."""
     cluster = app.settings.cluster
+    refused = app.trust.signature_problem(msg.subject, msg.data, msg.headers)
+    if refused is not None:
+        await _dead_letter(msg, app, refused)
+        return None
     try:
         plan = _PLAN.validate_json(msg.data)
     except ValidationError as exc:
@@ -198,6 +216,10 @@ async def _plan_of(msg: Delivery, app: _Applier) -> AnyPlan | None:
         return None
     if plan.cluster != cluster:
         await _dead_letter(msg, app, f"plan for cluster {plan.cluster} reached {cluster}")
+        return None
+    refused = app.trust.admit(plan, msg.stream_sequence)
+    if refused is not None:
+        await _dead_letter(msg, app, refused)
         return None
     return plan
 
@@ -288,7 +310,7 @@ async def _execute(plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter)
         try:
             async with limiter:
                 if isinstance(plan, WorkloadPlan):
-                    return await execute_workload(app.kube, plan, app.guard)
+                    return await execute_workload(app.kube, plan, app.guard, policy=settings.policy)
                 if isinstance(plan, EndpointsPlan):
                     return await execute_endpoints(app.kube, plan)
                 if isinstance(plan, ScalePlan):

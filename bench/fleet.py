@@ -49,6 +49,7 @@ from llm_operator.fleet import (
 )
 from llm_operator.processes import Process, operator_command
 from llm_operator.runtime import Member, connect_kube
+from llm_operator.trust import read_signer, write_private_key
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "b-"
@@ -309,10 +310,17 @@ class Operator:
     planner: Component | None = None
     agents: dict[str, Component] = field(default_factory=dict)
 
+    def _signing(self) -> dict[str, str]:
+        """The planner's signing key (generated once into the logs directory) and the agents' pinned public key."""
+        path = self.logs / "plan-signing.pem"
+        signer = read_signer(path) if path.exists() else write_private_key(path)
+        return {"LLMOP_PLAN_SIGNING_KEY": str(path), "LLMOP_PLAN_PUBLIC_KEYS": json.dumps([signer.public_key])}
+
     def _env(self, port: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOP_")}
         env.update(
             {
+                **self._signing(),
                 "LLMOP_NATS_URL": self.nats_url,
                 "LLMOP_DATABASE_URL": self.database_url,
                 "LLMOP_SUBJECT_PREFIX": self.prefix,

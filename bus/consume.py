@@ -130,6 +130,11 @@ class Delivery:
     stream_sequence: int
     _msg: Msg
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The message's NATS headers (empty when it has none)."""
+        return dict(self._msg.headers or {})
+
     async def ack(self) -> None:
         try:
             await self._msg.ack_sync()

@@ -7,7 +7,7 @@ are durable in JetStream; each carries a ``Nats-Msg-Id`` so a republish within t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from nats.js import JetStreamContext
 
@@ -40,13 +40,24 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, *, msg_id: st
     return not ack.duplicate
 
 
-async def publish_many(js: JetStreamContext, items: Sequence[tuple[str, bytes, str]], *, timeout: float = 10.0) -> int:
-    """Publish (subject, data, msg_id) items pipelined; returns how many were new. All-or-error;
-    `PayloadTooLarge` (before anything is sent) if one item can never be published."""
+async def publish_many(
+    js: JetStreamContext,
+    items: Sequence[tuple[str, bytes, str]],
+    *,
+    headers: Sequence[Mapping[str, str]] | None = None,
+    timeout: float = 10.0,
+) -> int:
+    """Publish (subject, data, msg_id) items pipelined, each with its `headers` (aligned with `items`) if given;
+    returns how many were new. All-or-error; `PayloadTooLarge` (before anything is sent) if one item can never
+    be published."""
     for _, data, _ in items:
         _check_size(js, data)
+    extra: Sequence[Mapping[str, str]] = headers if headers is not None else [{}] * len(items)
     try:
-        futures = [await js.publish_async(s, d, headers={MSG_ID: i}) for s, d, i in items]
+        futures = [
+            await js.publish_async(s, d, headers={**more, MSG_ID: i})
+            for (s, d, i), more in zip(items, extra, strict=True)
+        ]
         acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
     except NATS_ERRORS as exc:
         raise BusUnavailable(f"publish failed: {exc or type(exc).__name__}") from exc

@@ -423,6 +423,51 @@ def install_crds_command(
     run_async(run)
 
 
+keys_app = typer.Typer(help="The planner's plan-signing keys (Ed25519): generate, show the public key.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Private key file to create (0600; never overwritten); - for stdout.")
+    ],
+) -> None:
+    """Create a new signing key for the planner and print its public key (for the appliers' planSigning.publicKeys).
+
+    Rotation: generate a new key, add its public key to every applier next to the old one, point the planner at
+    the new key, and drop the old public key once no plan signed with it is still waiting."""
+    from api.signing import generate_private_key, load_signer
+    from llm_operator import trust
+
+    if str(out) == "-":  # e.g. from the container image: docker run --rm IMAGE keys generate -o - > hub.pem
+        pem = generate_private_key()
+        sys.stdout.buffer.write(pem)
+        err.print(f"public key: {load_signer(pem).public_key}", highlight=False)
+        return
+    try:
+        signer = trust.write_private_key(out)
+    except (trust.TrustError, OSError) as exc:
+        fail(str(exc))
+        raise
+    err.print(f"wrote {out} (key id {signer.kid}); keep it on the hub only. Public key:", highlight=False)
+    typer.echo(signer.public_key)  # plain stdout: capturable into a values file
+
+
+@keys_app.command("public")
+def keys_public(key: Annotated[Path, typer.Argument(help="Private key file; - for stdin.")]) -> None:
+    """Print the public key of a signing key (what appliers pin)."""
+    from api.signing import InvalidKey, load_signer
+    from llm_operator import trust
+
+    try:
+        signer = load_signer(sys.stdin.buffer.read()) if str(key) == "-" else trust.read_signer(key)
+    except (trust.TrustError, InvalidKey) as exc:
+        fail(str(exc))
+        raise
+    typer.echo(signer.public_key)  # plain stdout: capturable into a values file
+
+
 def _register_audit() -> None:
     from llm_operator import audit_cli
 

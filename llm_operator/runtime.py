@@ -29,7 +29,7 @@ from bus.errors import BusUnavailable
 from bus.streams import ensure_streams
 from bus.subjects import Subjects
 from kubeapi import Kube, KubeError
-from llm_operator import health
+from llm_operator import health, trust
 from llm_operator.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, asyncpg_url
 from llm_operator.install import install_crds
 from llm_operator.settings import Settings
@@ -166,6 +166,12 @@ async def run_components(
 ) -> None:
     """Run the planner (optional) and, for each member, the `parts` ("watcher", "applier") until cancelled."""
     subjects = Subjects(settings.subject_prefix)
+    try:
+        signer = trust.planner_signer(settings) if run_planner_too else None
+        keys = trust.applier_keys(settings, signer) if "applier" in parts and members else {}
+        policy = trust.tenant_policy(settings)
+    except trust.TrustError as exc:
+        raise OperatorError(str(exc)) from exc
     nc = await connect_nats(
         nats_url,
         name=f"llm-operator-{socket.gethostname()}",
@@ -198,8 +204,10 @@ async def run_components(
             if settings.metrics_port:
                 app = health.application(nc=nc, checks=health.checks_for(nc=nc, engine=engine, kubes=kubes))
                 tg.start_soon(partial(health.serve, app, port=settings.metrics_port))
-            if run_planner_too and engine is not None:
+            if run_planner_too and engine is not None and signer is not None:
                 planner_settings = PlannerSettings(
+                    signer=signer,
+                    tenant_policy=policy,
                     holder=f"{socket.gethostname()}-{os.getpid()}",
                     heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
                     recovery_hold_seconds=settings.recovery_hold_seconds,
@@ -226,6 +234,9 @@ async def run_components(
                         cluster=member.name,
                         workers=settings.applier_workers,
                         max_attempts=settings.applier_max_attempts,
+                        trusted_keys=keys,
+                        max_epoch_jump=settings.plan_max_epoch_jump,
+                        policy=policy,
                     )
                     tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=subjects, settings=applier_settings))
             if started is not None:

@@ -97,6 +97,22 @@ class Settings(BaseSettings):
     days for events and plans, 30 for dead letters); on an existing stream it applies only what is set here and
     leaves limits tuned elsewhere alone."""
     # ---------------------------------------------------------------------------------------------------------
+    # ---- trust: signed plans and the tenant policy (issue 16)
+    plan_signing_key: Path | None = None
+    """The planner's Ed25519 private key (PEM; `llm-operator keys generate`). Only the hub has it. Unset: the
+    key in data_dir (plan-signing.pem), generated on first use (local runs)."""
+    plan_public_keys: list[str] = Field(default_factory=list)
+    """Public keys (ed25519:<base64>) whose signed plans the appliers execute; list two while rotating keys.
+    Unset: the planner's own key when it runs in the same process (`llm-operator up`); an agent alone refuses
+    to start without one."""
+    plan_max_epoch_jump: int = Field(default=10_000, ge=1)
+    """Appliers refuse a plan whose planner epoch is more than this above the highest they have seen."""
+    tenant_policy: Path | None = None
+    """YAML/JSON file with the tenant policy (api.policy.TenantPolicy: rules, reservedNamespaces). Unset: any
+    origin may place into any cluster, reserved namespaces refused, missing namespaces not created."""
+    operator_namespace: str | None = None
+    """The operator's own namespace (refused by the tenant policy); the chart sets it."""
+
     log_format: str = "text"
     """text or json."""
     log_level: str = "INFO"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -45,12 +45,13 @@ from api.events import (
 from api.keys import DeploymentKey
 from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
 from api.plans import DeploymentRef, WorkloadPlan
+from api.policy import TenantPolicy
 from bus.subjects import Subjects
 from planner import metrics, scaling
 from planner.capacity import FleetCapacity
 from planner.memory import CapacityMemory
 from planner.placement import ClusterInfo, Clusters
-from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
+from planner.reconcile import DEFAULT_POLICY, DeploymentState, Inputs, PlacementState, WorkloadState, reconcile
 from store import queries, recorder
 from store.engine import Connection
 from store.projections import Op, fold
@@ -123,6 +124,8 @@ class StepConfig:
     """A cluster that went unhealthy is trusted again only after this long (hysteresis against flapping)."""
     unschedulable: timedelta = timedelta(seconds=60)
     """Replicas left Pending by a cluster's scheduler for this long are placed elsewhere."""
+    tenant_policy: TenantPolicy = DEFAULT_POLICY
+    """Which clusters each deployment may place into (planner.tenancy)."""
 
 
 @dataclass
@@ -460,6 +463,8 @@ async def _decide(
         )
         if inputs is None:
             continue
+        if config.tenant_policy != DEFAULT_POLICY:
+            inputs = replace(inputs, tenant_policy=config.tenant_policy)
         outcome = reconcile(inputs)
         capacity = outcome.capacity
         if outcome.decided is not None:

@@ -35,10 +35,14 @@ from api.events import (
 )
 from api.models import LLMDeploymentSpec, LLMModelSpec, gpu_count, gpu_min_memory_bytes
 from api.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
+from api.policy import TenantPolicy
 from api.quantity import bytes_of, millicores
 from planner.capacity import FleetCapacity
 from planner.placement import ClusterInfo, Clusters, Decision, Demand, Policy, Requirement, Share, place
 from planner.status import ClusterProgress, StatusInputs, compute_status
+from planner.tenancy import permitted_clusters
+
+DEFAULT_POLICY = TenantPolicy()
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class Inputs:
     """Per cluster: (this deployment's pods bound to a node, its pods left Pending unscheduled for too long)."""
     observed_plans: Mapping[str, WorkloadPlan] = field(default_factory=dict)
     """Workload plans the watchers saw on the workloads, by plan id, where that is not the latest plan."""
+    tenant_policy: TenantPolicy = DEFAULT_POLICY
+    """Which clusters the deployment may place into (planner.tenancy)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,14 @@ def reconcile(inputs: Inputs) -> Outcome:
         model = LLMModelSpec.model_validate(dict(inputs.model_spec))
     except ValidationError as exc:
         return _hold(inputs, "InvalidSpec", f"LLMModel {spec.model_ref} is invalid: {_first_error(exc)}")
+    allowed, refusal = permitted_clusters(
+        inputs.tenant_policy, origin=dep.origin, namespace=dep.namespace, model=model, clusters=inputs.clusters
+    )
+    if not allowed:
+        return _hold(inputs, "PolicyDenied", f"refused by the tenant policy: {refusal}")
+    clusters = inputs.clusters
+    if len(allowed) < len(clusters):
+        clusters = [c for c in clusters if c.name in allowed]
 
     desired = 0 if spec.suspend else spec.replicas
     previous = {p.cluster: p for p in inputs.placements}
@@ -195,7 +209,7 @@ def reconcile(inputs: Inputs) -> Outcome:
 
     demand = demand_of(str(inputs.ref.key), dep.origin, desired, model)
     policy = policy_of(spec)
-    decision = place(demand, clusters=inputs.clusters, capacity=capacity, policy=policy, current=current)
+    decision = place(demand, clusters=clusters, capacity=capacity, policy=policy, current=current)
     if unschedulable:
         restored = decision.capacity
         for cluster in unschedulable:

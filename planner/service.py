@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import anyio
 
+from api.policy import TenantPolicy
+from api.signing import PlanSigner
 from bus.connection import JetStream
 from bus.consume import SequenceReader
 from bus.errors import BusUnavailable
@@ -51,6 +53,9 @@ matters when the planner is behind."""
 @dataclass(frozen=True)
 class PlannerSettings:
     holder: str
+    signer: PlanSigner
+    """Signs every plan the planner publishes (appliers refuse unsigned plans)."""
+    tenant_policy: TenantPolicy = field(default_factory=TenantPolicy)
     batch_size: int = BATCH_SIZE
     tick_seconds: float = 0.5
     heartbeat_timeout_seconds: float = 10.0
@@ -93,6 +98,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
         heartbeat_timeout=timedelta(seconds=settings.heartbeat_timeout_seconds),
         recovery_hold=timedelta(seconds=settings.recovery_hold_seconds),
         unschedulable=timedelta(seconds=settings.unschedulable_seconds),
+        tenant_policy=settings.tenant_policy,
     )
     with translated("read planner position"):
         async with engine.connect() as conn:
@@ -144,7 +150,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                     logger.info("planner epoch %d caught up at %d and reconciled every deployment", epoch, position)
                 mode = "full" if mode == "catch-up" and caught_up else ("normal" if mode == "full" else mode)
                 if result.plans or outbox_dirty:
-                    await relay(engine, js)
+                    await relay(engine, js, signer=settings.signer)
                     outbox_dirty = False
             except (TransientStoreError, BusUnavailable) as exc:
                 metrics.ERRORS.labels(kind=type(exc).__name__).inc()

@@ -62,6 +62,7 @@ _READY_REASONS = {
     "InsufficientGPU": "InsufficientGPU",
     "NoEligibleCluster": "NoEligibleCluster",
     "PartiallyPlaced": "InsufficientGPU",
+    "PolicyDenied": "PolicyDenied",
 }
 
 

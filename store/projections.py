@@ -35,9 +35,7 @@ from api.labels import (
     GPU_MEMORY_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
-    LABEL_DEPLOYMENT,
-    LABEL_NAMESPACE,
-    LABEL_ORIGIN,
+    deployment_identity,
 )
 from api.plans import StatusPlan, WorkloadPlan
 from api.quantity import bytes_of, gpu_memory_label_bytes, millicores, whole_count
@@ -175,10 +173,10 @@ def _observed(event: ResourceObserved) -> list[Op]:
             return [Upsert("nodes", {"cluster": event.cluster, "name": event.name}, node_row(event.uid, obj, at))]
         case "Pod":
             key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
-            return [Upsert("pods", key, pod_row(event.uid, obj, at))]
+            return [Upsert("pods", key, pod_row(event.uid, obj, at, namespace=event.namespace))]
         case "Deployment":
             key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
-            return [Upsert("workloads", key, workload_row(event.uid, obj, at))]
+            return [Upsert("workloads", key, workload_row(event.uid, obj, at, namespace=event.namespace))]
     return []
 
 
@@ -201,15 +199,12 @@ def node_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
     }
 
 
-def pod_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
-    """Projection row of a compact Pod snapshot (see watcher.translate)."""
-    labels: dict[str, str] = obj.get("labels", {})
+def pod_row(uid: str, obj: dict[str, Any], at: datetime, *, namespace: str | None) -> dict[str, Any]:
+    """Projection row of a compact Pod snapshot (see watcher.translate); its identity labels count only in the
+    namespace they name (api.labels.deployment_identity)."""
     requests: dict[str, Any] = obj.get("requests", {})
-    deployment_key = None
-    if LABEL_ORIGIN in labels and LABEL_DEPLOYMENT in labels:
-        deployment_key = str(
-            DeploymentKey(labels[LABEL_ORIGIN], labels.get(LABEL_NAMESPACE, ""), labels[LABEL_DEPLOYMENT])
-        )
+    identity = deployment_identity(obj.get("labels", {}), namespace)
+    deployment_key = str(DeploymentKey(*identity)) if identity is not None else None
     return {
         "uid": uid,
         "node_name": obj.get("nodeName"),
@@ -223,15 +218,18 @@ def pod_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
     }
 
 
-def workload_row(uid: str, obj: dict[str, Any], at: datetime) -> dict[str, Any]:
-    """Projection row of a compact managed-Deployment snapshot (see watcher.translate)."""
-    labels: dict[str, str] = obj.get("labels", {})
+def workload_row(uid: str, obj: dict[str, Any], at: datetime, *, namespace: str | None) -> dict[str, Any]:
+    """Projection row of a compact managed-Deployment snapshot (see watcher.translate). It counts for the
+    LLMDeployment its identity labels name only if it is in that namespace (api.labels.deployment_identity):
+    a tenant's Deployment labelled as another namespace's copy counts for nobody."""
     status: dict[str, Any] = obj.get("status", {})
+    identity = deployment_identity(obj.get("labels", {}), namespace)
+    origin, deployment_namespace, deployment_name = identity if identity is not None else (None, None, None)
     return {
         "uid": uid,
-        "origin_cluster": labels.get(LABEL_ORIGIN),
-        "deployment_namespace": labels.get(LABEL_NAMESPACE),
-        "deployment_name": labels.get(LABEL_DEPLOYMENT),
+        "origin_cluster": origin,
+        "deployment_namespace": deployment_namespace,
+        "deployment_name": deployment_name,
         "plan_id": obj.get("annotations", {}).get(ANNOTATION_PLAN),
         "replicas": int(obj.get("replicas", 0)),
         "ready_replicas": int(status.get("readyReplicas", 0)),

@@ -30,16 +30,18 @@ from api.conditions import Condition
 from api.events import ApplyReported, decode_event
 from api.models import ClusterPlacementStatus, LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
 from api.plans import DeploymentRef, KubeEvent, ScalePlan, StatusPlan, WorkloadPlan, plan_id
+from api.policy import PlacementRule, TenantPolicy
+from api.signing import PlanSigner, generate_private_key, load_signer, trusted_keys
 from applier.apply import FIELD_MANAGER, EpochGuard, execute_workload
 from applier.render import MANAGED_KINDS
 from applier.scale import execute_scale
 from applier.service import ApplierSettings, run_applier
 from applier.status import execute_status
 from bus.consume import SequenceReader
-from bus.publish import publish
+from bus.publish import MSG_ID, REASON, publish
 from kubeapi import RESOURCES, Kube, KubeError
 from llm_operator.runtime import Member, connect_kube
-from tests.fixtures.operator import Kubectl, RunningOperator, eventually
+from tests.fixtures.operator import Kubectl, RunningOperator, eventually, signing_key
 from tests.fixtures.services import Hub, repo_root
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
@@ -99,6 +101,8 @@ autoscaling:
 """
 
 KubeOpener = Callable[..., Awaitable[Kube]]
+CREATING = TenantPolicy(rules=(PlacementRule(create_namespaces=True),))
+"""A policy that lets the applier create missing namespaces (the default does not)."""
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -147,6 +151,30 @@ def plan_for(
     )
 
 
+SIGNER = signing_key()[1]
+TRUSTED = trusted_keys([SIGNER.public_key])
+
+
+async def publish_signed(
+    js: JetStreamContext,
+    hub: Hub,
+    plan: WorkloadPlan | StatusPlan,
+    *,
+    signer: PlanSigner | None = SIGNER,
+    body: bytes | None = None,
+    signed_body: bytes | None = None,
+    msg_id: str | None = None,
+) -> None:
+    """Publish a plan on its cluster's subject as the planner's relay does: `body` (the plan's JSON unless given),
+    with the signature `signer` makes over `signed_body` (the body unless given; None: unsigned)."""
+    subject = hub.subjects.plans(plan.cluster)
+    data = body if body is not None else plan.model_dump_json().encode()
+    headers = {MSG_ID: msg_id or plan.plan_id}
+    if signer is not None:
+        headers.update(signer.headers(subject, signed_body if signed_body is not None else data))
+    await js.publish(subject, data, headers=headers)
+
+
 def next_plan(plan: WorkloadPlan, **changes: Any) -> WorkloadPlan:
     """The same intent (or `changes`), issued again with the next sequence."""
     sequence = changes.pop("sequence", plan.sequence + 1)
@@ -185,11 +213,16 @@ async def open_kube(kubectl: Kubectl) -> AsyncIterator[KubeOpener]:
 
 async def objects_of(kubectl: Kubectl, role: str, name: str, *, namespace: str | None) -> set[str]:
     """`Kind/namespace/name` of every managed object carrying this deployment's label, in `namespace` (None: in
-    every namespace)."""
+    every namespace). Objects already being deleted do not count (a claim stays Terminating, with the
+    pvc-protection finalizer, until the pods that mount it are gone)."""
     kinds = "deployments.apps,services,networkpolicies,poddisruptionbudgets,horizontalpodautoscalers,pvc"
     where = ["-n", namespace] if namespace else ["-A"]
     items = (await kubectl.json(role, "get", kinds, *where, "-l", f"llm.example.com/deployment={name}"))["items"]
-    return {f"{i['kind']}/{i['metadata']['namespace']}/{i['metadata']['name']}" for i in items}
+    return {
+        f"{i['kind']}/{i['metadata']['namespace']}/{i['metadata']['name']}"
+        for i in items
+        if not i["metadata"].get("deletionTimestamp")
+    }
 
 
 async def get(kubectl: Kubectl, role: str, kind: str, name: str, namespace: str) -> dict[str, Any]:
@@ -610,7 +643,7 @@ async def test_a_weights_claim_keeps_its_immutable_fields(
 # -------------------------------------------------------------------------------------------- (d) namespaces
 
 
-async def test_the_workload_goes_into_the_plans_namespace_created_if_missing(
+async def test_the_workload_goes_into_the_plans_namespace_created_only_where_the_policy_says(
     kubectl: Kubectl, namespace: str, open_kube: KubeOpener
 ) -> None:
     role, name = "mixed", f"chat-{namespace[-8:]}"  # unique: looked for in every namespace
@@ -619,12 +652,20 @@ async def test_the_workload_goes_into_the_plans_namespace_created_if_missing(
     kube = await open_kube(role)
     try:
         plan = plan_for(kubectl, missing, name, role=role, origin_role="cpu")
-        result = await execute_workload(kube, plan, EpochGuard())
+        # The default policy creates no namespace: the plan fails and writes nothing.
+        refused = await execute_workload(kube, plan, EpochGuard())
+        assert refused.outcome == "Failed"
+        assert f"namespace {missing} does not exist" in refused.message
+        assert await kubectl.get(role, "namespace", missing) is None
+        assert await objects_of(kubectl, role, name, namespace=None) == set()
+
+        result = await execute_workload(kube, plan, EpochGuard(), policy=CREATING)
 
         assert result.outcome == "Applied", result.message
         created = await kubectl.get(role, "namespace", missing)
         assert created is not None
         assert created["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "llm-operator"
+        assert created["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
         everywhere = await objects_of(kubectl, role, name, namespace=None)
         assert everywhere == {
             f"{kind}/{missing}/{name}" for kind in ("Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget")
@@ -827,6 +868,9 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
         "events",
     }
 
+    # The applier creates the missing namespace below: docs/rbac.md adds `create` on namespaces exactly when the
+    # tenant policy creates namespaces (the chart does the same).
+    roles[1]["rules"].append({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["create"]})
     account = "llm-operator"
     await kubectl(role, "create", "serviceaccount", account, "-n", namespace)
     user = f"system:serviceaccount:{namespace}:{account}"
@@ -869,7 +913,7 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
         weights = {"source": {"uri": "s3://models-bucket/gpt-small"}, "storage": {"size": "1Gi"}}
         spec = {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "target": {"queueDepth": 4}}}
         plan = plan_for(kubectl, missing, "chat", model_changes=weights, spec_changes=spec)
-        result = await execute_workload(kube, plan, EpochGuard())
+        result = await execute_workload(kube, plan, EpochGuard(), policy=CREATING)
         assert result.outcome == "Applied", result.message
         assert len(result.objects) == 5
         await kubectl(
@@ -917,10 +961,10 @@ async def test_the_applier_service_keeps_each_deployments_plans_in_order_across_
         chains.append([first, next_plan(first, replicas=3), next_plan(first, sequence=3, replicas=2)])
     plans = [chain[step] for step in range(3) for chain in chains]
     for plan in plans:
-        await publish(js, hub.subjects.plans(cluster), plan.model_dump_json().encode(), msg_id=plan.plan_id)
+        await publish_signed(js, hub, plan)
 
     reports: dict[str, ApplyReported] = {}
-    settings = ApplierSettings(cluster=cluster, workers=4)
+    settings = ApplierSettings(cluster=cluster, workers=4, trusted_keys=TRUSTED)
     reader = SequenceReader(
         js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
     )
@@ -1040,6 +1084,154 @@ async def test_a_plan_that_keeps_failing_is_reported_failed_and_never_holds_back
         at, report = reports[plan.plan_id]
         assert report.outcome == "Applied", report.message
         assert at < failed_at, f"{plan.deployment.name} waited for the stuck deployment"
+
+
+async def dead_letters(js: JetStreamContext, hub: Hub) -> list[tuple[str, bytes]]:
+    """(reason, data) of every dead letter so far, in order."""
+    stream = hub.subjects.dead_letters_stream
+    info = await js.stream_info(stream)
+    if not info.state.messages:
+        return []
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        found.append(((msg.headers or {}).get(REASON, ""), msg.data or b""))
+    return found
+
+
+@pytest.mark.services
+async def test_unsigned_forged_replayed_and_far_future_plans_are_dead_lettered_and_fence_out_nothing(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener, js: JetStreamContext, hub: Hub
+) -> None:
+    """Through JetStream and `run_applier`: between the planner's plans for one deployment (sequence 1, 2, 3),
+    an attacker who can publish on the cluster's plan subject tries a removal unsigned, signed with its own key,
+    and with a real signature taken from other bytes; a far-future epoch unsigned and (a broken hub) signed; and
+    the planner's first plan again after its second. Each is dead-lettered with its reason, nothing of them
+    reaches the cluster, and the planner's plans all apply, the last one included."""
+    cluster = kubectl.fleet.clusters["cpu"].name
+    kube = await open_kube("cpu")
+    first = plan_for(kubectl, namespace, "chat", replicas=1)
+    second = next_plan(first, replicas=2)
+    third = next_plan(first, sequence=3, replicas=3)
+    removal: dict[str, Any] = {"model": None, "spec": None, "replicas": 0, "model_name": ""}
+    evil = next_plan(first, sequence=50, **removal)
+    far = next_plan(first, epoch=10**18, sequence=1, **removal)
+    attacker = load_signer(generate_private_key())
+
+    await publish_signed(js, hub, first)
+    await publish_signed(js, hub, evil, signer=None, msg_id="unsigned")
+    await publish_signed(js, hub, evil, signer=attacker, msg_id="unknown-key")
+    await publish_signed(js, hub, evil, signed_body=second.model_dump_json().encode(), msg_id="borrowed")
+    await publish_signed(js, hub, far, signer=None, msg_id="far-unsigned")
+    await publish_signed(js, hub, far, msg_id="far-signed")
+    await publish_signed(js, hub, second)
+    await publish_signed(js, hub, first, msg_id="replayed")
+    await publish_signed(js, hub, third)
+
+    reports: dict[str, ApplyReported] = {}
+    settings = ApplierSettings(cluster=cluster, workers=2, trusted_keys=TRUSTED)
+    reader = SequenceReader(
+        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
+            with anyio.fail_after(60):
+                while len(reports) < 3 or len(await dead_letters(js, hub)) < 6:
+                    for received in await reader.fetch(64, timeout=0.5):
+                        event = decode_event(received.data)
+                        assert isinstance(event, ApplyReported)
+                        reports[event.plan_id] = event
+            tg.cancel_scope.cancel()
+    finally:
+        await reader.close()
+
+    assert {r.plan_id: r.outcome for r in reports.values()} == {p.plan_id: "Applied" for p in (first, second, third)}
+    reasons = [reason for reason, _ in await dead_letters(js, hub)]
+    assert len(reasons) == 6, reasons
+    assert reasons[0] == "unsigned: the plan carries no signature"
+    assert reasons[1] == f"forged: signed with unknown key {attacker.kid!r}"
+    assert reasons[2].startswith("forged: the signature does not match key")
+    assert reasons[3] == "unsigned: the plan carries no signature"
+    assert reasons[4].startswith(f"far-future epoch: plan epoch {10**18} is more than 10000 above the highest seen (1)")
+    assert reasons[5].startswith("replayed: epoch 1 sequence 1 arrived after epoch 1 sequence 2")
+    deployment = await get(kubectl, "cpu", "deployment", "chat", namespace)
+    assert deployment["spec"]["replicas"] == 3
+    annotations = deployment["metadata"]["annotations"]
+    assert (annotations["llm.example.com/planner-epoch"], annotations["llm.example.com/plan-sequence"]) == ("1", "3")
+
+
+async def test_a_plan_the_tenant_policy_refuses_touches_nothing(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener
+) -> None:
+    """Reserved namespaces, origins no rule admits and Secret references a rule does not allow are refused
+    before any write; the allowed path of the same policy applies."""
+    kube = await open_kube("mixed")
+    name = f"chat-{namespace[-8:]}"
+    policy = TenantPolicy(
+        rules=(
+            PlacementRule(origins=("nobody",)),
+            PlacementRule(namespaces=(namespace,), clusters=(kubectl.fleet.clusters["mixed"].name,), references=False),
+        )
+    )
+    token = {"env": [{"name": "HF_TOKEN", "secretKeyRef": {"name": "hf-token", "key": "token"}}]}
+    for target, changes, reason in (
+        ("kube-system", None, "namespace kube-system is reserved"),
+        (f"{namespace}-other", None, f"no rule lets namespace {namespace}-other of cluster"),
+        (namespace, token, "may not use Secret hf-token"),
+    ):
+        plan = plan_for(kubectl, target, name, role="mixed", origin_role="cpu", model_changes=changes)
+        result = await execute_workload(kube, plan, EpochGuard(), policy=policy)
+        assert result.outcome == "Failed"
+        assert result.message.startswith("refused by this cluster's tenant policy:")
+        assert reason in result.message
+        assert await objects_of(kubectl, "mixed", name, namespace=None) == set()
+    allowed = plan_for(kubectl, namespace, name, role="mixed", origin_role="cpu")
+    assert (await execute_workload(kube, allowed, EpochGuard(), policy=policy)).outcome == "Applied"
+
+
+@pytest.mark.services
+async def test_forged_plans_cannot_fence_out_the_real_planner(
+    operator: RunningOperator, kubectl: Kubectl, js: JetStreamContext
+) -> None:
+    """With the whole operator running: a removal with epoch 10^18, unsigned or signed with another key, lands
+    on the cluster's plan subject; the workload stays, and the planner's next plan (a scale change) applies."""
+    ns, origin = operator.namespace, "cpu"
+    model = yaml.safe_load((SEED_DIR / "model.yaml").read_text())
+    deployment = yaml.safe_load((SEED_DIR / "deployment.yaml").read_text())
+    deployment["metadata"]["name"] = "chat-fenced"
+    deployment["spec"]["replicas"] = 1
+    await kubectl(origin, "apply", "-n", ns, "-f", "-", input=json.dumps(model))
+    await kubectl(origin, "apply", "-n", ns, "-f", "-", input=json.dumps(deployment))
+
+    async def replicas() -> int | None:
+        found = await kubectl.get(origin, "deployment", "chat-fenced", "-n", ns)
+        return found["spec"]["replicas"] if found else None
+
+    async def running(count: int) -> bool:
+        return await replicas() == count
+
+    await eventually(partial(running, 1), timeout=60, what="the planner's first plan to apply")
+    cr = await kubectl.json(origin, "get", "llmdeployment", "chat-fenced", "-n", ns)
+    forged = plan_for(
+        kubectl, ns, "chat-fenced", uid=cr["metadata"]["uid"], epoch=10**18, sequence=1, model=None, spec=None
+    )
+    attacker = load_signer(generate_private_key())
+    await publish_signed(js, operator.hub, forged, signer=None, msg_id="forged-unsigned")
+    await publish_signed(js, operator.hub, forged, signer=attacker, msg_id="forged-signed")
+
+    async def refused() -> list[str] | None:
+        reasons = [r for r, _ in await dead_letters(js, operator.hub)]
+        return reasons if len(reasons) >= 2 else None
+
+    reasons = await eventually(refused, timeout=30, what="both forged plans to be dead-lettered")
+    assert reasons[0].startswith("unsigned")
+    assert reasons[1].startswith("forged: signed with unknown key")
+    assert await replicas() == 1
+    await kubectl(
+        origin, "patch", "llmdeployment", "chat-fenced", "-n", ns, "--type=merge", "-p", '{"spec":{"replicas":2}}'
+    )
+    await eventually(partial(running, 2), timeout=60, what="the planner's next plan to apply")
 
 
 @pytest.mark.services

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from llm_operator.processes import Process, operator_command
 from store import schema
-from tests.fixtures.operator import Kubectl, RunningOperator, eventually
+from tests.fixtures.operator import Kubectl, RunningOperator, eventually, signing_key
 from tests.fixtures.processes import KillableNats, KillablePostgres
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet, pytest.mark.services, pytest.mark.slow]
@@ -62,6 +62,9 @@ def env_for(*, nats_url: str, database_url: str, prefix: str, kubeconfig: Path) 
         "LLMOP_DATABASE_URL": database_url,
         "LLMOP_SUBJECT_PREFIX": prefix,
         "LLMOP_KUBECONFIG": str(kubeconfig),
+        # The tests' plan-signing key: planners sign with it, agents (in-process or not) pin it.
+        "LLMOP_PLAN_SIGNING_KEY": str(signing_key()[0]),
+        "LLMOP_PLAN_PUBLIC_KEYS": json.dumps([signing_key()[1].public_key]),
         "LLMOP_HEARTBEAT_SECONDS": "0.5",
         "LLMOP_HEARTBEAT_TIMEOUT_SECONDS": "8",
         "LLMOP_RECOVERY_HOLD_SECONDS": "2",

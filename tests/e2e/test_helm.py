@@ -7,8 +7,8 @@
   args and environment of the installed Deployment and authenticated as its ServiceAccount (a token from
   `kubectl create token`), i.e. with exactly the chart's RBAC; with a planner on the test's hub, the seed
   examples become a Deployment and a Service, report Ready, and are cleaned up;
-- least privilege (`kubectl auth can-i` as each ServiceAccount, combined and split), upgrade, and uninstall
-  (CRDs and users' custom resources are kept).
+- least privilege (`kubectl auth can-i` as each ServiceAccount: split by default, confined to watchNamespaces,
+  combined), upgrade, and uninstall (CRDs and users' custom resources are kept).
 
 Every test installs the release itself (after removing any leftover), so each runs alone.
 """
@@ -32,8 +32,9 @@ import pytest
 import yaml
 from anyio.abc import Process
 
+from api.policy import TenantPolicy
 from llm_operator.embedded import _free_port
-from tests.fixtures.operator import Kubectl, eventually
+from tests.fixtures.operator import Kubectl, eventually, signing_key
 from tests.fixtures.services import Hub, repo_root
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ RELEASE = "llm-operator"
 NAMESPACE = "llm-system"
 OPERATOR = Path(sys.executable).with_name("llm-operator")
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+PUBLIC_KEY = "ed25519:lsYuTZ3ABv3SnfCb6pw+6HMYVNNaA7Xkqhiy9YwS8Hg="
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -84,6 +86,8 @@ def member_args(fleet: Fleet, role: str, hub: Hub | None = None) -> list[str]:
     for key, value in sorted(cluster.labels.items()):
         args += ["--set", f"cluster.labels.{key}={value}"]
     args += ["--set", f"nats.url={hub.nats_url if hub else 'nats://nats.hub.example.com:4222'}"]
+    # The hub's public key (the tests' planner signs with signing_key()).
+    args += ["--set", f"planSigning.publicKeys[0]={signing_key()[1].public_key if hub else PUBLIC_KEY}"]
     if all(node.gpus for node in fleet.specs[role].nodes):
         # Only GPU nodes, all tainted: the agent (no GPU) must tolerate the taint to be scheduled at all.
         args += ["--set-json", f"agent.tolerations=[{json.dumps(GPU_TOLERATION)}]"]
@@ -181,25 +185,43 @@ async def test_lint_template_and_package(fleet: Fleet, tmp_path: Path) -> None:
     assert set(objects) == {
         ("CustomResourceDefinition", "llmmodels.llm.example.com"),
         ("CustomResourceDefinition", "llmdeployments.llm.example.com"),
-        ("ServiceAccount", "llm-operator-agent"),
+        ("ServiceAccount", "llm-operator-watcher"),
+        ("ServiceAccount", "llm-operator-applier"),
         ("Secret", "llm-operator-nats"),
+        ("ConfigMap", "llm-operator-policy"),
         ("ClusterRole", "llm-operator-watcher"),
         ("ClusterRole", "llm-operator-applier"),
         ("ClusterRoleBinding", "llm-operator-watcher"),
         ("ClusterRoleBinding", "llm-operator-applier"),
-        ("Deployment", "llm-operator-agent"),
+        ("Deployment", "llm-operator-watcher"),
+        ("Deployment", "llm-operator-applier"),
     }
     # The chart ships the generated CRDs unchanged.
     for path in sorted((repo_root() / "crds").glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         assert objects[("CustomResourceDefinition", crd["metadata"]["name"])] == crd
-    pod = objects[("Deployment", "llm-operator-agent")]["spec"]["template"]["spec"]
+    # Each component runs under its own ServiceAccount, bound to its own role only.
+    for component in ("watcher", "applier"):
+        binding = objects[("ClusterRoleBinding", f"llm-operator-{component}")]
+        assert [s["name"] for s in binding["subjects"]] == [f"llm-operator-{component}"]
+        pod = objects[("Deployment", f"llm-operator-{component}")]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == f"llm-operator-{component}"
     container = pod["containers"][0]
     assert container["image"] == "llm-operator:0.1.0"
-    assert container["args"] == ["agent", "--cluster", "gpu-east-1", "--labels", "region=us-east,tier=gold"]
+    assert container["args"] == [
+        "agent", "--cluster", "gpu-east-1", "--labels", "region=us-east,tier=gold", "--only", "applier"
+    ]  # fmt: skip
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["LLMOP_NATS_URL"] == "nats://nats.hub.example.com:4222"
     assert env["LLMOP_NATS_CREDENTIALS"] == "/etc/llm-operator/nats/nats.creds"
+    assert json.loads(env["LLMOP_PLAN_PUBLIC_KEYS"]) == [PUBLIC_KEY]
+    assert env["LLMOP_TENANT_POLICY"] == "/etc/llm-operator/policy/policy.json"
+    assert env["LLMOP_OPERATOR_NAMESPACE"] == NAMESPACE
+    policy = json.loads(objects[("ConfigMap", "llm-operator-policy")]["data"]["policy.json"])
+    assert TenantPolicy.model_validate(policy) == TenantPolicy()
+    # The default policy creates no namespace: the applier may only read them.
+    applier_rules = objects[("ClusterRole", "llm-operator-applier")]["rules"]
+    assert applier_rules[0] == {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
@@ -210,11 +232,51 @@ async def test_lint_template_and_package(fleet: Fleet, tmp_path: Path) -> None:
     assert set(hub_objects) == {
         ("ServiceAccount", "hub-llm-operator-planner"),
         ("Deployment", "hub-llm-operator-planner"),
+        ("ConfigMap", "hub-llm-operator-policy"),
     }
     planner = hub_objects[("Deployment", "hub-llm-operator-planner")]["spec"]["template"]["spec"]
     assert planner["automountServiceAccountToken"] is False
+    # The planner's signing key comes from the named Secret, mounted read-only for the planner alone.
+    signing = next(v for v in planner["volumes"] if v["name"] == "plan-signing")
+    assert signing["secret"]["secretName"] == "llm-operator-plan-signing"
+    planner_env = {e["name"]: e.get("value") for e in planner["containers"][0]["env"]}
+    assert planner_env["LLMOP_PLAN_SIGNING_KEY"] == "/etc/llm-operator/signing/key.pem"
     assert [c["args"] for c in planner["initContainers"]] == [["migrate"]]
     assert planner["containers"][0]["args"] == ["planner"]
+
+    # watchNamespaces: Roles in exactly those namespaces; cluster-wide, only Nodes/Pods (read) and `get` on
+    # those namespaces. A policy that creates namespaces adds `create` only without watchNamespaces.
+    for extra, scoped in (
+        (["--set-json", 'agent.watchNamespaces=["team-a","team-b"]'], True),
+        (["--set", "tenantPolicy.rules[0].createNamespaces=true"], False),
+    ):
+        narrowed = await helm(
+            fleet, None, "template", RELEASE, CHART, "--namespace", NAMESPACE,
+            "-f", CHART / "ci" / "member-values.yaml", *extra,
+        )  # fmt: skip
+        found = by_kind_name(docs(narrowed.stdout))
+        roles = [m for m in docs(narrowed.stdout) if m["kind"] in ("Role", "RoleBinding")]
+        watcher_rules = found[("ClusterRole", "llm-operator-watcher")]["rules"]
+        applier_rules = found[("ClusterRole", "llm-operator-applier")]["rules"]
+        if scoped:
+            assert sorted((m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]) for m in roles) == sorted(
+                (kind, ns, f"llm-operator-{c}")
+                for kind in ("Role", "RoleBinding")
+                for ns in ("team-a", "team-b")
+                for c in ("watcher", "applier")
+            )
+            assert [r["resources"] for r in watcher_rules] == [["nodes", "pods"]]
+            assert applier_rules == [
+                {
+                    "apiGroups": [""],
+                    "resources": ["namespaces"],
+                    "verbs": ["get"],
+                    "resourceNames": ["team-a", "team-b"],
+                }
+            ]
+        else:
+            assert roles == []
+            assert applier_rules[0] == {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create"]}
 
     await helm(fleet, None, "package", CHART, "--destination", tmp_path)
     version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
@@ -224,7 +286,14 @@ async def test_lint_template_and_package(fleet: Fleet, tmp_path: Path) -> None:
     assert not any("/ci/" in n for n in names)
 
 
-MEMBER = ["--set", "cluster.name=a", "--set", "nats.url=nats://hub:4222"]
+MEMBER = [
+    "--set",
+    "cluster.name=a",
+    "--set",
+    "nats.url=nats://hub:4222",
+    "--set",
+    f"planSigning.publicKeys[0]={PUBLIC_KEY}",
+]
 BAD_VALUES = {
     "no cluster name": (["--set", "nats.url=nats://hub:4222"], "at '/cluster': missing property 'name'"),
     "no NATS URL": (["--set", "cluster.name=a"], "at '/nats': missing property 'url'"),
@@ -232,7 +301,7 @@ BAD_VALUES = {
         ["--set", "cluster.name=GPU_East", "--set", "nats.url=nats://hub:4222"],
         "at '/cluster/name': 'GPU_East' does not match pattern",
     ),
-    "cluster named hub": (["--set", "cluster.name=hub", "--set", "nats.url=nats://hub:4222"], '"hub" is reserved'),
+    "cluster named hub": ([*MEMBER, "--set", "cluster.name=hub"], '"hub" is reserved'),
     "NATS URL not nats://": (
         ["--set", "cluster.name=a", "--set", "nats.url=http://hub:4222"],
         "at '/nats/url': 'http://hub:4222' does not match pattern",
@@ -241,13 +310,27 @@ BAD_VALUES = {
     "unknown log format": ([*MEMBER, "--set", "log.format=yaml"], "at '/log/format': value must be one of"),
     "bad subject prefix": ([*MEMBER, "--set", "nats.subjectPrefix=Fleet"], "at '/nats/subjectPrefix': 'Fleet'"),
     "label value with a space": ([*MEMBER, "--set", "cluster.labels.tier=gold class"], "at '/cluster/labels/tier'"),
+    "no plan-signing public key": (
+        ["--set", "cluster.name=a", "--set", "nats.url=nats://hub:4222"],
+        "at '/planSigning/publicKeys': minItems",
+    ),
+    "planner without its signing key": (
+        ["--set", "agent.enabled=false", "--set", "planner.enabled=true", "--set", "nats.url=nats://hub:4222",
+         "--set", "planner.database.existingSecret=db"],
+        "at '/planSigning/existingSecret': minLength",
+    ),
+    "tenant policy with a misspelt key": (
+        [*MEMBER, "--set-json", 'tenantPolicy.rules=[{"namespace":["a"]}]'],
+        "additional properties 'namespace' not allowed",
+    ),
     "planner without Postgres": (
         ["--set", "agent.enabled=false", "--set", "planner.enabled=true", "--set", "nats.url=nats://hub:4222"],
         "at '/planner/database/url': minLength",
     ),
     "planner replicas 0": (
         ["--set", "agent.enabled=false", "--set", "planner.enabled=true", "--set", "nats.url=nats://hub:4222",
-         "--set", "planner.database.existingSecret=db", "--set", "planner.replicas=0"],
+         "--set", "planner.database.existingSecret=db", "--set", "planner.replicas=0",
+         "--set", "planSigning.existingSecret=k"],
         "at '/planner/replicas': minimum",
     ),
 }  # fmt: skip
@@ -333,48 +416,65 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
             result = await install(kubectl, each, *member_args(fleet, each, hub))
             assert "STATUS: deployed" in result.output
             assert f'This cluster joins the fleet as "{fleet.clusters[each].name}"' in result.output
-            agent = await kubectl.json(each, "get", "deployment", "llm-operator-agent", "-n", NAMESPACE)
-            # Admitted under "restricted" (a violation would leave the ReplicaSet without pods).
-            assert agent["status"].get("readyReplicas") == 1, agent["status"]
+            for component in ("watcher", "applier"):
+                agent = await kubectl.json(each, "get", "deployment", f"llm-operator-{component}", "-n", NAMESPACE)
+                # Admitted under "restricted" (a violation would leave the ReplicaSet without pods).
+                assert agent["status"].get("readyReplicas") == 1, agent["status"]
             releases = json.loads((await helm(fleet, each, "list", "-n", NAMESPACE, "-o", "json")).stdout)
             assert [(r["name"], r["status"]) for r in releases] == [(RELEASE, "deployed")]
 
-        # The agent of one cluster, exactly as the chart runs it: the Deployment's args, env and ServiceAccount.
-        deployment = await kubectl.json(role, "get", "deployment", "llm-operator-agent", "-n", NAMESPACE)
-        pod = deployment["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        token = (await kubectl(role, "create", "token", pod["serviceAccountName"], "-n", NAMESPACE)).strip()
-        kubeconfig = service_account_kubeconfig(fleet, role, token, tmp_path / "agent.kubeconfig")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOP_") and k != "KUBECONFIG"}
-        env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
-        assert env["LLMOP_NATS_URL"] == hub.nats_url
-        assert env["LLMOP_SUBJECT_PREFIX"] == hub.subjects.prefix
-        # Only this test's namespace (other tests share the fleet); the chart's default is all namespaces.
-        agent_cmd = [OPERATOR, *container["args"], "--context", "chart-sa", "--kubeconfig", kubeconfig, "-n", namespace]
-        # In a pod each process has the chart's metrics port to itself; here both run on one host.
-        agent_port = _free_port()
-        env["LLMOP_METRICS_PORT"] = str(agent_port)
+        # The watcher and the applier of one cluster, exactly as the chart runs them: each Deployment's args and
+        # env, authenticated as its own ServiceAccount; the tenant policy from the chart's ConfigMap.
+        policy = await kubectl.json(role, "get", "configmap", "llm-operator-policy", "-n", NAMESPACE)
+        policy_file = tmp_path / "policy.json"
+        policy_file.write_text(policy["data"]["policy.json"])
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOP_") and k != "KUBECONFIG"}
+        commands: dict[str, tuple[list[str | Path], dict[str, str]]] = {}
+        ports: dict[str, int] = {}
+        for component in ("watcher", "applier"):
+            deployment = await kubectl.json(role, "get", "deployment", f"llm-operator-{component}", "-n", NAMESPACE)
+            pod = deployment["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            assert pod["serviceAccountName"] == f"llm-operator-{component}"
+            token = (await kubectl(role, "create", "token", pod["serviceAccountName"], "-n", NAMESPACE)).strip()
+            kubeconfig = service_account_kubeconfig(fleet, role, token, tmp_path / f"{component}.kubeconfig")
+            env = {**base_env, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+            assert env["LLMOP_NATS_URL"] == hub.nats_url
+            assert env["LLMOP_SUBJECT_PREFIX"] == hub.subjects.prefix
+            env["LLMOP_TENANT_POLICY"] = str(policy_file)  # the pod's mount of the ConfigMap
+            # In a pod each process has the chart's metrics port to itself; here they all run on one host.
+            ports[component] = _free_port()
+            env["LLMOP_METRICS_PORT"] = str(ports[component])
+            # Only this test's namespace (other tests share the fleet); the chart's default is all namespaces.
+            cmd = [OPERATOR, *container["args"], "--context", "chart-sa", "--kubeconfig", kubeconfig, "-n", namespace]
+            commands[component] = (cmd, env)
         planner_env = {
-            **env,
+            **commands["watcher"][1],
             "LLMOP_DATABASE_URL": hub.database_url,
             "LLMOP_HEARTBEAT_TIMEOUT_SECONDS": "10",
             "LLMOP_METRICS_PORT": str(_free_port()),
+            "LLMOP_PLAN_SIGNING_KEY": str(signing_key()[0]),
         }
-        planner_log, agent_log = tmp_path / "planner.log", tmp_path / "agent.log"
+        planner_log, watcher_log, agent_log = (tmp_path / f"{n}.log" for n in ("planner", "watcher", "applier"))
 
         def logs() -> str:
-            return f"\n--- agent log:\n{tail(agent_log)}\n--- planner log:\n{tail(planner_log)}"
+            return (
+                f"\n--- watcher log:\n{tail(watcher_log)}\n--- applier log:\n{tail(agent_log)}"
+                f"\n--- planner log:\n{tail(planner_log)}"
+            )
 
         async with (
             process([OPERATOR, "planner", "--migrate"], env=planner_env, log=planner_log) as planner,
-            process(agent_cmd, env=env, log=agent_log) as agent_proc,
+            process(commands["watcher"][0], env=commands["watcher"][1], log=watcher_log) as watcher_proc,
+            process(commands["applier"][0], env=commands["applier"][1], log=agent_log) as agent_proc,
         ):
             await kubectl(role, "apply", "-n", namespace, "-f", str(SEED / "model.yaml"))
             await kubectl(role, "apply", "-n", namespace, "-f", str(SEED / "deployment.yaml"))
 
             async def workload() -> dict[str, Any] | None:
                 assert planner.returncode is None, f"the planner exited{logs()}"
-                assert agent_proc.returncode is None, f"the agent exited{logs()}"
+                assert agent_proc.returncode is None, f"the applier exited{logs()}"
+                assert watcher_proc.returncode is None, f"the watcher exited{logs()}"
                 return await kubectl.get(role, "deployment", "chat-service", "-n", namespace)
 
             try:
@@ -396,11 +496,12 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
             assert [p["port"] for p in service["spec"]["ports"]] == [8080]
             assert llmd["metadata"]["finalizers"] == ["llm.example.com/cleanup"]
             assert llmd["status"]["placements"][0]["cluster"] == fleet.clusters[role].name
-            # The probes the chart declares: the agent, with the chart's identity, is alive and ready.
+            # The probes the chart declares: each component, with the chart's identity, is alive and ready.
             async with aiohttp.ClientSession() as session:
-                for path in ("/healthz", "/readyz"):
-                    async with session.get(f"http://127.0.0.1:{agent_port}{path}") as response:
-                        assert response.status == 200, f"{path}: {await response.text()}"
+                for port in ports.values():
+                    for path in ("/healthz", "/readyz"):
+                        async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                            assert response.status == 200, f"{path}: {await response.text()}"
 
             # Deleting it: the applier prunes the workload and releases its finalizer.
             await kubectl(role, "delete", "-n", namespace, "-f", str(SEED / "deployment.yaml"), "--wait=false")
@@ -413,19 +514,12 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
                 await eventually(cleaned_up, timeout=60, what="the workload and the LLMDeployment to be gone")
             except BaseException as exc:
                 raise AssertionError(f"{exc}{logs()}") from exc
-        for text in (agent_log.read_text(), planner_log.read_text()):
+        for text in (agent_log.read_text(), watcher_log.read_text(), planner_log.read_text()):
             assert "forbidden" not in text.lower(), logs()
 
-        # What the agent's ServiceAccount may do, and nothing more.
-        await assert_permissions(
-            kubectl, role, "llm-operator-agent",
-            allowed=["watch nodes", "watch pods", "watch llmdeployments", "watch llmmodels", "watch deployments",
-                     "create deployments default", "delete services default", "patch llmdeployments/status default"],
-            denied=["get secrets", "create pods default", "delete nodes", "patch nodes", "patch llmmodels default",
-                    "patch namespaces", "get nodes",
-                    "update llmdeployments default", "delete llmdeployments default", "create clusterrolebindings",
-                    "delete namespaces", "create customresourcedefinitions", "watch services", "list configmaps"],
-        )  # fmt: skip
+        # What each ServiceAccount may do, and nothing more.
+        await assert_permissions(kubectl, role, "llm-operator-watcher", WATCHER_ALLOWED, WATCHER_DENIED)
+        await assert_permissions(kubectl, role, "llm-operator-applier", APPLIER_ALLOWED, APPLIER_DENIED)
     finally:
         for each in fleet.clusters:
             await uninstall(fleet, each)
@@ -457,12 +551,13 @@ APPLIER_ALLOWED = [
     "create networkpolicies.networking.k8s.io default",
     "create poddisruptionbudgets.policy default",
     "create horizontalpodautoscalers.autoscaling default",
-    "create namespaces",
+    "get namespaces",
     "patch llmdeployments default",
     "patch llmdeployments/status default",
     "create events default",
 ]
 APPLIER_DENIED = [
+    "create namespaces",  # the default tenant policy creates none
     "patch namespaces",
     "list nodes",
     "watch pods",
@@ -482,28 +577,7 @@ async def test_split_roles_upgrade_and_uninstall_keeps_crds_and_custom_resources
     fleet, role = kubectl.fleet, "mixed"
     try:
         await install(kubectl, role, *member_args(fleet, role))
-        assert not await can_i(kubectl, role, "llm-operator-watcher", "list", "nodes")  # not there yet
-
-        # A user's resources, which the release must never take with it.
-        await kubectl(role, "apply", "-n", namespace, "-f", str(SEED / "model.yaml"))
-        await kubectl(role, "apply", "-n", namespace, "-f", str(SEED / "deployment.yaml"))
-
-        # Upgrade 1: new cluster labels reach the agent's command line.
-        await helm(
-            fleet, role, "upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values",
-            "--set", "cluster.labels.tier=gold", "--wait", "--timeout", "2m",
-        )  # fmt: skip
-        agent = await kubectl.json(role, "get", "deployment", "llm-operator-agent", "-n", NAMESPACE)
-        args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
-        labels = dict(item.split("=") for item in args[args.index("--labels") + 1].split(","))
-        assert labels == {**fleet.clusters[role].labels, "tier": "gold"}
-        assert agent["status"].get("updatedReplicas") == 1
-
-        # Upgrade 2: the split is one switch; each ServiceAccount then holds only its own role.
-        await helm(
-            fleet, role, "upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values",
-            "--set", "agent.split=true", "--wait", "--timeout", "2m",
-        )  # fmt: skip
+        # By default, the watcher and the applier each hold only their own role.
         deployments = await kubectl.json(role, "get", "deployments", "-n", NAMESPACE)
         assert sorted(d["metadata"]["name"] for d in deployments["items"]) == [
             "llm-operator-applier",
@@ -511,10 +585,53 @@ async def test_split_roles_upgrade_and_uninstall_keeps_crds_and_custom_resources
         ]
         await assert_permissions(kubectl, role, "llm-operator-watcher", WATCHER_ALLOWED, WATCHER_DENIED)
         await assert_permissions(kubectl, role, "llm-operator-applier", APPLIER_ALLOWED, APPLIER_DENIED)
-        assert await kubectl.get(role, "serviceaccount", "llm-operator-agent", "-n", NAMESPACE) is None
+
+        # A user's resources, which the release must never take with it.
+        await kubectl(role, "apply", "-n", namespace, "-f", str(SEED / "model.yaml"))
+        await kubectl(role, "apply", "-n", namespace, "-f", str(SEED / "deployment.yaml"))
+
+        # Upgrade 1: new cluster labels reach the agents' command lines.
+        await helm(
+            fleet, role, "upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values",
+            "--set", "cluster.labels.tier=gold", "--wait", "--timeout", "2m",
+        )  # fmt: skip
+        agent = await kubectl.json(role, "get", "deployment", "llm-operator-watcher", "-n", NAMESPACE)
+        args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
+        labels = dict(item.split("=") for item in args[args.index("--labels") + 1].split(","))
+        assert labels == {**fleet.clusters[role].labels, "tier": "gold"}
+        assert agent["status"].get("updatedReplicas") == 1
+
+        # Upgrade 2: watchNamespaces confines both to that namespace (Roles there; only Nodes/Pods cluster-wide).
+        await helm(
+            fleet, role, "upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values",
+            "--set", f"agent.watchNamespaces[0]={namespace}", "--wait", "--timeout", "2m",
+        )  # fmt: skip
+        await assert_permissions(
+            kubectl, role, "llm-operator-watcher",
+            allowed=["list nodes", "watch pods", f"watch llmdeployments {namespace}", f"watch deployments {namespace}"],
+            denied=["watch llmdeployments", "watch llmdeployments default", "watch deployments default"],
+        )  # fmt: skip
+        await assert_permissions(
+            kubectl, role, "llm-operator-applier",
+            allowed=[f"create deployments {namespace}", f"patch llmdeployments/status {namespace}"],
+            denied=["create deployments default", "create deployments kube-system", "create services kube-system",
+                    "patch llmdeployments/status default", "create namespaces", "list namespaces"],
+        )  # fmt: skip
+
+        # Upgrade 3: one process under one account again is one switch.
+        await helm(
+            fleet, role, "upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values",
+            "--set", "agent.split=false", "--set-json", "agent.watchNamespaces=[]", "--wait", "--timeout", "2m",
+        )  # fmt: skip
+        deployments = await kubectl.json(role, "get", "deployments", "-n", NAMESPACE)
+        assert [d["metadata"]["name"] for d in deployments["items"]] == ["llm-operator-agent"]
+        await assert_permissions(
+            kubectl, role, "llm-operator-agent", [*WATCHER_ALLOWED, *APPLIER_ALLOWED], ["create namespaces"]
+        )
+        assert await kubectl.get(role, "serviceaccount", "llm-operator-watcher", "-n", NAMESPACE) is None
 
         history = json.loads((await helm(fleet, role, "history", RELEASE, "-n", NAMESPACE, "-o", "json")).stdout)
-        assert [h["revision"] for h in history] == [1, 2, 3]
+        assert [h["revision"] for h in history] == [1, 2, 3, 4]
 
         await uninstall(fleet, role)
         for kind, name in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from tests import builders
 from tests.fixtures.services import Hub
 
 pytestmark = [pytest.mark.services]
+KEY = "ed25519:lsYuTZ3ABv3SnfCb6pw+6HMYVNNaA7Xkqhiy9YwS8Hg="
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -28,7 +30,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, **(env or {}), "COLUMNS": "80"},
+        env={**os.environ, "LLMOP_PLAN_PUBLIC_KEYS": json.dumps([KEY]), **(env or {}), "COLUMNS": "80"},
         check=False,
     )
 
@@ -234,3 +236,35 @@ def test_the_first_screen_is_clean(tmp_path: Path) -> None:
     assert "Warning" not in result.stderr and "XDG_RUNTIME_DIR" not in result.stderr, result.stderr
     line = one_line_error(result)  # a fresh database: one line saying what to do
     assert "llm-operator migrate" in line
+
+
+def test_an_agent_without_a_pinned_plan_key_refuses_to_start() -> None:
+    line = one_line_error(
+        run("agent", "--cluster", "east", "--nats-url", "nats://127.0.0.1:4222", env={"LLMOP_PLAN_PUBLIC_KEYS": "[]"})
+    )
+    assert "no trusted plan-signing key: set LLMOP_PLAN_PUBLIC_KEYS" in line
+
+
+def test_a_bad_pinned_plan_key_is_named() -> None:
+    line = one_line_error(
+        run(
+            "agent",
+            "--cluster",
+            "east",
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            env={"LLMOP_PLAN_PUBLIC_KEYS": '["ed25519:AAAA"]'},
+        )
+    )
+    assert "LLMOP_PLAN_PUBLIC_KEYS: a public key must be 32 bytes" in line
+
+
+def test_keys_generate_and_public(tmp_path: Path) -> None:
+    key = tmp_path / "hub.pem"
+    made = run("keys", "generate", "-o", str(key))
+    assert made.returncode == 0, made.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    public = made.stdout.strip()
+    assert public.startswith("ed25519:")
+    assert run("keys", "public", str(key)).stdout.strip() == public
+    assert "never overwritten" in one_line_error(run("keys", "generate", "-o", str(key)))

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from api.policy import TenantPolicy
+from api.signing import trusted_keys
 from applier.render import MANAGED_KINDS
 from bus import subjects
 from bus.streams import STREAM_ROLES
@@ -124,6 +126,9 @@ def validate(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str
             if isinstance(value, list):
                 for i, item in enumerate(value):
                     errors += validate(item, arg, root, f"{path}/{i}")
+        elif keyword == "minItems":
+            if isinstance(value, list) and len(value) < arg:
+                errors.append(f"{where}: fewer than {arg} items")
         elif keyword == "uniqueItems":
             if arg and isinstance(value, list) and len({json.dumps(v, sort_keys=True) for v in value}) < len(value):
                 errors.append(f"{where}: items are not unique")
@@ -182,7 +187,11 @@ def test_default_and_ci_values_validate() -> None:
 def test_defaults_alone_name_what_is_missing() -> None:
     schema = load_schema()
     errors = validate(load_values(), schema, schema)
-    assert errors == ["/cluster: missing property 'name'", "/nats: missing property 'url'"]
+    assert errors == [
+        "/cluster: missing property 'name'",
+        "/nats: missing property 'url'",
+        "/planSigning/publicKeys: fewer than 1 items",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -203,6 +212,11 @@ def test_defaults_alone_name_what_is_missing() -> None:
         ({"planner": {"enabled": True, "database": {"url": "mysql://x"}}}, "/planner/database/url:"),
         ({"planner": {"streams": {"events": {"discard": "all"}}}}, "/planner/streams/events/discard:"),
         ({"planner": {"streams": {"audit": {}}}}, "/planner/streams: additional property 'audit'"),
+        ({"planner": {"enabled": True, "database": {"url": "postgresql://x"}}}, "/planSigning/existingSecret:"),
+        ({"planSigning": {"publicKeys": []}}, "/planSigning/publicKeys: fewer than 1 items"),
+        ({"planSigning": {"publicKeys": ["ssh-ed25519 AAAA"]}}, "/planSigning/publicKeys/0:"),
+        ({"tenantPolicy": {"rules": [{"origin": ["a"]}]}}, "/tenantPolicy/rules/0: additional property 'origin'"),
+        ({"tenantPolicy": {"rules": [{"createNamespaces": "yes"}]}}, "/tenantPolicy/rules/0/createNamespaces:"),
     ],
 )
 def test_bad_values_are_rejected(overrides: dict[str, Any], problem: str) -> None:
@@ -262,17 +276,29 @@ def test_chart_crds_are_the_generated_crds() -> None:
 # ------------------------------------------------------------------------------------------------- RBAC
 
 
+def defined_rules() -> dict[str, list[dict[str, Any]]]:
+    """The rule lists templates/_rbac.tpl defines (plain YAML), by name ("watcher.cluster", ...)."""
+    text = (CHART / "templates" / "_rbac.tpl").read_text()
+    pattern = r'\{\{- define "llm-operator\.rules\.([\w.]+)" -\}\}\n(.*?)\n\{\{- end \}\}'
+    return {name: yaml.safe_load(body) for name, body in re.findall(pattern, text, re.S)}
+
+
+NAMESPACES_READ = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}
+
+
 def cluster_roles() -> dict[str, list[dict[str, Any]]]:
-    """The rules of each ClusterRole in templates/rbac.yaml (its rule lists are plain YAML)."""
-    text = (CHART / "templates" / "rbac.yaml").read_text()
-    roles: dict[str, list[dict[str, Any]]] = {}
-    for document in text.split("\n---\n"):
-        name = re.search(r"kind: ClusterRole\n.*?name: \{\{ \$fullname \}\}-(\w+)", document, re.S)
-        if not name or "\nrules:\n" not in document:
-            continue
-        body = document.split("\nrules:\n", 1)[1].split("\n{{")[0]
-        roles[name.group(1)] = yaml.safe_load(body)
-    return roles
+    """The ClusterRoles templates/rbac.yaml renders with the default values (all namespaces, a tenant policy that
+    creates none): the defined lists, and the applier's read of namespaces. tests/e2e/test_helm.py renders the
+    other cases with helm."""
+    rules = defined_rules()
+    rbac = (CHART / "templates" / "rbac.yaml").read_text()
+    for name in rules:
+        assert f'"llm-operator.rules.{name}"' in rbac or name.endswith(".namespaced"), name
+    assert '"llm-operator.rules.%s.namespaced"' in rbac  # the Roles of watchNamespaces
+    return {
+        "watcher": rules["watcher.cluster"] + rules["watcher.namespaced"],
+        "applier": [NAMESPACES_READ, *rules["applier.namespaced"]],
+    }
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -317,10 +343,17 @@ def test_applier_role_writes_only_the_managed_kinds() -> None:
         assert applier.get(key(kind)) == {"get", "list", "create", "patch", "delete"}, kind
     extra = {k: v for k, v in applier.items() if k not in {key(kind) for kind in MANAGED_KINDS}}
     assert extra == {
-        key("Namespace"): {"get", "create"},
+        key("Namespace"): {"get"},  # + create only when the tenant policy creates namespaces
         key("LLMDeployment"): {"get", "patch"},
         ("llm.example.com", "llmdeployments/status"): {"patch"},
         ("llm.example.com", "llmdeployments/scale"): {"patch"},  # the fleet autoscaler's spec.replicas
         key("Event"): {"create"},
     }
     assert not any(verbs & {"watch", "update", "deletecollection", "*"} for verbs in applier.values())
+
+
+def test_the_charts_default_tenant_policy_is_the_operators_default() -> None:
+    values = load_values()
+    assert TenantPolicy.model_validate(values["tenantPolicy"]) == TenantPolicy()
+    keys = load_values("ci/member-values.yaml")["planSigning"]["publicKeys"]
+    assert list(trusted_keys(keys)) != []  # the schema's pattern admits what the operator parses

@@ -115,6 +115,10 @@ def test_environment_hub_and_agents(compose: dict[str, Any]) -> None:
     assert planner["LLMOP_DATABASE_URL"] == db_url
     assert planner["LLMOP_NATS_URL"] == "nats://nats:4222"
     assert "volumes" not in services["planner"]  # the hub holds no cluster credentials
+    # The planner signs plans with a key mounted as a secret; the agents pin its public key.
+    assert planner["LLMOP_PLAN_SIGNING_KEY"] == "/run/secrets/plan-signing"
+    assert services["planner"]["secrets"] == ["plan-signing"]
+    assert compose["secrets"]["plan-signing"]["file"].endswith("plan-signing.pem}")
     for agent in AGENTS:
         service = services[agent]
         agent_env = env(service)
@@ -122,6 +126,8 @@ def test_environment_hub_and_agents(compose: dict[str, Any]) -> None:
         assert agent_env["LLMOP_SUBJECT_PREFIX"] == planner["LLMOP_SUBJECT_PREFIX"]
         assert agent_env["LLMOP_KUBECONFIG"].startswith("/kubeconfigs/")
         assert "LLMOP_DATABASE_URL" not in agent_env  # agents never see the event store
+        assert agent_env["LLMOP_PLAN_PUBLIC_KEYS"] == "${LLMOP_PLAN_PUBLIC_KEYS:-[]}"
+        assert "secrets" not in service  # the private key stays with the planner
         assert service["volumes"] == ["./kubeconfigs:/kubeconfigs:ro"]
         assert service["profiles"] == ["agents"]  # opt-in: a plain `docker compose up` starts the hub only
     clusters = [services[a]["command"][services[a]["command"].index("--cluster") + 1] for a in AGENTS]

@@ -136,6 +136,8 @@ app.kubernetes.io/part-of: llm-operator
 {{- if and .database $v.planner.database.url (not $v.planner.database.existingSecret) }}
 {{- $_ := set $out "checksum/database" ($v.planner.database.url | sha256sum) }}
 {{- end }}
+{{- /* The tenant policy and trusted keys are read at start: a change rolls the pods. */}}
+{{- $_ := set $out "checksum/trust" (printf "%s%s" (toJson $v.tenantPolicy) (toJson $v.planSigning) | sha256sum) }}
 {{- $out = merge $out (.extra | default dict) }}
 {{- if $out }}{{ toYaml $out }}{{ end }}
 {{- end }}
