@@ -158,7 +158,7 @@ TRUSTED = trusted_keys([SIGNER.public_key])
 async def publish_signed(
     js: JetStreamContext,
     hub: Hub,
-    plan: WorkloadPlan | StatusPlan,
+    plan: WorkloadPlan | StatusPlan | ScalePlan,
     *,
     signer: PlanSigner | None = SIGNER,
     body: bytes | None = None,
@@ -1056,10 +1056,12 @@ async def test_a_plan_that_keeps_failing_is_reported_failed_and_never_holds_back
         plan_for(kubectl, namespace, f"fine-{i}", uid=f"00000000-0000-4000-8000-{i:012d}", replicas=1) for i in range(6)
     ]
     for plan in [stuck, *others]:
-        await publish(js, hub.subjects.plans(cluster), plan.model_dump_json().encode(), msg_id=plan.plan_id)
+        await publish_signed(js, hub, plan)
 
     reports: dict[str, tuple[float, ApplyReported]] = {}
-    settings = ApplierSettings(cluster=cluster, workers=2, max_attempts=5, retry_seconds=1.0, max_retry_seconds=3.0)
+    settings = ApplierSettings(
+        cluster=cluster, workers=2, max_attempts=5, retry_seconds=1.0, max_retry_seconds=3.0, trusted_keys=TRUSTED
+    )
     reader = SequenceReader(
         js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
     )
