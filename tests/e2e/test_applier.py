@@ -38,7 +38,7 @@ from applier.scale import execute_scale
 from applier.service import ApplierSettings, run_applier
 from applier.status import execute_status
 from bus.consume import SequenceReader
-from bus.publish import MSG_ID, REASON, publish
+from bus.publish import MSG_ID, REASON
 from kubeapi import RESOURCES, Kube, KubeError
 from llm_operator.runtime import Member, connect_kube
 from tests.fixtures.operator import Kubectl, RunningOperator, eventually, signing_key
