@@ -21,7 +21,7 @@ def test_a_pod_row_carries_the_key_of_its_deployment_in_the_text_form() -> None:
         "llm.example.com/namespace": "team",
         "llm.example.com/deployment": "chat",
     }
-    row = pod_row("uid-1", {"labels": labels}, at=None)  # type: ignore[arg-type]
+    row = pod_row("uid-1", {"labels": labels}, at=None, namespace="team")  # type: ignore[arg-type]
     assert (
         DeploymentKey.parse(row["deployment_key"])
         == DeploymentRef(origin_cluster="cpu", namespace="team", name="chat", uid="x").key

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from api.keys import DeploymentKey
 from api.plans import DeploymentRef, StatusPlan, WorkloadPlan, plan_id
 from api.signing import (
     KEY_ID_HEADER,
@@ -111,7 +112,7 @@ def test_redeliveries_and_the_same_plan_again_pass() -> None:
     assert trust.admit(plan(1, 2), 11) is None
     assert trust.admit(plan(1, 1), 10) is None  # JetStream redelivered the older one (same stream position)
     assert trust.admit(plan(1, 2), 14) is None  # equal (epoch, sequence): the same signed plan
-    assert trust.newest["cpu/team/chat"].stream_sequence == 11
+    assert trust.newest[DeploymentKey("cpu", "team", "chat")].stream_sequence == 11
 
 
 def test_a_far_future_epoch_is_refused_and_moves_nothing() -> None:
