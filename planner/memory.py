@@ -72,41 +72,41 @@ async def read_capacity(conn: Connection, clusters: Collection[str] | None = Non
     """Free capacity from the projections: of the whole fleet, or of `clusters` only."""
     nodes = [
         NodeFacts(
-            cluster=n["cluster"],
-            name=n["name"],
-            gpu_product=n["gpu_product"],
-            gpu_memory_bytes=n["gpu_memory_bytes"],
-            gpu_allocatable=n["gpu_allocatable"],
-            cpu_allocatable_m=n["cpu_allocatable_m"],
-            memory_allocatable_bytes=n["memory_allocatable_bytes"],
-            ready=n["ready"],
-            schedulable=n["schedulable"],
-            taints=tuple((t.get("key", ""), t.get("effect", "")) for t in n["taints"]),
+            cluster=n.cluster,
+            name=n.name,
+            gpu_product=n.gpu_product,
+            gpu_memory_bytes=n.gpu_memory_bytes,
+            gpu_allocatable=n.gpu_allocatable,
+            cpu_allocatable_m=n.cpu_allocatable_m,
+            memory_allocatable_bytes=n.memory_allocatable_bytes,
+            ready=n.ready,
+            schedulable=n.schedulable,
+            taints=tuple((t.get("key", ""), t.get("effect", "")) for t in n.taints),
         )
         for n in await queries.nodes(conn, clusters)
     ]
     pods = [
         PodUsage(
-            cluster=p["cluster"],
-            node=p["node_name"],
-            gpus=p["gpu_request"],
-            cpu_m=p["cpu_request_m"],
-            memory_bytes=p["memory_request_bytes"],
-            deployment_key=p["deployment_key"],
+            cluster=p.cluster,
+            node=p.node_name,
+            gpus=p.gpu_request,
+            cpu_m=p.cpu_request_m,
+            memory_bytes=p.memory_request_bytes,
+            deployment_key=p.deployment_key,
         )
         for p in await queries.bound_pods(conn, clusters)
     ]
     reservations = [
         Reservation(
-            deployment_key=f"{p['origin_cluster']}/{p['namespace']}/{p['name']}",
-            cluster=p["cluster"],
-            replicas=p["replicas"],
-            expected_nodes=p["nodes"],
-            gpus=p["replica_gpus"],
-            cpu_m=p["replica_cpu_m"],
-            memory_bytes=p["replica_memory_bytes"],
+            deployment_key=f"{p.origin_cluster}/{p.namespace}/{p.name}",
+            cluster=p.cluster,
+            replicas=p.replicas,
+            expected_nodes=p.nodes,
+            gpus=p.replica_gpus,
+            cpu_m=p.replica_cpu_m,
+            memory_bytes=p.replica_memory_bytes,
         )
         for p in await queries.all_placements(conn, clusters)
-        if p["replicas"] > 0
+        if p.replicas > 0
     ]
     return free_capacity(nodes, pods, reservations)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from bus.consume import Received, SequenceReader
 from bus.subjects import Subjects
-from planner.handle import Decoded, Delivery, decode_delivery, prepare
+from planner.decode import Decoded, Delivery, decode_delivery, prepare
 
 
 @dataclass(frozen=True)

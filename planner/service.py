@@ -11,6 +11,9 @@ Guarantees:
   it and reads again from the committed position.
 - A step that fails transiently (database or NATS gone) is rolled back and retried from the same position after
   a backoff; losing the leader lock stops planning and the service campaigns again.
+- The loop never exits over data: a batch that fails for any other reason (a value the store refuses, a decision
+  that fails on hostile data) is retried message by message (planner/isolate.py), each offender dead-lettered.
+  Only a database that is not migrated stops the planner.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ from bus.consume import SequenceReader
 from bus.errors import BusUnavailable
 from bus.subjects import Subjects
 from planner import metrics
-from planner.handle import LostLeadership, StepConfig, step
+from planner.handle import LostLeadership, StepConfig, StepResult, step
+from planner.isolate import NOT_DATA, one_by_one
 from planner.memory import CapacityMemory
 from planner.outbox import relay
-from planner.readahead import ReadAhead
+from planner.readahead import Batch, ReadAhead
 from store import recorder
 from store.engine import Engine
 from store.epochs import Lease, LeaseLost, campaign
-from store.errors import StoreError, TransientStoreError, translated
+from store.errors import SchemaNotReady, TransientStoreError, translated
 
 logger = logging.getLogger(__name__)
 
@@ -121,19 +125,27 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                 received, deliveries = batch.received, batch.deliveries
                 caught_up = not received or received[-1].stream_sequence >= backlog_end
                 started = time.perf_counter()
-                with translated("planner step"):
-                    async with engine.begin() as conn:
-                        result = await step(
-                            conn,
-                            deliveries=deliveries,
-                            epoch=epoch,
-                            now=_now(),
-                            config=config,
-                            health_grace_until=grace_until,
-                            mode=mode,
-                            memory=memory,
-                            decoded=batch.decoded,
-                        )
+                try:
+                    with translated("planner step"):
+                        async with engine.begin() as conn:
+                            result = await step(
+                                conn,
+                                deliveries=deliveries,
+                                epoch=epoch,
+                                now=_now(),
+                                config=config,
+                                health_grace_until=grace_until,
+                                mode=mode,
+                                memory=memory,
+                                decoded=batch.decoded,
+                            )
+                except NOT_DATA:
+                    raise
+                except Exception as exc:  # data: one message, or the decisions after it (planner/isolate.py)
+                    metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+                    logger.error("planner step failed on its data (%s); retrying message by message", exc)
+                    memory.forget()
+                    result = await _isolated(engine, batch, epoch, config, grace_until, mode, memory)
                 metrics.observe_step(result, time.perf_counter() - started, len(deliveries))
                 if received:
                     metrics.LAG.set(received[-1].pending)
@@ -151,12 +163,34 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                 memory.forget()  # it may describe the step that was rolled back
                 await reader.rewind(position + 1)
                 await anyio.sleep(settings.retry_seconds)
-            except StoreError:
-                metrics.ERRORS.labels(kind="PermanentStoreError").inc()
+            except SchemaNotReady:
+                metrics.ERRORS.labels(kind="SchemaNotReady").inc()
                 raise
     finally:
         with anyio.CancelScope(shield=True):
             await reader.close()
+
+
+async def _isolated(
+    engine: Engine,
+    batch: Batch,
+    epoch: int,
+    config: StepConfig,
+    grace_until: datetime,
+    mode: Literal["normal", "catch-up", "full"],
+    memory: CapacityMemory,
+) -> StepResult:
+    return await one_by_one(
+        engine,
+        deliveries=batch.deliveries,
+        decoded=batch.decoded,
+        epoch=epoch,
+        now=_now,
+        config=config,
+        health_grace_until=grace_until,
+        mode=mode,
+        memory=memory,
+    )
 
 
 async def _stream_end(js: JetStream, subjects: Subjects) -> int:

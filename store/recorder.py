@@ -348,8 +348,10 @@ async def record_position(conn: AsyncConnection, consumer: str, stream_sequence:
 async def dead_letter(
     conn: AsyncConnection, *, consumer: str, subject: str, stream_sequence: int | None, reason: str, raw: bytes
 ) -> None:
+    """Keep a refused message as it came (bytea holds any bytes); the reason is made storable text."""
+    storable = reason[:4000].replace("\0", "\\u0000").encode("utf-8", "backslashreplace").decode()
     stmt = pg_insert(tables.dead_letters).values(
-        consumer=consumer, subject=subject, stream_sequence=stream_sequence, reason=reason[:4000], raw=raw
+        consumer=consumer, subject=subject, stream_sequence=stream_sequence, reason=storable, raw=raw
     )
     await conn.execute(stmt.on_conflict_do_nothing())
 
