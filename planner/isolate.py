@@ -58,7 +58,9 @@ async def one_by_one(
     """Run the batch as the module docstring says; the summed result (position: the last one committed)."""
     metrics.ISOLATED.inc()
     total = StepResult()
-    for delivery, outcome in zip(deliveries, decoded, strict=True):
+    for index, (delivery, outcome) in enumerate(zip(deliveries, decoded, strict=True)):
+        # A full reconcile is done once, with the first message (which is what the batch would have done).
+        usual = "normal" if mode == "full" and index else mode
         result: StepResult | None = None
         failure: Exception | None = None
         for attempt in ("as usual", "catch-up"):
@@ -73,7 +75,7 @@ async def one_by_one(
                             now=now(),
                             config=config,
                             health_grace_until=health_grace_until,
-                            mode="catch-up" if attempt == "catch-up" else ("normal" if mode == "full" else mode),
+                            mode="catch-up" if attempt == "catch-up" else usual,
                             memory=memory,
                         )
                 break

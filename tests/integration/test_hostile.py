@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -84,6 +85,16 @@ async def planned(engine: AsyncEngine, name: str) -> bool:
         return sum(found.scalars()) >= 1
 
 
+async def refusal_status(engine: AsyncEngine, name: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            select(tables.plans.c.payload).where(tables.plans.c.name == name, tables.plans.c.kind == "Status")
+        )
+        payloads = list(found.scalars())
+    assert len(payloads) == 1
+    return dict(payloads[0])
+
+
 @asynccontextmanager
 async def planner(engine: AsyncEngine, js: JetStreamContext, hub: Hub, holder: str = "p1") -> AsyncIterator[None]:
     """A real planner service for the block; an exit of the planner (an exception) fails the test."""
@@ -136,6 +147,12 @@ async def test_a_nul_character_is_dead_lettered_and_the_planner_goes_on(
     assert "NUL" in reasons[0] and "object.spec.modelName" in reasons[0]
     assert "NUL" in reasons[1] and "object.spec.note" in reasons[1]
     assert all(b"\\u0000" in raw for _, _, raw in letters)  # nothing is lost: the message as it came
+    # The refused LLMDeployment's owner is told, through a status plan to its cluster.
+    status = await refusal_status(engine, "bad")
+    ready = next(c for c in status["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "NUL" in ready["message"] and "object.spec.note" in ready["message"]
+    assert [e["reason"] for e in status["events"]] == ["Refused"]
     # A restart reads on from the committed position: no crash loop.
     before = await position(engine)
     await send(js, hub, deployment("after-restart", "gpt-small"))
