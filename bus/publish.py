@@ -14,6 +14,16 @@ from nats.js import JetStreamContext
 from bus.errors import NATS_ERRORS, BusUnavailable
 
 MSG_ID = "Nats-Msg-Id"
+HEADER_ROOM = 1024
+"""Bytes kept for headers: the server counts headers and body against its max_payload (and drops the connection
+of a client that sends more), while the client checks only the body."""
+
+
+def max_body(js: JetStreamContext) -> int:
+    """The largest message body this connection may publish: the server's max_payload less `HEADER_ROOM`."""
+    nc = getattr(js, "_nc", None)  # nats-py keeps the connection private; its max_payload comes from the server
+    payload = int(getattr(nc, "max_payload", 1024 * 1024))
+    return payload - HEADER_ROOM
 
 
 async def publish(js: JetStreamContext, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:

@@ -35,6 +35,9 @@ STREAM_GAPS = Counter(
     "Events-stream gaps and resets seen by the planner (events lost before it read them); each asks for a resync",
     ["kind"],
 )
+PARKED_PLANS = Counter(
+    "llmop_planner_parked_plans_total", "Plans the bus can never carry (above max_payload), parked and reported"
+)
 FREE_GPUS = Gauge("llmop_fleet_free_gpus", "Free GPUs after running pods and reservations", ["cluster", "gpu_product"])
 
 

@@ -154,7 +154,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                     logger.info("planner epoch %d caught up at %d and reconciled every deployment", epoch, position)
                 mode = "full" if mode == "catch-up" and caught_up else ("normal" if mode == "full" else mode)
                 if result.plans or outbox_dirty:
-                    await relay(engine, js)
+                    await relay(engine, js, subjects=subjects)
                     outbox_dirty = False
             except (TransientStoreError, BusUnavailable) as exc:
                 metrics.ERRORS.labels(kind=type(exc).__name__).inc()

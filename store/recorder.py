@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 from sqlalchemy import Column, Table, text
@@ -373,11 +373,27 @@ async def outbox_put_many(conn: AsyncConnection, rows: Sequence[tuple[str, str, 
         )
 
 
-async def outbox_pending(conn: AsyncConnection, limit: int = 500) -> list[tuple[int, str, str, bytes]]:
+class OutboxRow(NamedTuple):
+    id: int
+    plan_id: str
+    subject: str
+    payload: bytes
+
+
+async def outbox_pending(conn: AsyncConnection, limit: int = 500) -> list[OutboxRow]:
+    """Rows neither sent nor parked, oldest first."""
     found = await sql.records(
-        conn, "SELECT id, plan_id, subject, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1", limit
+        conn,
+        "SELECT id, plan_id, subject, payload FROM outbox WHERE sent_at IS NULL AND parked_reason IS NULL "
+        "ORDER BY id LIMIT $1",
+        limit,
     )
-    return [(int(i), str(p), str(s), bytes(b)) for i, p, s, b in found]
+    return [OutboxRow(int(i), str(p), str(s), bytes(b)) for i, p, s, b in found]
+
+
+async def outbox_park(conn: AsyncConnection, row_id: int, reason: str) -> None:
+    """Give up on a row for good, saying why (it is never sent)."""
+    await sql.execute(conn, "UPDATE outbox SET parked_reason = $2 WHERE id = $1", row_id, reason)
 
 
 async def outbox_mark_sent(conn: AsyncConnection, ids: Sequence[int]) -> None:

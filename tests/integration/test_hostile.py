@@ -20,7 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.events import ClusterHeartbeat, Event, deterministic_id, encode_event
 from bus.publish import publish
+from planner.decode import Delivery
 from planner.handle import StepConfig, step
+from planner.outbox import relay
 from planner.service import PlannerSettings, run_planner
 from store import recorder, tables
 from store.epochs import campaign
@@ -211,3 +213,69 @@ async def test_a_value_the_store_refuses_costs_only_its_own_message(
     async with engine.connect() as conn:
         nodes = (await conn.execute(select(tables.nodes.c.name))).scalars().all()
     assert sorted(nodes) == ["cpu-1", "gpu-1"]
+
+
+async def test_a_plan_too_large_for_the_bus_is_parked_and_reported_and_blocks_no_other(
+    engine: AsyncEngine, js: JetStreamContext, hub: Hub
+) -> None:
+    """A model near the apiserver's size limit (40 environment values of 32 KiB: 1.3 MB) makes a workload plan
+    above NATS's max_payload (1 MiB). It used to hold back every plan of every cluster (the relay published its
+    batch all-or-nothing, and failed on it forever); now it is parked with its reason and reported as a failed
+    apply in the deployment's status, and the other deployment's plans are sent."""
+    lease = await campaign(engine, holder="test")
+    await lease.release()
+    feed = Feed(hub.subjects)
+    config = StepConfig(
+        consumer="planner", subjects=hub.subjects, heartbeat_timeout=timedelta(seconds=60), recovery_hold=timedelta(0)
+    )
+    big_env = [{"name": f"BLOB_{i}", "value": "x" * 32768} for i in range(40)]
+    events: list[Event] = [
+        heartbeat("a100", 1),
+        builders.observed("a100", "Node", builders.cpu_node("cpu-1")),
+        builders.observed("a100", "LLMModel", builders.llm_model("huge", "team", {**MODEL, "env": big_env})),
+        builders.observed("a100", "LLMModel", builders.llm_model("gpt-small", "team", MODEL)),
+        deployment("big", "huge"),
+        deployment("chat", "gpt-small"),
+    ]
+
+    async def run(deliveries: list[Any]) -> None:
+        async with engine.begin() as conn:
+            await step(
+                conn,
+                deliveries=deliveries,
+                epoch=lease.epoch,
+                now=datetime.now(UTC),
+                config=config,
+                health_grace_until=feed.clock,
+                mode="full",
+            )
+
+    await run(feed.deliver(*events))
+    sent = await relay(engine, js, subjects=hub.subjects)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(tables.outbox.c.plan_id, tables.outbox.c.parked_reason))).all()
+        plans = {
+            r.plan_id: r.name for r in (await conn.execute(select(tables.plans.c.plan_id, tables.plans.c.name))).all()
+        }
+    parked = [(plans[p], reason) for p, reason in rows if reason]
+    assert [name for name, _ in parked] == ["big"]
+    assert "more than the bus carries" in parked[0][1]
+    assert sent == len(rows) - 1  # everything else went out, the other deployment's plans included
+    plans_on_bus = int((await js.stream_info(hub.subjects.plans_stream)).state.messages)
+    assert plans_on_bus == sent
+    assert {plans[p] for p, reason in rows if not reason} >= {"chat"}
+
+    # The failure comes back on the events stream, as the applier would have reported it, and reaches the status.
+    reader = await js.subscribe(hub.subjects.all_events, stream=hub.subjects.events_stream, ordered_consumer=True)
+    message = await reader.next_msg(timeout=10)
+    await reader.unsubscribe()
+    await run([Delivery(message.subject, feed.sequence + 1, message.data)])
+    async with engine.connect() as conn:
+        status = (
+            await conn.execute(
+                select(tables.deployment_plans.c.last_status).where(tables.deployment_plans.c.name == "big")
+            )
+        ).scalar_one()
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert "more than the bus carries" in ready["message"]
