@@ -6,7 +6,8 @@ decoding, checking, folding: `prepare`) fits in those waits, so Python and Postg
 Guarantees:
 - Batches come out in stream order, with everything that has arrived by the time the caller asks (up to the
   batch size), as `SequenceReader.fetch` at that moment would have returned it.
-- At most one batch is read ahead (memory stays bounded by one batch).
+- At most one batch is read ahead, and a batch is at most `batch_size` messages and about `max_bytes` bytes (one
+  message more at most): memory stays bounded by one batch in number and in bytes.
 - `rewind` drops what was read ahead and reads again from the given sequence; `close` drops it and stops
   reading. A reading error (`BusUnavailable`) surfaces from the `next` call that would have returned the batch.
 """
@@ -29,10 +30,19 @@ class Batch:
 
 
 class ReadAhead:
-    def __init__(self, reader: SequenceReader, *, subjects: Subjects, batch_size: int, timeout: float) -> None:
+    def __init__(
+        self,
+        reader: SequenceReader,
+        *,
+        subjects: Subjects,
+        batch_size: int,
+        timeout: float,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self._reader = reader
         self._subjects = subjects
         self._batch_size = batch_size
+        self._max_bytes = max_bytes
         self._timeout = timeout
         self._pending: asyncio.Task[Batch] | None = None
 
@@ -48,7 +58,8 @@ class ReadAhead:
         finally:
             if task.done():  # taken, or failed; if the caller was cancelled instead, `close` cancels it
                 self._pending = None
-        more = self._reader.ready(self._batch_size - len(batch.received)) if batch.received else []
+        room = self._max_bytes - sum(len(r.data) for r in batch.received)
+        more = self._reader.ready(self._batch_size - len(batch.received), room) if batch.received and room > 0 else []
         if more:
             deliveries = _deliveries(more)
             batch = Batch(
@@ -68,7 +79,7 @@ class ReadAhead:
         await self._reader.close()
 
     async def _read(self) -> Batch:
-        received = await self._reader.fetch(self._batch_size, timeout=self._timeout)
+        received = await self._reader.fetch(self._batch_size, timeout=self._timeout, max_bytes=self._max_bytes)
         deliveries = _deliveries(received)
         return Batch(received, deliveries, await prepare(deliveries, self._subjects))
 

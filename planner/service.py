@@ -9,6 +9,9 @@ Guarantees:
 - The fleet's capacity is carried from step to step (planner/memory.py) and forgotten when a step fails.
 - The next batch is read and decoded while the current step runs (planner/readahead.py); a failed step drops
   it and reads again from the committed position.
+- Events lost before the planner read them (a gap in the stream's sequences, or a stream made again: its end
+  before the committed position) are logged as errors, counted (`llmop_planner_stream_gaps_total`) and repaired
+  by asking every watcher to relist and resend (bus/control.py); after a reset the position starts over.
 - A step that fails transiently (database or NATS gone) is rolled back and retried from the same position after
   a backoff; losing the leader lock stops planning and the service campaigns again.
 - The loop never exits over data: a batch that fails for any other reason (a value the store refuses, a decision
@@ -28,10 +31,12 @@ import anyio
 
 from bus.connection import JetStream
 from bus.consume import SequenceReader
+from bus.control import request_resync
 from bus.errors import BusUnavailable
 from bus.subjects import Subjects
 from planner import metrics
-from planner.handle import LostLeadership, StepConfig, StepResult, step
+from planner.gaps import gaps, was_reset
+from planner.handle import LostLeadership, StepConfig, StepResult, begin, step
 from planner.isolate import NOT_DATA, one_by_one
 from planner.memory import CapacityMemory
 from planner.outbox import relay
@@ -43,6 +48,9 @@ from store.errors import SchemaNotReady, TransientStoreError, translated
 
 logger = logging.getLogger(__name__)
 
+
+RESET_CHECK_SECONDS = 10.0
+"""While idle, how often the planner checks that the events stream was not made again under it."""
 
 BATCH_SIZE = 2048
 """Events per step at most. A step has a fixed cost (the writers' lock, the epoch check, the cluster and
@@ -100,7 +108,9 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
     with translated("read planner position"):
         async with engine.connect() as conn:
             position = await recorder.consumer_position(conn, config.consumer)
-    backlog_end = await _stream_end(js, subjects)
+    first, backlog_end = await _stream_bounds(js, subjects)
+    if was_reset(position, backlog_end):
+        position = await _after_reset(engine, js, config, epoch, position, first, backlog_end)
     logger.info(
         "planner epoch %d: reading %s from %d (backlog ends at %d)",
         epoch,
@@ -118,12 +128,24 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
     mode: Literal["normal", "catch-up", "full"] = "catch-up" if backlog_end > position else "full"
     outbox_dirty = True  # a previous leader may have left committed plans unsent
     memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
+    reset_checked = time.monotonic()
     try:
         while True:
             try:
                 batch = await reader.next()
                 received, deliveries = batch.received, batch.deliveries
                 caught_up = not received or received[-1].stream_sequence >= backlog_end
+                missing = gaps(position, (r.stream_sequence for r in received))
+                if missing:
+                    await _after_gaps(js, config, epoch, missing)
+                if not received and time.monotonic() - reset_checked > RESET_CHECK_SECONDS:
+                    # A stream made again while we read: the reader drops its sequences (they are behind it).
+                    reset_checked = time.monotonic()
+                    first, last = await _stream_bounds(js, subjects)
+                    if was_reset(position, last):
+                        position = await _after_reset(engine, js, config, epoch, position, first, last)
+                        await reader.rewind(position + 1)
+                        continue
                 started = time.perf_counter()
                 try:
                     with translated("planner step"):
@@ -193,9 +215,49 @@ async def _isolated(
     )
 
 
-async def _stream_end(js: JetStream, subjects: Subjects) -> int:
+async def _stream_bounds(js: JetStream, subjects: Subjects) -> tuple[int, int]:
+    """(first, last) sequence of the events stream; first > last when it holds nothing."""
     try:
         info = await js.stream_info(subjects.events_stream)
     except Exception as exc:  # translated: any client error means the bus is not usable yet
         raise BusUnavailable(f"cannot read {subjects.events_stream} info: {exc}") from exc
-    return int(info.state.last_seq)
+    last = int(info.state.last_seq)
+    first = int(info.state.first_seq) if int(info.state.messages) else last + 1
+    return first, last
+
+
+async def _after_gaps(js: JetStream, config: StepConfig, epoch: int, missing: list[tuple[int, int]]) -> None:
+    lost = sum(b - a + 1 for a, b in missing)
+    metrics.STREAM_GAPS.labels(kind="gap").inc(len(missing))
+    ranges = ", ".join(f"{a}-{b}" for a, b in missing[:5])
+    logger.error(
+        "EVENTS LOST: %d events of %s were removed before the planner read them (sequences %s); "
+        "asking every watcher to resend everything",
+        lost,
+        config.subjects.events_stream,
+        ranges,
+    )
+    await request_resync(
+        js, config.subjects, request_id=f"{epoch}-{missing[0][0]}-{missing[-1][1]}", reason=f"gap {ranges}"
+    )
+
+
+async def _after_reset(
+    engine: Engine, js: JetStream, config: StepConfig, epoch: int, position: int, first: int, last: int
+) -> int:
+    """The stream was made again: read it from its start, and have the watchers resend everything."""
+    metrics.STREAM_GAPS.labels(kind="reset").inc()
+    logger.error(
+        "EVENTS STREAM RESET: %s ends at %d but the planner had read up to %d; reading it again from %d and "
+        "asking every watcher to resend everything",
+        config.subjects.events_stream,
+        last,
+        position,
+        first,
+    )
+    with translated("reset planner position"):
+        async with engine.begin() as conn:
+            await begin(conn, epoch=epoch, consumer=config.consumer)
+            await recorder.reset_position(conn, config.consumer, first - 1)
+    await request_resync(js, config.subjects, request_id=f"{epoch}-reset-{last}", reason="events stream reset")
+    return first - 1

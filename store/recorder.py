@@ -345,6 +345,17 @@ async def record_position(conn: AsyncConnection, consumer: str, stream_sequence:
     )
 
 
+async def reset_position(conn: AsyncConnection, consumer: str, stream_sequence: int) -> None:
+    """Set `consumer`'s position back (only after its stream was made again: sequences start over)."""
+    await sql.execute(
+        conn,
+        "INSERT INTO consumer_positions (consumer, stream_sequence) VALUES ($1, $2) ON CONFLICT (consumer) DO UPDATE "
+        "SET stream_sequence = EXCLUDED.stream_sequence, updated_at = now()",
+        consumer,
+        stream_sequence,
+    )
+
+
 async def dead_letter(
     conn: AsyncConnection, *, consumer: str, subject: str, stream_sequence: int | None, reason: str, raw: bytes
 ) -> None:

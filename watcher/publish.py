@@ -6,6 +6,9 @@ Guarantees:
 - An object whose compact snapshot is identical to the last one published for it is not published again (node
   heartbeats, status churn of fields we drop); a relist after a restart republishes everything once.
 - After a (re)list, a `ResyncCompleted` event names every uid present, so the store drops what disappeared.
+- `forget` (on the planner's resync request) drops the memory of what was published, so the next list resends
+  every object; those messages carry a message id of their own (the event id stays), so the stream's
+  de-duplication window does not swallow a resend of what the planner never read.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ class KindPublisher:
         self._namespace = namespace
         self._clock = clock
         self._published: dict[str, str] = {}
+        self._resync: str | None = None
+        """The resync request being answered (its id makes the resent messages' ids new)."""
+
+    def forget(self, request_id: str) -> None:
+        self._published.clear()
+        self._resync = request_id
+
+    def _msg_id(self, event_id: str) -> str:
+        return event_id if self._resync is None else f"{event_id}.resync.{self._resync}"
 
     async def listed(self, items: list[dict[str, Any]], resource_version: str) -> None:
         now = self._clock()
@@ -55,7 +67,7 @@ class KindPublisher:
             digest = snapshot_digest(event.object)
             if self._published.get(event.uid) == digest:
                 continue
-            batch.append((self._subject, encode_event(event), event.event_id))
+            batch.append((self._subject, encode_event(event), self._msg_id(event.event_id)))
             digests[event.uid] = digest
         for start in range(0, len(batch), 500):
             await publish_many(self._js, batch[start : start + 500])
@@ -72,7 +84,8 @@ class KindPublisher:
             resource_version=resource_version,
             observed_at=now,
         )
-        await publish(self._js, self._subject, encode_event(resync), msg_id=resync.event_id)
+        await publish(self._js, self._subject, encode_event(resync), msg_id=self._msg_id(resync.event_id))
+        self._resync = None
         metrics.PUBLISHED.labels(kind=self._kind).inc(len(batch) + 1)
         logger.debug("%s/%s listed: %d objects, %d published", self._cluster, self._kind, len(items), len(batch))
 
