@@ -140,6 +140,7 @@ async def step(
     heartbeats: dict[str, ClusterHeartbeat] = {}
     heard_at: dict[str, datetime] = {}
     folded: dict[str, Sequence[Op]] = {}
+    refused: list[tuple[Delivery, str]] = []
     for delivery, outcome in zip(deliveries, decoded, strict=True):
         if delivery.stream_sequence <= position:
             result.duplicates += 1
@@ -147,16 +148,7 @@ async def step(
         result.position = max(result.position, delivery.stream_sequence)
         event = outcome.event
         if event is None:
-            await dead_letter(
-                conn,
-                delivery=delivery,
-                reason=outcome.refused or "refused",
-                consumer=config.consumer,
-                epoch=epoch,
-                now=now,
-                subjects=config.subjects,
-            )
-            result.dead_letters += 1
+            refused.append((delivery, outcome.refused or "refused"))
             continue
         folded[event.event_id] = outcome.ops
         if type(event) is ClusterHeartbeat:
@@ -178,6 +170,18 @@ async def step(
     await recorder.apply_ops(conn, [op for r in recorded for op in _ops(r.event, folded)])
     for cluster, at in heard_at.items():
         await recorder.touch_heartbeat(conn, cluster, at)
+    # After the batch's events are folded: a refusal is reported on the deployments as they now stand.
+    for delivery, reason in refused:
+        await dead_letter(
+            conn,
+            delivery=delivery,
+            reason=reason,
+            consumer=config.consumer,
+            epoch=epoch,
+            now=now,
+            subjects=config.subjects,
+        )
+    result.dead_letters = len(refused)
 
     # Silence: clusters whose heartbeats stopped become unhealthy. Judged on the stream's clock, as of the
     # newest message read: a planner that fell behind has not yet read the heartbeats sent since, and must not

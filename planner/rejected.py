@@ -1,8 +1,11 @@
-"""Telling an LLMDeployment's owner that a version of it was refused (dead-lettered) and why.
+"""Telling an LLMDeployment's owner that a version of it, or of the LLMModel it uses, was refused (dead-lettered)
+and why.
 
 Guarantees:
-- Only a refused message that names an LLMDeployment in the cluster it arrived from (a `ResourceObserved` whose
-  envelope parses) is reported: a message that lies about its origin tells nobody anything.
+- Only a refused message that names an LLMDeployment or LLMModel in the cluster it arrived from (a
+  `ResourceObserved` whose envelope parses) is reported: a message that lies about its origin tells nobody
+  anything. A refused LLMModel is reported on every LLMDeployment of its namespace that uses it (the operator
+  writes no LLMModel status yet).
 - The report is a status plan to the origin cluster, like every status the planner writes: `Ready` False with
   reason `InvalidSpec` and the refusal as its message, plus a Warning event `Refused`; its (epoch, sequence) is
   the deployment's next, recorded with a `PlanIssued` event in the caller's transaction, so it is ordered with
@@ -35,7 +38,9 @@ def refused_deployment(raw: bytes, subject: str, subjects: Subjects) -> dict[str
         found = json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(found, dict) or found.get("type") != "ResourceObserved" or found.get("kind") != "LLMDeployment":
+    if not isinstance(found, dict) or found.get("type") != "ResourceObserved":
+        return None
+    if found.get("kind") not in ("LLMDeployment", "LLMModel"):
         return None
     cluster, namespace, name, uid = (found.get(k) for k in ("cluster", "namespace", "name", "uid"))
     generation = found.get("generation")
@@ -45,6 +50,7 @@ def refused_deployment(raw: bytes, subject: str, subjects: Subjects) -> dict[str
     obj = found.get("object")
     deleting = isinstance(obj, dict) and bool(obj.get("deletionTimestamp"))
     return {
+        "kind": found["kind"],
         "cluster": cluster,
         "namespace": namespace,
         "name": name,
@@ -61,12 +67,42 @@ async def report_refused(
     target = refused_deployment(raw, subject, subjects)
     if target is None:
         return False
+    if target["kind"] == "LLMModel":
+        model = (target["cluster"], target["namespace"], target["name"])
+        users = await queries.deployment_keys_using_models(conn, [model])
+        found = await queries.deployments(conn, users)
+        for key in users:
+            if key in found:
+                user = found[key]
+                await _tell(
+                    conn,
+                    {**target, "name": key[2], "uid": user.uid, "generation": user.generation, "deleting": False},
+                    f"the LLMModel {target['name']} it uses was refused and is not planned: {reason}",
+                    epoch=epoch,
+                    now=now,
+                    subjects=subjects,
+                )
+        return bool(users)
+    await _tell(
+        conn,
+        target,
+        f"this version of the LLMDeployment was refused and is not planned: {reason}",
+        epoch=epoch,
+        now=now,
+        subjects=subjects,
+    )
+    return True
+
+
+async def _tell(
+    conn: Connection, target: dict[str, Any], message: str, *, epoch: int, now: datetime, subjects: Subjects
+) -> None:
     key = (target["cluster"], target["namespace"], target["name"])
     row = (await queries.deployments(conn, [key])).get(key)
     sequence = row.plan_sequence if row is not None else (await queries.plan_sequences(conn, [key])).get(key, 0)
     previous = LLMDeploymentStatus.model_validate(row.last_status) if row is not None and row.last_status else None
     previous = previous or LLMDeploymentStatus()
-    message = f"this version of the LLMDeployment was refused and is not planned: {reason}"[:1024]
+    message = message[:1024]
     conditions = set_condition(
         previous.conditions,
         type="Ready",
@@ -98,4 +134,3 @@ async def report_refused(
     await recorder.outbox_put_many(
         conn, [(plan.plan_id, subjects.plans(plan.cluster), plan.model_dump_json().encode())]
     )
-    return True

@@ -87,13 +87,16 @@ async def planned(engine: AsyncEngine, name: str) -> bool:
         return sum(found.scalars()) >= 1
 
 
-async def refusal_status(engine: AsyncEngine, name: str) -> dict[str, Any]:
+async def refusal_status(engine: AsyncEngine, name: str, *, first: bool = False) -> dict[str, Any]:
+    """The status plan that reported a refusal (the only status plan, or the first one if `first`)."""
     async with engine.connect() as conn:
         found = await conn.execute(
-            select(tables.plans.c.payload).where(tables.plans.c.name == name, tables.plans.c.kind == "Status")
+            select(tables.plans.c.payload)
+            .where(tables.plans.c.name == name, tables.plans.c.kind == "Status")
+            .order_by(tables.plans.c.sequence)
         )
         payloads = list(found.scalars())
-    assert len(payloads) == 1
+    assert payloads if first else len(payloads) == 1
     return dict(payloads[0])
 
 
@@ -132,6 +135,7 @@ async def test_a_nul_character_is_dead_lettered_and_the_planner_goes_on(
         hub,
         heartbeat("a100", 1),
         builders.observed("a100", "Node", builders.cpu_node("cpu-1")),
+        deployment("uses-nul", "nul"),
         nul_model,
         builders.observed("a100", "LLMModel", builders.llm_model("gpt-small", "team", MODEL)),
         nul_deployment,
@@ -155,6 +159,10 @@ async def test_a_nul_character_is_dead_lettered_and_the_planner_goes_on(
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert "NUL" in ready["message"] and "object.spec.note" in ready["message"]
     assert [e["reason"] for e in status["events"]] == ["Refused"]
+    # And a deployment that uses the refused LLMModel says why its model is missing.
+    status = await refusal_status(engine, "uses-nul", first=True)
+    ready = next(c for c in status["status"]["conditions"] if c["type"] == "Ready")
+    assert "the LLMModel nul it uses was refused" in ready["message"] and "object.spec.modelName" in ready["message"]
     # A restart reads on from the committed position: no crash loop.
     before = await position(engine)
     await send(js, hub, deployment("after-restart", "gpt-small"))
