@@ -4,9 +4,11 @@ Guarantees:
 - Every delivery gets exactly one verdict: `Decoded.event` (then `ops` holds what folding it does) or
   `Decoded.refused` (a reason a person can act on, naming the field at fault).
 - An event is refused when it is not JSON of this vocabulary, when it claims another cluster than the subject it
-  arrived on, when it is one only the planner records, or when a string in it holds what Postgres text and jsonb
-  cannot store: NUL (U+0000) or a lone UTF-16 surrogate. Such an event cannot be stored as an event without
-  changing what the cluster said; the raw bytes (ASCII JSON, with the character still escaped) go to the dead
+  arrived on, when it is one only the planner records, when its snapshot cannot be folded (a field of the wrong
+  type or a quantity out of the grammar: the fold's error is the reason), or when a string in it holds what
+  Postgres text and jsonb cannot store: NUL (U+0000) or a lone UTF-16 surrogate. Such an event cannot be stored
+  as an event without changing what the cluster said (escaping it would make a different string that a later
+  version could collide with); the raw bytes (ASCII JSON, with the character still escaped) go to the dead
   letters unchanged, so nothing is lost. Every other character, control characters included, is kept as it is.
 """
 
@@ -29,9 +31,11 @@ from api.events import (
     MalformedEvent,
     PlacementDecided,
     PlanIssued,
+    ResourceObserved,
     decode_event,
 )
 from bus.subjects import Subjects
+from planner import shapes
 from store.projections import Op, fold
 
 _PLANNER_ONLY: frozenset[type[Event]] = frozenset(
@@ -76,7 +80,23 @@ def decode_delivery(delivery: Delivery, subjects: Subjects) -> Decoded:
         if where is not None:
             return Decoded(None, f"{type(event).__name__} holds {where[1]} at {where[0]}; Postgres cannot store it")
         raw_ok = False  # escaped in a field the model drops, or a literal backslash: store the model's JSON
-    return Decoded(event, None, () if type(event) is ClusterHeartbeat else fold(event), raw_ok)
+    if type(event) is ClusterHeartbeat:
+        return Decoded(event, None, (), raw_ok)
+    if type(event) is ResourceObserved:
+        wrong = shapes.problem(event.kind, event.object)
+        if wrong is not None:
+            return Decoded(None, f"{type(event).__name__} of {_what(event)}: {wrong}")
+    try:
+        ops = fold(event)
+    except Exception as exc:  # a snapshot of the wrong shape (a buggy or hostile agent): the fold cannot read it
+        return Decoded(None, f"{type(event).__name__} of {_what(event)} cannot be read: {type(exc).__name__}: {exc}")
+    return Decoded(event, None, ops, raw_ok)
+
+
+def _what(event: Event) -> str:
+    kind = getattr(event, "kind", None)
+    name = getattr(event, "name", None)
+    return f"{kind} {name}" if kind and name else event.type
 
 
 async def prepare(deliveries: Sequence[Delivery], subjects: Subjects, *, chunk: int = 64) -> list[Decoded]:

@@ -60,3 +60,34 @@ def test_gaps_name_the_missing_ranges_and_ignore_repeats() -> None:
     assert gaps(5, [9, 10, 12]) == [(6, 8), (11, 11)]
     assert gaps(5, [4, 5, 6]) == []  # already handled: not a gap
     assert was_reset(10, 3) and not was_reset(10, 10)
+
+
+def test_snapshots_of_the_wrong_shape_are_refused_naming_the_field() -> None:
+    """From a buggy or compromised agent: the fold would fail on them, or store rows every later step fails on."""
+    node = builders.observed("a100", "Node", builders.gpu_node("n"))
+    cases = {
+        "labels": [["a", "b"]],
+        "taints": "NoSchedule",
+        "ready": "yes",
+        "allocatable": {"nvidia.com/gpu": ["8"]},
+    }
+    for field, value in cases.items():
+        wrong = node.model_copy(update={"object": {**node.object, field: value}})
+        verdict = decode_delivery(deliver(encode_event(wrong)), SUBJECTS)
+        assert verdict.event is None and verdict.refused, field
+        assert f"object.{field}" in verdict.refused, verdict.refused
+    labels = {**node.object["labels"], "nvidia.com/gpu.product": 7}
+    wrong = node.model_copy(update={"object": {**node.object, "labels": labels}})
+    refused = decode_delivery(deliver(encode_event(wrong)), SUBJECTS).refused
+    assert refused and "object.labels.nvidia.com/gpu.product" in refused
+
+
+def test_every_snapshot_the_watcher_makes_has_the_expected_shape() -> None:
+    for kind, obj in [
+        ("Node", builders.gpu_node("n")),
+        ("Node", builders.cpu_node("c")),
+        ("LLMModel", builders.llm_model("m", "team", {"modelName": "x", "image": "y"})),
+        ("LLMDeployment", builders.llm_deployment("d", "team", {"modelRef": "m"}, finalizers=["x"], deleting=True)),
+    ]:
+        verdict = decode_delivery(deliver(encode_event(builders.observed("a100", kind, obj))), SUBJECTS)
+        assert verdict.event is not None, verdict.refused
