@@ -5,7 +5,7 @@ Guarantees:
   `Decoded.refused` (a reason a person can act on, naming the field at fault).
 - An event is refused when it is not JSON of this vocabulary, when it claims another cluster than the subject it
   arrived on, when it is one only the planner records, when its snapshot cannot be folded (a field of the wrong
-  type or a quantity out of the grammar: the fold's error is the reason), or when a string in it holds what
+  type or a quantity out of the grammar: the fold's error is the reason; a number its column cannot hold), or when a string in it holds what
   Postgres text and jsonb cannot store: NUL (U+0000) or a lone UTF-16 surrogate. Such an event cannot be stored
   as an event without changing what the cluster said (escaping it would make a different string that a later
   version could collide with); the raw bytes (ASCII JSON, with the character still escaped) go to the dead
@@ -36,6 +36,7 @@ from api.events import (
 )
 from bus.subjects import Subjects
 from planner import shapes
+from store import limits
 from store.projections import Op, fold
 
 _PLANNER_ONLY: frozenset[type[Event]] = frozenset(
@@ -90,6 +91,9 @@ def decode_delivery(delivery: Delivery, subjects: Subjects) -> Decoded:
         ops = fold(event)
     except Exception as exc:  # a snapshot of the wrong shape (a buggy or hostile agent): the fold cannot read it
         return Decoded(None, f"{type(event).__name__} of {_what(event)} cannot be read: {type(exc).__name__}: {exc}")
+    wrong = limits.problem(ops)
+    if wrong is not None:
+        return Decoded(None, f"{type(event).__name__} of {_what(event)}: {wrong}")
     return Decoded(event, None, ops, raw_ok)
 
 

@@ -198,12 +198,12 @@ async def test_other_control_characters_round_trip_through_the_store(engine: Asy
     assert payload["object"]["spec"]["modelName"] == odd
 
 
-async def test_a_value_the_store_refuses_costs_only_its_own_message(
+async def test_a_number_beyond_its_column_costs_only_its_own_message(
     engine: AsyncEngine, js: JetStreamContext, hub: Hub
 ) -> None:
-    """A snapshot from a buggy agent whose number does not fit its column (a GPU count beyond int4) makes the
-    database refuse the whole batch's transaction: the batch is retried message by message, the offender
-    dead-lettered with the database's reason, and the rest used."""
+    """A snapshot from a buggy agent whose number does not fit its column (a GPU count beyond int4): it used to
+    make the database refuse the whole batch, and the driver's error was taken for a transient one (retried
+    forever). Now it is refused before it is written, naming the column; the rest is used."""
     node = builders.observed("a100", "Node", builders.gpu_node("gpu-1"))
     huge = builders.observed("a100", "Node", builders.gpu_node("gpu-huge"))
     allocatable = {**huge.object["allocatable"], "nvidia.com/gpu": str(2**40)}
@@ -218,6 +218,32 @@ async def test_a_value_the_store_refuses_costs_only_its_own_message(
     letters = await dead_letters(engine)
     assert [s for s, _, _ in letters] == [3]
     assert "gpu-huge" in letters[0][2].decode()
+    assert "out of range for nodes.gpu_allocatable" in letters[0][1]
+    async with engine.connect() as conn:
+        nodes = (await conn.execute(select(tables.nodes.c.name))).scalars().all()
+    assert sorted(nodes) == ["cpu-1", "gpu-1"]
+
+
+async def test_a_value_the_database_refuses_costs_only_its_own_message(
+    engine: AsyncEngine, js: JetStreamContext, hub: Hub
+) -> None:
+    """A value no check before the database knows to refuse (a NaN, which JSON parsers take and jsonb does not)
+    makes Postgres refuse the whole batch's transaction: the batch is retried message by message, the offender
+    dead-lettered with the database's reason, and the rest of the batch used."""
+    node = builders.observed("a100", "Node", builders.gpu_node("gpu-1"))
+    nan = builders.observed("a100", "Node", builders.gpu_node("gpu-nan"))
+    cpu = builders.observed("a100", "Node", builders.cpu_node("cpu-1"))
+    await send(js, hub, heartbeat("a100", 1), node)
+    await send_raw(js, hub, "a100", encode_event(nan).replace(b'"capacity":{', b'"capacity":{"odd":NaN,'), "nan")
+    await send(js, hub, cpu, builders.observed("a100", "LLMModel", builders.llm_model("gpt-small", "team", MODEL)))
+    await send(js, hub, deployment("chat", "gpt-small"))
+    async with planner(engine, js, hub):
+        await eventually(await caught_up(engine, js, hub), timeout=30, what="the planner to read past the NaN")
+        await eventually(lambda: planned(engine, "chat"), timeout=30, what="the healthy deployment to be placed")
+    letters = await dead_letters(engine)
+    assert [s for s, _, _ in letters] == [3]
+    assert "the store refused it" in letters[0][1] and "json" in letters[0][1].lower()
+    assert b"gpu-nan" in letters[0][2]
     async with engine.connect() as conn:
         nodes = (await conn.execute(select(tables.nodes.c.name))).scalars().all()
     assert sorted(nodes) == ["cpu-1", "gpu-1"]
