@@ -6,10 +6,10 @@ Guarantees:
 - An event is refused when it is not JSON of this vocabulary, when it claims another cluster than the subject it
   arrived on, when it is one only the planner records, when its snapshot cannot be folded (a field of the wrong
   type or a quantity out of the grammar: the fold's error is the reason; a number its column cannot hold), or
-  when a string in it holds what Postgres text and jsonb cannot store: NUL (U+0000) or a lone UTF-16 surrogate. Such an event cannot be stored
-  as an event without changing what the cluster said (escaping it would make a different string that a later
-  version could collide with); the raw bytes (ASCII JSON, with the character still escaped) go to the dead
-  letters unchanged, so nothing is lost. Every other character, control characters included, is kept as it is.
+  when a string in it holds what Postgres text and jsonb cannot store: NUL (U+0000) or a lone UTF-16
+  surrogate. Such an event cannot be stored as an event without changing what the cluster said (escaping it
+  would make a different string that a later version could collide with); the raw bytes (ASCII JSON, with the
+  character still escaped) go to the dead letters unchanged, so nothing is lost. Every other character, control characters included, is kept as it is.
 """
 
 from __future__ import annotations
