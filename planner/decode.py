@@ -9,7 +9,8 @@ Guarantees:
   when a string in it holds what Postgres text and jsonb cannot store: NUL (U+0000) or a lone UTF-16
   surrogate. Such an event cannot be stored as an event without changing what the cluster said (escaping it
   would make a different string that a later version could collide with); the raw bytes (ASCII JSON, with the
-  character still escaped) go to the dead letters unchanged, so nothing is lost. Every other character, control characters included, is kept as it is.
+  character still escaped) go to the dead letters unchanged, so nothing is lost. Every other character, control
+  characters included, is kept as it is.
 """
 
 from __future__ import annotations
