@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
+from collections.abc import Iterable
 from typing import Any, ClassVar, Self
-
-from asyncpg import Record
 
 
 class _Row:
     COLUMNS: ClassVar[tuple[str, ...]]
 
     @classmethod
-    def of(cls, record: Record) -> Self:
+    def of(cls, record: Iterable[Any]) -> Self:
+        """From a driver record (its values in `COLUMNS` order)."""
         return cls(*record)
 
     @classmethod
