@@ -7,9 +7,9 @@ back as Python values. Frozen, slotted: rows are values, cheap to make by the th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from collections.abc import Iterable
 from typing import Any, ClassVar, Self
 
 
