@@ -2,7 +2,10 @@
 
 Guarantees: `SequenceReader` hands out messages strictly in stream order from the position the caller passes (the
 planner passes the position it committed in Postgres), so after any crash reading resumes exactly where the
-committed effects end; memory stays bounded by flow control when the caller falls behind.
+committed effects end; memory stays bounded by flow control when the caller falls behind: the messages waiting
+are at most `buffer` in number and `buffer_bytes` in size (plus one message), and a batch handed out is at most
+`max_bytes` (plus one message: a batch always holds at least one). A sequence skipped (messages removed before
+they were read) is logged; the caller sees it in the sequences and decides what to do (planner/gaps.py).
 """
 
 from __future__ import annotations
@@ -43,20 +46,42 @@ class SequenceReader:
     """
 
     def __init__(
-        self, js: JetStreamContext, *, stream: str, subject: str, start_sequence: int, buffer: int = 4096
+        self,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        subject: str,
+        start_sequence: int,
+        buffer: int = 4096,
+        buffer_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._js = js
         self._stream = stream
         self._subject = subject
         self._next = max(1, start_sequence)
         self._buffer = buffer
+        self._buffer_bytes = buffer_bytes
         self._queue: asyncio.Queue[Msg] | None = None
+        self._queued_bytes = 0
+        self._room = asyncio.Event()
         self._sub: Any = None
 
     async def _open(self) -> asyncio.Queue[Msg]:
         queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self._buffer)
+        room = self._room = asyncio.Event()
+        room.set()
+        self._queued_bytes = 0
+        self._queue = queue  # before subscribing: the first messages may arrive before `subscribe` returns
 
         async def deliver(msg: Msg) -> None:
+            # The client runs one subscription's callbacks one after the other: while this waits, flow control
+            # holds the server back.
+            await room.wait()
+            if queue is not self._queue:
+                return  # a reader that was closed or rewound: this message is read again from the new start
+            self._queued_bytes += len(msg.data)
+            if self._queued_bytes >= self._buffer_bytes:
+                room.clear()
             await queue.put(msg)
 
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._next)
@@ -65,29 +90,40 @@ class SequenceReader:
                 self._subject, stream=self._stream, ordered_consumer=True, config=config, cb=deliver
             )
         except NATS_ERRORS as exc:
+            self._queue = None
             raise BusUnavailable(f"cannot read {self._stream}: {exc or type(exc).__name__}") from exc
-        self._queue = queue
         return queue
 
-    async def fetch(self, batch: int, timeout: float) -> list[Received]:
-        """Up to `batch` messages in stream order; [] after `timeout` seconds with none."""
+    async def fetch(self, batch: int, timeout: float, max_bytes: int | None = None) -> list[Received]:
+        """Up to `batch` messages (and about `max_bytes`) in stream order; [] after `timeout` seconds with none."""
         queue = self._queue or await self._open()
         try:
             first = await asyncio.wait_for(queue.get(), timeout)
         except TimeoutError:
             return []
-        return self._in_order([first, *self._arrived(queue, batch - 1)])
+        self._taken(first)
+        budget = None if max_bytes is None else max_bytes - len(first.data)
+        return self._in_order([first, *self._arrived(queue, batch - 1, budget)])
 
-    def ready(self, batch: int) -> list[Received]:
-        """Up to `batch` messages that have already arrived, without waiting ([] if none)."""
-        return [] if self._queue is None else self._in_order(self._arrived(self._queue, batch))
+    def ready(self, batch: int, max_bytes: int | None = None) -> list[Received]:
+        """Up to `batch` messages (and up to `max_bytes`) that have already arrived, without waiting."""
+        return [] if self._queue is None else self._in_order(self._arrived(self._queue, batch, max_bytes))
 
-    @staticmethod
-    def _arrived(queue: asyncio.Queue[Msg], most: int) -> list[Msg]:
+    def _arrived(self, queue: asyncio.Queue[Msg], most: int, max_bytes: int | None = None) -> list[Msg]:
         msgs: list[Msg] = []
-        while len(msgs) < most and not queue.empty():
-            msgs.append(queue.get_nowait())
+        left = max_bytes
+        while len(msgs) < most and not queue.empty() and (left is None or left > 0):
+            msg = queue.get_nowait()
+            self._taken(msg)
+            msgs.append(msg)
+            if left is not None:
+                left -= len(msg.data)
         return msgs
+
+    def _taken(self, msg: Msg) -> None:
+        self._queued_bytes -= len(msg.data)
+        if self._queued_bytes < self._buffer_bytes:
+            self._room.set()
 
     def _in_order(self, msgs: list[Msg]) -> list[Received]:
         out = []

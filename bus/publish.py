@@ -15,16 +15,19 @@ from bus.errors import NATS_ERRORS, BusUnavailable, PayloadTooLarge
 
 MSG_ID = "Nats-Msg-Id"
 HEADER_ROOM = 1024
-"""Bytes kept free for headers under the server's max_payload (it counts headers and payload together)."""
+"""Bytes kept for headers: the server counts headers and body against its max_payload (and drops the connection
+of a client that sends more), while the client checks only the body."""
 
 
-def payload_limit(js: JetStreamContext) -> int:
-    """The largest payload this connection can publish (the server's max_payload less room for our headers)."""
-    return int(js._nc.max_payload) - HEADER_ROOM
+def max_body(js: JetStreamContext) -> int:
+    """The largest message body this connection may publish: the server's max_payload less `HEADER_ROOM`."""
+    nc = getattr(js, "_nc", None)  # nats-py keeps the connection private; its max_payload comes from the server
+    payload = int(getattr(nc, "max_payload", 1024 * 1024))
+    return payload - HEADER_ROOM
 
 
 def _check_size(js: JetStreamContext, data: bytes) -> None:
-    limit = payload_limit(js)
+    limit = max_body(js)
     if len(data) > limit:
         raise PayloadTooLarge(len(data), limit)
 

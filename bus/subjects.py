@@ -48,6 +48,11 @@ class Subjects:
         return f"{self.prefix}.deadletters.>"
 
     @property
+    def resync_requests(self) -> str:
+        """Core NATS (no stream): the planner asks the watchers to relist and resend (bus/control.py)."""
+        return f"{self.prefix}.control.resync"
+
+    @property
     def events_stream(self) -> str:
         return f"{self._upper}_EVENTS"
 

@@ -27,11 +27,12 @@ from api.events import PlacementDecided, ScaleDecided
 from llm_operator.runtime import OperatorError, hub_urls
 from llm_operator.settings import Settings
 from llm_operator.timeline import timeline
-from planner.capacity import gpu_capacity
+from planner.capacity import TERMINATED_PHASES, gpu_capacity
 from planner.memory import facts_of
 from store import replay
 from store.errors import StoreError
 from store.reports import VIEWS, Reports, open_reports
+from store.rows import BoundPodRow, NodeRow, PlacementRow
 
 out = Console()
 
@@ -204,7 +205,15 @@ def _capacity(state: replay.MemoryTables, cluster: str | None) -> list[dict[str,
     def of_cluster(table: str) -> list[dict[str, Any]]:
         return [r for r in state.rows(table) if cluster in (None, r["cluster"])]
 
-    rows = gpu_capacity(*facts_of(of_cluster("nodes"), of_cluster("pods"), of_cluster("placements")))
+    nodes = [NodeRow.from_mapping(n) for n in of_cluster("nodes")]
+    # What the planner's query selects: pods bound to a node and not terminated.
+    pods = [
+        BoundPodRow.from_mapping(p)
+        for p in of_cluster("pods")
+        if p["node_name"] is not None and p.get("phase") not in TERMINATED_PHASES
+    ]
+    placements = [PlacementRow.from_mapping(p) for p in of_cluster("placements")]
+    rows = gpu_capacity(*facts_of(nodes, pods, placements))
     return [
         {
             "cluster": r.cluster,

@@ -14,15 +14,16 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from api.events import Event, PlacementDecided, ResourceDeleted, ResourceObserved, ResyncCompleted
 from api.keys import DeploymentKey
-from planner.capacity import TERMINATED_PHASES, FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
+from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
 from store import queries
 from store.engine import Connection
+from store.rows import BoundPodRow, NodeRow, PlacementRow
 
 _CAPACITY_KINDS = frozenset({"Node", "Pod"})
 
@@ -81,49 +82,48 @@ async def read_capacity(conn: Connection, clusters: Collection[str] | None = Non
 
 
 def facts_of(
-    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], placements: Iterable[Mapping[str, Any]]
+    nodes: Iterable[NodeRow], pods: Iterable[BoundPodRow], placements: Iterable[PlacementRow]
 ) -> tuple[list[NodeFacts], list[PodUsage], list[Reservation]]:
     """What the capacity rule takes, from rows of the nodes, pods and placements projections (read from the
-    database or folded in memory by `history --as-of`). Pods not bound or terminated hold nothing and are left
-    out; so are placements without replicas."""
+    database or folded in memory by `history --as-of`): pods bound and not terminated (callers pass only those),
+    placements with replicas."""
     node_facts = [
         NodeFacts(
-            cluster=n["cluster"],
-            name=n["name"],
-            gpu_product=n["gpu_product"],
-            gpu_memory_bytes=n["gpu_memory_bytes"],
-            gpu_allocatable=n["gpu_allocatable"],
-            cpu_allocatable_m=n["cpu_allocatable_m"],
-            memory_allocatable_bytes=n["memory_allocatable_bytes"],
-            ready=n["ready"],
-            schedulable=n["schedulable"],
-            taints=tuple((t.get("key", ""), t.get("effect", "")) for t in n["taints"]),
+            cluster=n.cluster,
+            name=n.name,
+            gpu_product=n.gpu_product,
+            gpu_memory_bytes=n.gpu_memory_bytes,
+            gpu_allocatable=n.gpu_allocatable,
+            cpu_allocatable_m=n.cpu_allocatable_m,
+            memory_allocatable_bytes=n.memory_allocatable_bytes,
+            ready=n.ready,
+            schedulable=n.schedulable,
+            taints=tuple((t.get("key", ""), t.get("effect", "")) for t in n.taints),
         )
         for n in nodes
     ]
     pod_usage = [
         PodUsage(
-            cluster=p["cluster"],
-            node=p["node_name"],
-            gpus=p["gpu_request"],
-            cpu_m=p["cpu_request_m"],
-            memory_bytes=p["memory_request_bytes"],
-            deployment_key=p["deployment_key"],
+            cluster=p.cluster,
+            node=p.node_name,
+            gpus=p.gpu_request,
+            cpu_m=p.cpu_request_m,
+            memory_bytes=p.memory_request_bytes,
+            deployment_key=p.deployment_key,
         )
         for p in pods
-        if p["node_name"] is not None and p.get("phase") not in TERMINATED_PHASES
     ]
     reservations = [
         Reservation(
-            deployment_key=str(DeploymentKey(p["origin_cluster"], p["namespace"], p["name"])),
-            cluster=p["cluster"],
-            replicas=p["replicas"],
-            expected_nodes=p["nodes"],
-            gpus=p["replica_gpus"],
-            cpu_m=p["replica_cpu_m"],
-            memory_bytes=p["replica_memory_bytes"],
+            deployment_key=str(DeploymentKey(p.origin_cluster, p.namespace, p.name)),
+            cluster=p.cluster,
+            replicas=p.replicas,
+            expected_nodes=p.nodes,
+            gpus=p.replica_gpus,
+            cpu_m=p.replica_cpu_m,
+            memory_bytes=p.replica_memory_bytes,
         )
         for p in placements
-        if p["replicas"] > 0
+        if p.replicas > 0
     ]
     return node_facts, pod_usage, reservations

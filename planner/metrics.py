@@ -23,6 +23,22 @@ LEADER = Gauge("llmop_planner_leader", "1 while this planner leads")
 EPOCH = Gauge("llmop_planner_epoch", "The epoch this planner leads with (0: standby)")
 ERRORS = Counter("llmop_planner_errors_total", "Planner step failures by kind", ["kind"])
 LAG = Gauge("llmop_planner_consumer_lag", "Events in the stream not yet handled by the planner")
+ISOLATED = Counter(
+    "llmop_planner_isolated_batches_total",
+    "Batches the store refused as a whole, retried message by message (each offender dead-lettered)",
+)
+UNDECIDED = Counter(
+    "llmop_planner_undecided_messages_total",
+    "Messages recorded without deciding, because deciding after them failed (a bug to report)",
+)
+STREAM_GAPS = Counter(
+    "llmop_planner_stream_gaps_total",
+    "Events-stream gaps and resets seen by the planner (events lost before it read them); each asks for a resync",
+    ["kind"],
+)
+PARKED_PLANS = Counter(
+    "llmop_planner_parked_plans_total", "Plans the bus can never carry (above max_payload), parked and reported"
+)
 FREE_GPUS = Gauge("llmop_fleet_free_gpus", "Free GPUs after running pods and reservations", ["cluster", "gpu_product"])
 
 

@@ -6,7 +6,8 @@ decoding, checking, folding: `prepare`) fits in those waits, so Python and Postg
 Guarantees:
 - Batches come out in stream order, with everything that has arrived by the time the caller asks (up to the
   batch size), as `SequenceReader.fetch` at that moment would have returned it.
-- At most one batch is read ahead (memory stays bounded by one batch).
+- At most one batch is read ahead, and a batch is at most `batch_size` messages and about `max_bytes` bytes (one
+  message more at most): memory stays bounded by one batch in number and in bytes.
 - `rewind` drops what was read ahead and reads again from the given sequence; `close` drops it and stops
   reading. A reading error (`BusUnavailable`) surfaces from the `next` call that would have returned the batch.
 - The read ahead runs in the task group `ReadAhead` opens as an async context manager: nothing outlives the
@@ -23,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from bus.consume import Received, SequenceReader
 from bus.subjects import Subjects
-from planner.handle import Decoded, Delivery, decode_delivery, prepare
+from planner.decode import Decoded, Delivery, decode_delivery, prepare
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,19 @@ class _Pending:
 class ReadAhead:
     """Use as `async with ReadAhead(...) as reader:`; `next`, `rewind` and `close` only inside the block."""
 
-    def __init__(self, reader: SequenceReader, *, subjects: Subjects, batch_size: int, timeout: float) -> None:
+    def __init__(
+        self,
+        reader: SequenceReader,
+        *,
+        subjects: Subjects,
+        batch_size: int,
+        timeout: float,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self._reader = reader
         self._subjects = subjects
         self._batch_size = batch_size
+        self._max_bytes = max_bytes
         self._timeout = timeout
         self._pending: _Pending | None = None
         self._task_group: TaskGroup | None = None
@@ -84,7 +94,8 @@ class ReadAhead:
             raise pending.error
         batch = pending.batch
         assert batch is not None
-        more = self._reader.ready(self._batch_size - len(batch.received)) if batch.received else []
+        room = self._max_bytes - sum(len(r.data) for r in batch.received)
+        more = self._reader.ready(self._batch_size - len(batch.received), room) if batch.received and room > 0 else []
         if more:
             deliveries = _deliveries(more)
             batch = Batch(
@@ -121,7 +132,7 @@ class ReadAhead:
             pending.done.set()
 
     async def _read(self) -> Batch:
-        received = await self._reader.fetch(self._batch_size, timeout=self._timeout)
+        received = await self._reader.fetch(self._batch_size, timeout=self._timeout, max_bytes=self._max_bytes)
         deliveries = _deliveries(received)
         return Batch(received, deliveries, await prepare(deliveries, self._subjects))
 

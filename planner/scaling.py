@@ -33,6 +33,7 @@ from bus.subjects import Subjects
 from planner import autoscale, metrics
 from store import queries
 from store.engine import Connection
+from store.rows import DeploymentRow
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +95,14 @@ async def scale(
     for key in keys:
         row = rows.get(key)
         spec = _spec(row)
-        if row is None or spec is None or spec.autoscaling is None or spec.suspend or row["deleting"]:
+        if row is None or spec is None or spec.autoscaling is None or spec.suspend or row.deleting:
             memory.drop(key)
             continue
         # Hostile by default: a cluster speaks only for replicas the planner placed there.
-        placed = {p["cluster"] for p in placements.get(key, []) if p["replicas"] > 0}
+        placed = {p.cluster for p in placements.get(key, []) if p.replicas > 0}
         memory.loads[key] = {c: o for c, o in memory.loads.get(key, {}).items() if c in placed}
         loads_now = list(memory.loads[key].values())
-        retiring = sorted(p["cluster"] for p in placements.get(key, []) if p["role"] == "retiring")
+        retiring = sorted(p.cluster for p in placements.get(key, []) if p.role == "retiring")
         decision = autoscale.decide(
             spec.autoscaling,
             spec.replicas,
@@ -114,7 +115,7 @@ async def scale(
         metrics.observe_autoscaler(key, decision)
         if decision.waiting:
             continue
-        condition = _condition(decision, row["generation"], memory.condition.get(key), now)
+        condition = _condition(decision, row.generation, memory.condition.get(key), now)
         previous = memory.condition.get(key)
         condition_changed = previous is None or (previous.status, previous.reason) != (
             condition.status,
@@ -122,8 +123,8 @@ async def scale(
         )
         if not decision.changed and not condition_changed:
             continue
-        ref = DeploymentRef(origin_cluster=key[0], namespace=key[1], name=key[2], uid=row["uid"])
-        sequence = int(row["plan_sequence"]) + 1
+        ref = DeploymentRef(origin_cluster=key[0], namespace=key[1], name=key[2], uid=row.uid)
+        sequence = row.plan_sequence + 1
         kube_events: list[KubeEvent] = []
         if decision.changed:
             decided = ScaleDecided(
@@ -132,7 +133,7 @@ async def scale(
                 origin_cluster=key[0],
                 namespace=key[1],
                 name=key[2],
-                generation=row["generation"],
+                generation=row.generation,
                 from_replicas=decision.current,
                 to_replicas=decision.desired,
                 reason=decision.reason,
@@ -151,25 +152,23 @@ async def scale(
             sequence=sequence,
             cluster=key[0],
             deployment=ref,
-            generation=row["generation"],
+            generation=row.generation,
             issued_at=now,
             replicas=decision.desired if decision.changed else None,
             condition=condition if condition_changed else None,
             events=kube_events,
         )
-        # The row is read once per step: bump its sequence here too, in case this step scales it again.
-        row["plan_sequence"] = sequence
         memory.condition[key] = condition
         events.append(PlanIssued(event_id=deterministic_id("issued", plan.plan_id), cluster="hub", plan=plan, at=now))
         outbox.append((plan.plan_id, subjects.plans(plan.cluster), plan.model_dump_json().encode()))
     return Scaled(events, outbox)
 
 
-def _spec(row: dict[str, Any] | None) -> LLMDeploymentSpec | None:
+def _spec(row: DeploymentRow | None) -> LLMDeploymentSpec | None:
     if row is None:
         return None
     try:
-        return LLMDeploymentSpec.model_validate(row["spec"])
+        return LLMDeploymentSpec.model_validate(row.spec)
     except ValidationError:
         return None  # the placement decision reports InvalidSpec; nothing to scale
 

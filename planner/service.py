@@ -9,8 +9,14 @@ Guarantees:
 - The fleet's capacity is carried from step to step (planner/memory.py) and forgotten when a step fails.
 - The next batch is read and decoded while the current step runs (planner/readahead.py); a failed step drops
   it and reads again from the committed position.
+- Events lost before the planner read them (a gap in the stream's sequences, or a stream made again: its end
+  before the committed position) are logged as errors, counted (`llmop_planner_stream_gaps_total`) and repaired
+  by asking every watcher to relist and resend (bus/control.py); after a reset the position starts over.
 - A step that fails transiently (database or NATS gone) is rolled back and retried from the same position after
   a backoff; losing the leader lock stops planning and the service campaigns again.
+- The loop never exits over data: a batch that fails for any other reason (a value the store refuses, a decision
+  that fails on hostile data) is retried message by message (planner/isolate.py), each offender dead-lettered.
+  Only a database that is not migrated stops the planner.
 """
 
 from __future__ import annotations
@@ -27,21 +33,27 @@ from api.policy import TenantPolicy
 from api.signing import PlanSigner
 from bus.connection import JetStream
 from bus.consume import SequenceReader
+from bus.control import request_resync
 from bus.errors import BusUnavailable
 from bus.subjects import Subjects
 from planner import metrics
-from planner.handle import LostLeadership, StepConfig, step
+from planner.gaps import gaps, was_reset
+from planner.handle import LostLeadership, StepConfig, StepResult, begin, step
+from planner.isolate import NOT_DATA, one_by_one
 from planner.memory import CapacityMemory
 from planner.outbox import relay
-from planner.readahead import ReadAhead
+from planner.readahead import Batch, ReadAhead
 from planner.scaling import AutoscalerMemory
 from store import recorder
 from store.engine import Engine
 from store.epochs import Lease, LeaseLost, campaign
-from store.errors import StoreError, TransientStoreError, translated
+from store.errors import SchemaNotReady, TransientStoreError, translated
 
 logger = logging.getLogger(__name__)
 
+
+RESET_CHECK_SECONDS = 10.0
+"""While idle, how often the planner checks that the events stream was not made again under it."""
 
 BATCH_SIZE = 2048
 """Events per step at most. A step has a fixed cost (the writers' lock, the epoch check, the cluster and
@@ -103,7 +115,9 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
     with translated("read planner position"):
         async with engine.connect() as conn:
             position = await recorder.consumer_position(conn, config.consumer)
-    backlog_end = await _stream_end(js, subjects)
+    first, backlog_end = await _stream_bounds(js, subjects)
+    if was_reset(position, backlog_end):
+        position = await _after_reset(engine, js, config, epoch, position, first, backlog_end)
     logger.info(
         "planner epoch %d: reading %s from %d (backlog ends at %d)",
         epoch,
@@ -116,6 +130,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
     outbox_dirty = True  # a previous leader may have left committed plans unsent
     memory = CapacityMemory()  # this term's view of the fleet's capacity, carried from step to step
     autoscaler = AutoscalerMemory()  # the fleet autoscaler's history, like an HPA controller's
+    reset_checked = time.monotonic()
     async with ReadAhead(
         SequenceReader(js, stream=subjects.events_stream, subject=subjects.all_events, start_sequence=position + 1),
         subjects=subjects,
@@ -127,21 +142,40 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                 batch = await reader.next()
                 received, deliveries = batch.received, batch.deliveries
                 caught_up = not received or received[-1].stream_sequence >= backlog_end
+                missing = gaps(position, (r.stream_sequence for r in received))
+                if missing:
+                    await _after_gaps(js, config, epoch, missing)
+                if not received and time.monotonic() - reset_checked > RESET_CHECK_SECONDS:
+                    # A stream made again while we read: the reader drops its sequences (they are behind it).
+                    reset_checked = time.monotonic()
+                    first, last = await _stream_bounds(js, subjects)
+                    if was_reset(position, last):
+                        position = await _after_reset(engine, js, config, epoch, position, first, last)
+                        await reader.rewind(position + 1)
+                        continue
                 started = time.perf_counter()
-                with translated("planner step"):
-                    async with engine.begin() as conn:
-                        result = await step(
-                            conn,
-                            deliveries=deliveries,
-                            epoch=epoch,
-                            now=_now(),
-                            config=config,
-                            health_grace_until=grace_until,
-                            mode=mode,
-                            memory=memory,
-                            autoscaler=autoscaler,
-                            decoded=batch.decoded,
-                        )
+                try:
+                    with translated("planner step"):
+                        async with engine.begin() as conn:
+                            result = await step(
+                                conn,
+                                deliveries=deliveries,
+                                epoch=epoch,
+                                now=_now(),
+                                config=config,
+                                health_grace_until=grace_until,
+                                mode=mode,
+                                memory=memory,
+                                autoscaler=autoscaler,
+                                decoded=batch.decoded,
+                            )
+                except NOT_DATA:
+                    raise
+                except Exception as exc:  # data: one message, or the decisions after it (planner/isolate.py)
+                    metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+                    logger.error("planner step failed on its data (%s); retrying message by message", exc)
+                    memory.forget()
+                    result = await _isolated(engine, batch, epoch, config, grace_until, mode, memory, autoscaler)
                 metrics.observe_step(result, time.perf_counter() - started)
                 if received:
                     metrics.LAG.set(received[-1].pending)
@@ -150,7 +184,7 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                     logger.info("planner epoch %d caught up at %d and reconciled every deployment", epoch, position)
                 mode = "full" if mode == "catch-up" and caught_up else ("normal" if mode == "full" else mode)
                 if result.plans or outbox_dirty:
-                    await relay(engine, js, signer=settings.signer)
+                    await relay(engine, js, subjects=subjects, signer=settings.signer)
                     outbox_dirty = False
             except (TransientStoreError, BusUnavailable) as exc:
                 metrics.ERRORS.labels(kind=type(exc).__name__).inc()
@@ -159,14 +193,78 @@ async def _lead(*, engine: Engine, js: JetStream, subjects: Subjects, settings: 
                 memory.forget()  # it may describe the step that was rolled back
                 await reader.rewind(position + 1)
                 await anyio.sleep(settings.retry_seconds)
-            except StoreError:
-                metrics.ERRORS.labels(kind="PermanentStoreError").inc()
+            except SchemaNotReady:
+                metrics.ERRORS.labels(kind="SchemaNotReady").inc()
                 raise
 
 
-async def _stream_end(js: JetStream, subjects: Subjects) -> int:
+async def _isolated(
+    engine: Engine,
+    batch: Batch,
+    epoch: int,
+    config: StepConfig,
+    grace_until: datetime,
+    mode: Literal["normal", "catch-up", "full"],
+    memory: CapacityMemory,
+    autoscaler: AutoscalerMemory,
+) -> StepResult:
+    return await one_by_one(
+        engine,
+        deliveries=batch.deliveries,
+        decoded=batch.decoded,
+        epoch=epoch,
+        now=_now,
+        config=config,
+        health_grace_until=grace_until,
+        mode=mode,
+        memory=memory,
+        autoscaler=autoscaler,
+    )
+
+
+async def _stream_bounds(js: JetStream, subjects: Subjects) -> tuple[int, int]:
+    """(first, last) sequence of the events stream; first > last when it holds nothing."""
     try:
         info = await js.stream_info(subjects.events_stream)
     except Exception as exc:  # translated: any client error means the bus is not usable yet
         raise BusUnavailable(f"cannot read {subjects.events_stream} info: {exc}") from exc
-    return int(info.state.last_seq)
+    last = int(info.state.last_seq)
+    first = int(info.state.first_seq) if int(info.state.messages) else last + 1
+    return first, last
+
+
+async def _after_gaps(js: JetStream, config: StepConfig, epoch: int, missing: list[tuple[int, int]]) -> None:
+    lost = sum(b - a + 1 for a, b in missing)
+    metrics.STREAM_GAPS.labels(kind="gap").inc(len(missing))
+    ranges = ", ".join(f"{a}-{b}" for a, b in missing[:5])
+    logger.error(
+        "EVENTS LOST: %d events of %s were removed before the planner read them (sequences %s); "
+        "asking every watcher to resend everything",
+        lost,
+        config.subjects.events_stream,
+        ranges,
+    )
+    await request_resync(
+        js, config.subjects, request_id=f"{epoch}-{missing[0][0]}-{missing[-1][1]}", reason=f"gap {ranges}"
+    )
+
+
+async def _after_reset(
+    engine: Engine, js: JetStream, config: StepConfig, epoch: int, position: int, first: int, last: int
+) -> int:
+    """The stream was made again: read it from its start, and have the watchers resend everything."""
+    metrics.STREAM_GAPS.labels(kind="reset").inc()
+    logger.error(
+        "EVENTS STREAM RESET: %s ends at %d but the planner had read up to %d; reading it again from %d and "
+        "asking every watcher to resend everything",
+        config.subjects.events_stream,
+        last,
+        position,
+        first,
+    )
+    with translated("reset planner position"):
+        async with engine.begin() as conn:
+            await begin(conn, epoch=epoch, consumer=config.consumer)
+            await recorder.reset_position(conn, config.consumer, first - 1)
+    await request_resync(js, config.subjects, request_id=f"{epoch}-reset-{last}", reason="events stream reset")
+    return first - 1

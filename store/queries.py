@@ -1,4 +1,4 @@
-"""Reads of the projections that the planner needs, returned as plain rows (dicts) or keys.
+"""Reads of the projections that the planner needs, returned as typed rows (store.rows) or keys.
 
 Guarantees: read-only; every query runs on the caller's connection (`store.sql`: fixed SQL on the driver, the
 planner's hot path), so inside the planner's transaction it sees the projections exactly as folded so far in
@@ -8,68 +8,82 @@ whatever their number.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.keys import DeploymentKey
 from store import sql
+from store.rows import BoundPodRow, ClusterRow, DeploymentRow, ModelRow, NodeRow, PlacementRow, PlanRow, WorkloadRow
 
 _KEYS = "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
 """The deployment keys passed as the first three parameters, as a row set for `(a, b, c) IN ...`."""
 _LIVE = "phase NOT IN ('Succeeded', 'Failed')"
 
 
-async def clusters(conn: AsyncConnection) -> list[dict[str, Any]]:
-    return await sql.rows(conn, "SELECT * FROM clusters ORDER BY name")
+async def clusters(conn: AsyncConnection) -> list[ClusterRow]:
+    return [ClusterRow.of(r) for r in await sql.records(conn, _CLUSTERS)]
 
 
-async def nodes(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
+_CLUSTERS = f"SELECT {ClusterRow.select()} FROM clusters ORDER BY name"
+_NODES = f"SELECT {NodeRow.select()} FROM nodes"
+
+
+async def nodes(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[NodeRow]:
     """Every node, or those of `clusters`."""
     if clusters is None:
-        return await sql.rows(conn, "SELECT * FROM nodes ORDER BY cluster, name")
-    return await sql.rows(
-        conn, "SELECT * FROM nodes WHERE cluster = ANY($1::text[]) ORDER BY cluster, name", sorted(clusters)
-    )
+        found = await sql.records(conn, _NODES + " ORDER BY cluster, name")
+    else:
+        found = await sql.records(
+            conn, _NODES + " WHERE cluster = ANY($1::text[]) ORDER BY cluster, name", sorted(clusters)
+        )
+    return [NodeRow.of(r) for r in found]
 
 
-_BOUND_PODS = (
-    "SELECT cluster, node_name, gpu_request, cpu_request_m, memory_request_bytes, deployment_key FROM pods "
-    f"WHERE node_name IS NOT NULL AND {_LIVE}"
-)
+_BOUND_PODS = f"SELECT {BoundPodRow.select()} FROM pods WHERE node_name IS NOT NULL AND {_LIVE}"
 
 
-async def bound_pods(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
+async def bound_pods(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[BoundPodRow]:
     """Pods holding resources on a node: bound and not terminated (all, or those in `clusters`)."""
     if clusters is None:
-        return await sql.rows(conn, _BOUND_PODS)
-    return await sql.rows(conn, _BOUND_PODS + " AND cluster = ANY($1::text[])", sorted(clusters))
+        found = await sql.records(conn, _BOUND_PODS)
+    else:
+        found = await sql.records(conn, _BOUND_PODS + " AND cluster = ANY($1::text[])", sorted(clusters))
+    return [BoundPodRow.of(r) for r in found]
 
 
-async def all_placements(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[dict[str, Any]]:
+_PLACEMENTS = f"SELECT {PlacementRow.select()} FROM placements"
+
+
+async def all_placements(conn: AsyncConnection, clusters: Collection[str] | None = None) -> list[PlacementRow]:
     """Every placement, or those in `clusters`."""
     order = " ORDER BY origin_cluster, namespace, name, cluster"
     if clusters is None:
-        return await sql.rows(conn, "SELECT * FROM placements" + order)
-    return await sql.rows(conn, "SELECT * FROM placements WHERE cluster = ANY($1::text[])" + order, sorted(clusters))
+        found = await sql.records(conn, _PLACEMENTS + order)
+    else:
+        found = await sql.records(conn, _PLACEMENTS + " WHERE cluster = ANY($1::text[])" + order, sorted(clusters))
+    return [PlacementRow.of(r) for r in found]
 
 
-async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> dict[DeploymentKey, dict[str, Any]]:
+_DEPLOYMENTS = (
+    "SELECT d.origin_cluster, d.namespace, d.name, d.uid, d.generation, d.spec, d.deleting, d.has_finalizer, "
+    "d.created_at, coalesce(b.plan_sequence, 0), b.last_status, b.last_outcome "
+    "FROM deployments d LEFT JOIN deployment_plans b "
+    "ON b.origin_cluster = d.origin_cluster AND b.namespace = d.namespace AND b.name = d.name "
+    f"WHERE (d.origin_cluster, d.namespace, d.name) IN {_KEYS}"
+)
+assert DeploymentRow.COLUMNS[-3:] == ("plan_sequence", "last_status", "last_outcome")
+
+
+async def deployments(conn: AsyncConnection, keys: Iterable[DeploymentKey]) -> dict[DeploymentKey, DeploymentRow]:
     """Deployment rows with the planner's bookkeeping (plan_sequence, last_status, last_outcome) joined in."""
     keys = list(keys)
     if not keys:
         return {}
-    found = await sql.rows(
-        conn,
-        "SELECT d.*, coalesce(b.plan_sequence, 0) AS plan_sequence, b.last_status, b.last_outcome, "
-        "b.last_decision_at FROM deployments d LEFT JOIN deployment_plans b "
-        "ON b.origin_cluster = d.origin_cluster AND b.namespace = d.namespace AND b.name = d.name "
-        f"WHERE (d.origin_cluster, d.namespace, d.name) IN {_KEYS}",
-        *sql.key_arrays(keys),
-    )
-    return {DeploymentKey(r["origin_cluster"], r["namespace"], r["name"]): r for r in found}
+    found = [DeploymentRow.of(r) for r in await sql.records(conn, _DEPLOYMENTS, *sql.key_arrays(keys))]
+    return {DeploymentKey(r.origin_cluster, r.namespace, r.name): r for r in found}
 
 
 def _keys(found: Iterable[Any]) -> list[DeploymentKey]:
@@ -173,44 +187,54 @@ async def stuck_deployment_keys(conn: AsyncConnection, *, stuck_before: datetime
 # ------------------------------------------------------------------------ batched reads for one planner step
 
 
-def _by_deployment(
-    rows: list[dict[str, Any]], origin: str, namespace: str, name: str
-) -> dict[DeploymentKey, list[dict[str, Any]]]:
-    out: dict[DeploymentKey, list[dict[str, Any]]] = {}
+T = TypeVar("T", PlacementRow, WorkloadRow, PlanRow)
+
+
+def _by_deployment(rows: Iterable[T], key: Callable[[T], DeploymentKey]) -> dict[DeploymentKey, list[T]]:
+    out: dict[DeploymentKey, list[T]] = {}
     for row in rows:
-        out.setdefault(DeploymentKey(row[origin], row[namespace], row[name]), []).append(row)
+        out.setdefault(key(row), []).append(row)
     return out
+
+
+def _placement_key(row: PlacementRow | PlanRow) -> DeploymentKey:
+    return DeploymentKey(row.origin_cluster, row.namespace, row.name)
 
 
 async def placements_for_many(
     conn: AsyncConnection, keys: Sequence[DeploymentKey]
-) -> dict[DeploymentKey, list[dict[str, Any]]]:
-    found = await sql.rows(
+) -> dict[DeploymentKey, list[PlacementRow]]:
+    found = await sql.records(
         conn,
-        f"SELECT * FROM placements WHERE (origin_cluster, namespace, name) IN {_KEYS} ORDER BY cluster",
+        f"{_PLACEMENTS} WHERE (origin_cluster, namespace, name) IN {_KEYS} ORDER BY cluster",
         *sql.key_arrays(keys),
     )
-    return _by_deployment(found, "origin_cluster", "namespace", "name")
+    return _by_deployment((PlacementRow.of(r) for r in found), _placement_key)
 
 
 async def workloads_for_many(
     conn: AsyncConnection, keys: Sequence[DeploymentKey]
-) -> dict[DeploymentKey, list[dict[str, Any]]]:
-    found = await sql.rows(
+) -> dict[DeploymentKey, list[WorkloadRow]]:
+    found = await sql.records(
         conn,
-        f"SELECT * FROM workloads WHERE (origin_cluster, deployment_namespace, deployment_name) IN {_KEYS}",
+        f"SELECT {WorkloadRow.select()} FROM workloads "
+        f"WHERE (origin_cluster, deployment_namespace, deployment_name) IN {_KEYS}",
         *sql.key_arrays(keys),
     )
-    return _by_deployment(found, "origin_cluster", "deployment_namespace", "deployment_name")
+    return _by_deployment(
+        (WorkloadRow.of(r) for r in found),
+        lambda w: DeploymentKey(w.origin_cluster, w.deployment_namespace, w.deployment_name),
+    )
 
 
 async def last_workload_plans_many(
     conn: AsyncConnection, keys: Sequence[DeploymentKey]
-) -> dict[DeploymentKey, list[dict[str, Any]]]:
+) -> dict[DeploymentKey, list[PlanRow]]:
     """The newest workload plan per (deployment, cluster), for many deployments at once."""
-    found = await sql.rows(
+    found = await sql.records(
         conn,
-        "SELECT p.* FROM plans p JOIN (SELECT origin_cluster, namespace, name, cluster, max(sequence) AS sequence "
+        f"SELECT {PlanRow.select('p')} FROM plans p "
+        "JOIN (SELECT origin_cluster, namespace, name, cluster, max(sequence) AS sequence "
         f"FROM plans WHERE (origin_cluster, namespace, name) IN {_KEYS} AND kind = 'Workload' "
         "GROUP BY origin_cluster, namespace, name, cluster) newest "
         "ON p.origin_cluster = newest.origin_cluster AND p.namespace = newest.namespace "
@@ -218,19 +242,21 @@ async def last_workload_plans_many(
         "WHERE p.kind = 'Workload'",
         *sql.key_arrays(keys),
     )
-    return _by_deployment(found, "origin_cluster", "namespace", "name")
+    return _by_deployment((PlanRow.of(r) for r in found), _placement_key)
 
 
 async def models_many(
     conn: AsyncConnection, refs: Iterable[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], dict[str, Any]]:
+) -> dict[tuple[str, str, str], ModelRow]:
     refs = list(set(refs))
     if not refs:
         return {}
-    found = await sql.rows(
-        conn, f"SELECT * FROM models WHERE (cluster, namespace, name) IN {_KEYS}", *sql.key_arrays(refs)
+    found = await sql.records(
+        conn,
+        f"SELECT {ModelRow.select()} FROM models WHERE (cluster, namespace, name) IN {_KEYS}",
+        *sql.key_arrays(refs),
     )
-    return {(r["cluster"], r["namespace"], r["name"]): r for r in found}
+    return {(r.cluster, r.namespace, r.name): r for r in (ModelRow.of(f) for f in found)}
 
 
 async def plan_sequences(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -> dict[DeploymentKey, int]:

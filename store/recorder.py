@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 from sqlalchemy import Column, Table, text
@@ -351,11 +351,24 @@ async def record_position(conn: AsyncConnection, consumer: str, stream_sequence:
     )
 
 
+async def reset_position(conn: AsyncConnection, consumer: str, stream_sequence: int) -> None:
+    """Set `consumer`'s position back (only after its stream was made again: sequences start over)."""
+    await sql.execute(
+        conn,
+        "INSERT INTO consumer_positions (consumer, stream_sequence) VALUES ($1, $2) ON CONFLICT (consumer) DO UPDATE "
+        "SET stream_sequence = EXCLUDED.stream_sequence, updated_at = now()",
+        consumer,
+        stream_sequence,
+    )
+
+
 async def dead_letter(
     conn: AsyncConnection, *, consumer: str, subject: str, stream_sequence: int | None, reason: str, raw: bytes
 ) -> None:
+    """Keep a refused message as it came (bytea holds any bytes); the reason is made storable text."""
+    storable = reason[:4000].replace("\0", "\\u0000").encode("utf-8", "backslashreplace").decode()
     stmt = pg_insert(tables.dead_letters).values(
-        consumer=consumer, subject=subject, stream_sequence=stream_sequence, reason=reason[:4000], raw=raw
+        consumer=consumer, subject=subject, stream_sequence=stream_sequence, reason=storable, raw=raw
     )
     await conn.execute(stmt.on_conflict_do_nothing())
 
@@ -377,11 +390,27 @@ async def outbox_put_many(conn: AsyncConnection, rows: Sequence[tuple[str, str, 
         )
 
 
-async def outbox_pending(conn: AsyncConnection, limit: int = 500) -> list[tuple[int, str, str, bytes]]:
+class OutboxRow(NamedTuple):
+    id: int
+    plan_id: str
+    subject: str
+    payload: bytes
+
+
+async def outbox_pending(conn: AsyncConnection, limit: int = 500) -> list[OutboxRow]:
+    """Rows neither sent nor parked, oldest first."""
     found = await sql.records(
-        conn, "SELECT id, plan_id, subject, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1", limit
+        conn,
+        "SELECT id, plan_id, subject, payload FROM outbox WHERE sent_at IS NULL AND parked_reason IS NULL "
+        "ORDER BY id LIMIT $1",
+        limit,
     )
-    return [(int(i), str(p), str(s), bytes(b)) for i, p, s, b in found]
+    return [OutboxRow(int(i), str(p), str(s), bytes(b)) for i, p, s, b in found]
+
+
+async def outbox_park(conn: AsyncConnection, row_id: int, reason: str) -> None:
+    """Give up on a row for good, saying why (it is never sent)."""
+    await sql.execute(conn, "UPDATE outbox SET parked_reason = $2 WHERE id = $1", row_id, reason)
 
 
 async def outbox_mark_sent(conn: AsyncConnection, ids: Sequence[int]) -> None:

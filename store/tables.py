@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     func,
     text,
 )
@@ -260,8 +261,14 @@ outbox = Table(
     Column("payload", LargeBinary, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
     Column("sent_at", TZ),
+    # Why the relay gave up on this plan for good (too large for the bus); such a row is never sent.
+    Column("parked_reason", Text),
 )
-Index("ix_outbox_unsent", outbox.c.id, postgresql_where=outbox.c.sent_at.is_(None))
+Index(
+    "ix_outbox_unsent",
+    outbox.c.id,
+    postgresql_where=and_(outbox.c.sent_at.is_(None), outbox.c.parked_reason.is_(None)),
+)
 
 consumer_positions = Table(
     "consumer_positions",

@@ -13,7 +13,7 @@ from typing import Any
 
 from api.events import Event, ResourceObserved, encode_event
 from bus.subjects import Subjects
-from planner.handle import Delivery
+from planner.decode import Delivery
 from watcher import translate
 
 _rv = itertools.count(1000)

@@ -11,6 +11,9 @@ Guarantees:
   carries, is skipped, counted (``llmop_watcher_objects_refused_total``), logged, and announced by a small
   `ObservationRefused` event (when it has a name and uid to announce); the list and the watch go on. Its uid stays in
   the resync set, so the store keeps the last good snapshot instead of taking the object for deleted.
+- `forget` (on the planner's resync request) drops the memory of what was published, so the next list resends
+  every object; those messages carry a message id of their own (the event id stays), so the stream's
+  de-duplication window does not swallow a resend of what the planner never read.
 """
 
 from __future__ import annotations
@@ -127,6 +130,16 @@ class KindPublisher:
         self._refused[uid] = version
         self._published.pop(uid, None)  # when it changes back to something we can publish, publish it
 
+        self._resync: str | None = None
+        """The resync request being answered (its id makes the resent messages' ids new)."""
+
+    def forget(self, request_id: str) -> None:
+        self._published.clear()
+        self._resync = request_id
+
+    def _msg_id(self, event_id: str) -> str:
+        return event_id if self._resync is None else f"{event_id}.resync.{self._resync}"
+
     async def listed(self, items: list[dict[str, Any]], resource_version: str) -> None:
         now = self._clock()
         batch: list[tuple[str, bytes, str]] = []
@@ -144,7 +157,7 @@ class KindPublisher:
             digest = snapshot_digest(event.object)
             if self._published.get(event.uid) == digest:
                 continue
-            batch.append((self._subject, data, event.event_id))
+            batch.append((self._subject, data, self._msg_id(event.event_id)))
             digests[event.uid] = digest
         for start in range(0, len(batch), 500):
             await publish_many(self._js, batch[start : start + 500])
@@ -162,7 +175,8 @@ class KindPublisher:
             resource_version=resource_version,
             observed_at=now,
         )
-        await publish(self._js, self._subject, encode_event(resync), msg_id=resync.event_id)
+        await publish(self._js, self._subject, encode_event(resync), msg_id=self._msg_id(resync.event_id))
+        self._resync = None
         metrics.PUBLISHED.labels(kind=self._kind).inc(len(batch) + 1)
         logger.debug("%s/%s listed: %d objects, %d published", self._cluster, self._kind, len(items), len(batch))
 

@@ -2,13 +2,15 @@
 
 Guarantees: one task per (kind, namespace scope) plus the heartbeat, all in one anyio task group; each task
 survives its own errors (see watcher.stream); the service ends only when cancelled. Read-only towards Kubernetes.
+A resync request from the planner (bus/control.py: it lost events) makes every kind relist at once and resend
+everything it sees.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -19,8 +21,9 @@ from api.events import ClusterHeartbeat, ObservedKind, deterministic_id, encode_
 from api.labels import LABEL_MANAGED_BY, MANAGED_BY
 from api.network import ClusterNetwork
 from bus.connection import JetStream
+from bus.control import resync_requests
 from bus.errors import BusUnavailable
-from bus.publish import payload_limit, publish
+from bus.publish import max_body, publish
 from bus.subjects import Subjects
 from kubeapi import RESOURCES, Kube
 from watcher import metrics
@@ -70,6 +73,7 @@ async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings
         settings.cluster,
         "all namespaces" if scopes == [None] else ", ".join(settings.namespaces),
     )
+    relists: list[_Relistable] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, js, subjects, settings)
         if settings.load is not None:
@@ -84,9 +88,10 @@ async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings
                 kind=kind,
                 namespace=namespace,
                 clock=_now,
-                max_payload=payload_limit(js),
+                max_payload=max_body(js),
             )
-            tg.start_soon(
+            task = _Relistable(
+                sink,
                 partial(
                     observe,
                     kube=kube,
@@ -96,8 +101,46 @@ async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings
                     label_selector=labels,
                     field_selector=fields,
                     resync_seconds=settings.resync_seconds,
-                )
+                ),
             )
+            relists.append(task)
+            tg.start_soon(task.run)
+        tg.start_soon(_answer_resync_requests, js, subjects, settings.cluster, relists)
+
+
+class _Relistable:
+    """One kind's observe loop, which a resync request restarts from a fresh list with nothing remembered."""
+
+    def __init__(self, sink: KindPublisher, observe_: Callable[[], Awaitable[None]]) -> None:
+        self._sink = sink
+        self._observe = observe_
+        self._scope: anyio.CancelScope | None = None
+
+    async def run(self) -> None:
+        while True:
+            with anyio.CancelScope() as self._scope:
+                await self._observe()
+
+    def relist(self, request_id: str) -> None:
+        self._sink.forget(request_id)
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+async def _answer_resync_requests(
+    js: JetStream, subjects: Subjects, cluster: str, relists: Sequence[_Relistable]
+) -> None:
+    while True:
+        try:
+            async for request_id in resync_requests(js, subjects):
+                logger.warning(
+                    "cluster %s: the planner asked for a resync (%s); relisting everything", cluster, request_id
+                )
+                for task in relists:
+                    task.relist(request_id)
+        except BusUnavailable as exc:
+            logger.warning("cluster %s: resync requests unavailable: %s", cluster, exc)
+        await anyio.sleep(5)
 
 
 async def _heartbeat(js: JetStream, subjects: Subjects, settings: WatcherSettings) -> None:

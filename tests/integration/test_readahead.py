@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from api.events import encode_event
 from bus.consume import Received, SequenceReader
 from bus.publish import publish
-from planner.handle import decode_delivery
+from planner.decode import decode_delivery
 from planner.readahead import ReadAhead
 from tests import builders
 from tests.fixtures.operator import eventually
@@ -46,7 +46,7 @@ async def test_batches_come_in_stream_order_decoded_as_the_step_would(js: JetStr
                 assert decoded == decode_delivery(delivery, hub.subjects)
             sequences += [d.stream_sequence for d in batch.deliveries]
         assert sequences == list(range(1, 27))
-        assert batch.decoded[-1].event is None and batch.decoded[-1].malformed
+        assert batch.decoded[-1].event is None and batch.decoded[-1].refused
         assert [d.event is not None for d in batch.decoded[:-1]] == [True] * (len(batch.decoded) - 1)
         assert (await reader.next()).deliveries == []  # nothing more: an empty batch after the timeout
 

@@ -328,7 +328,7 @@ async def test_a_planner_behind_the_stream_does_not_take_its_own_lag_for_a_clust
                 config=config(hub),
                 health_grace_until=t0,  # the leader started at t0: no grace left to hide anything
             )
-            return {c["name"]: c["healthy"] for c in await queries.clusters(conn)}
+            return {c.name: c.healthy for c in await queries.clusters(conn)}
 
     both = at(feed.deliver(heartbeat("a100", 0, t0), heartbeat("cpu", 0, t0)), 0)
     assert await step_at(both, 0) == {"a100": True, "cpu": True}

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
 from api.events import Event, ObservationRefused, ResourceObserved, ResyncCompleted, decode_event
-from bus.publish import payload_limit
+from bus.publish import max_body
 from tests import builders
 from tests.fixtures.services import Hub
 from watcher.publish import KindPublisher
@@ -55,7 +55,7 @@ async def test_untranslatable_and_oversized_nodes_are_refused_and_the_rest_is_pu
         kind="Node",
         namespace=None,
         clock=_now,
-        max_payload=payload_limit(js),
+        max_payload=max_body(js),
     )
     good, garbage, huge, nameless, other = (
         builders.gpu_node("good"),

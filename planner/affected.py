@@ -1,0 +1,68 @@
+"""The affected set: which deployments a step's recorded events call to be reconciled again.
+
+Guarantees: every deployment whose inputs an event may have changed is in the set (its own observations and apply
+reports, the workloads it owns, the models it references; on any capacity change, every deployment waiting for
+room or holding replicas that may move; on a cluster's health change, every deployment placed there; on any
+removal, every orphan). Over-approximating is safe (reconciling is level-based and quiet when nothing changed);
+missing one is not. The result is sorted, so decisions run in a deterministic order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from api.events import (
+    ApplyReported,
+    ClusterHealthChanged,
+    ClusterJoined,
+    ClusterLabelsChanged,
+    Event,
+    ResourceDeleted,
+    ResourceObserved,
+    ResyncCompleted,
+)
+from api.keys import DeploymentKey
+from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
+from store import queries
+from store.engine import Connection
+
+
+async def affected(conn: Connection, events: Sequence[Event]) -> list[DeploymentKey]:
+    keys: set[DeploymentKey] = set()
+    models: set[tuple[str, str, str]] = set()
+    capacity_changed = False
+    health_changed: list[str] = []
+    removals = False
+    for event in events:
+        match event:
+            case ResourceObserved() | ResourceDeleted() if event.kind == "LLMDeployment":
+                keys.add(DeploymentKey(event.cluster, event.namespace or "", event.name))
+                removals = removals or isinstance(event, ResourceDeleted)
+            case ResourceObserved() | ResourceDeleted() if event.kind == "LLMModel":
+                models.add((event.cluster, event.namespace or "", event.name))
+            case ResourceObserved() | ResourceDeleted() if event.kind == "Deployment":
+                labels = event.object.get("labels", {})
+                origin = labels.get(LABEL_ORIGIN)
+                if origin:
+                    keys.add(DeploymentKey(origin, labels.get(LABEL_NAMESPACE, ""), labels.get(LABEL_DEPLOYMENT, "")))
+                removals = removals or isinstance(event, ResourceDeleted)
+            case ResourceObserved() | ResourceDeleted():
+                capacity_changed = True
+            case ResyncCompleted():
+                removals = True
+                capacity_changed = True
+            case ApplyReported():
+                keys.add(DeploymentKey(event.origin_cluster, event.namespace, event.name))
+            case ClusterHealthChanged():
+                health_changed.append(event.cluster)
+                capacity_changed = True
+            case ClusterJoined() | ClusterLabelsChanged():
+                capacity_changed = True
+    keys.update(await queries.deployment_keys_using_models(conn, models))
+    if capacity_changed:
+        keys.update(await queries.pending_deployment_keys(conn))
+    if health_changed:
+        keys.update(await queries.deployment_keys_on_clusters(conn, health_changed))
+    if removals:
+        keys.update(await queries.orphan_keys(conn))
+    return sorted(k for k in keys if all(k))
