@@ -85,6 +85,8 @@ class KindPublisher:
         self._published: dict[str, str] = {}
         self._refused: dict[str, str] = {}
         """uid -> resourceVersion of the last refusal announced, so a relist does not announce it again."""
+        self._resync: str | None = None
+        """The resync request being answered (its id makes the resent messages' ids new)."""
 
     def _encoded(self, obj: dict[str, Any], now: datetime) -> tuple[ResourceObserved, bytes]:
         try:
@@ -129,9 +131,6 @@ class KindPublisher:
             return
         self._refused[uid] = version
         self._published.pop(uid, None)  # when it changes back to something we can publish, publish it
-
-        self._resync: str | None = None
-        """The resync request being answered (its id makes the resent messages' ids new)."""
 
     def forget(self, request_id: str) -> None:
         self._published.clear()

@@ -166,7 +166,7 @@ async def test_planner_view_status_and_as_of_give_the_same_free_gpus(engine: Asy
     status = await cli(hub, "status")
     as_of = await cli(hub, "history", "fleet", "--as-of", (datetime.now(UTC) + timedelta(minutes=1)).isoformat())
 
-    assert [(p["cluster"], p["nodes"]) for p in placements] == [("a100", {"gpu-1": 2, "gpu-2": 1})]
+    assert [(p.cluster, p.nodes) for p in placements] == [("a100", {"gpu-1": 2, "gpu-2": 1})]
     expected = {
         # Only gpu-2 counts: 6 GPUs requested there (4 ours, 2 someone else's), nothing reserved (the replica
         # expected there is bound); the 2 replicas still outstanding are held on cordoned gpu-1, which does not

@@ -133,7 +133,7 @@ async def test_the_read_ahead_is_bounded_in_bytes(js: JetStreamContext, hub: Hub
         node["metadata"]["labels"] = {**node["metadata"]["labels"], **big}
         event = builders.observed("a100", "Node", node)
         await publish(js, hub.subjects.events("a100"), encode_event(event), msg_id=event.event_id)
-    reader = ReadAhead(
+    async with ReadAhead(
         SequenceReader(
             js,
             stream=hub.subjects.events_stream,
@@ -145,8 +145,7 @@ async def test_the_read_ahead_is_bounded_in_bytes(js: JetStreamContext, hub: Hub
         batch_size=1000,
         timeout=2.0,
         max_bytes=300_000,
-    )
-    try:
+    ) as reader:
         seen: list[int] = []
         sizes: list[int] = []
         while len(seen) < 20:
@@ -157,8 +156,6 @@ async def test_the_read_ahead_is_bounded_in_bytes(js: JetStreamContext, hub: Hub
         assert seen == list(range(1, 21))
         assert max(sizes) <= 300_000 + largest
         assert len(sizes) >= 6  # 2 MB in batches of at most ~400 KB
-    finally:
-        await reader.close()
 
 
 def _async(check: Any) -> Any:

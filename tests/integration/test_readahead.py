@@ -74,8 +74,8 @@ class WatchedReader(SequenceReader):
         super().__init__(js, stream=hub.subjects.events_stream, subject=hub.subjects.all_events, start_sequence=1)
         self.fetched: list[list[int]] = []
 
-    async def fetch(self, batch: int, timeout: float) -> list[Received]:
-        received = await super().fetch(batch, timeout)
+    async def fetch(self, batch: int, timeout: float, max_bytes: int | None = None) -> list[Received]:
+        received = await super().fetch(batch, timeout, max_bytes)
         self.fetched.append([r.stream_sequence for r in received])
         return received
 
