@@ -187,7 +187,8 @@ async def _connect_once(
 
 
 async def _abandon(client: Client) -> None:
-    with anyio.CancelScope(shield=True):
+    # Bounded: closing a client whose TLS handshake failed can wait for a transport that never finishes.
+    with anyio.move_on_after(2, shield=True):
         try:
             await client.close()
         except Exception as exc:  # a half-made client may fail to close; nothing is left to release then
