@@ -69,11 +69,23 @@ def _reload(data_dir: Path) -> None:
 
 
 @bus_app.command("init")
-def init(directory: Directory = None, data_dir: DataDir = None, subject_prefix: Prefix = None) -> None:
-    """Make the planner's identity (hub.nk) and the server's auth.conf."""
+def init(
+    cluster: Annotated[
+        list[str] | None, typer.Option("--cluster", "-c", help="Also make this cluster's identity; repeat.")
+    ] = None,
+    directory: Directory = None,
+    data_dir: DataDir = None,
+    subject_prefix: Prefix = None,
+) -> None:
+    """Make the planner's identity (hub/nats.nk), any --cluster's, and the server's auth.conf (idempotent)."""
     identities, prefix, data = _open(directory, data_dir, subject_prefix)
-    path = identities.add(prefix, PLANNER, Role.PLANNER)
-    out.print(f"planner seed: {path}\nserver auth config: {identities.server_config_path}", highlight=False)
+    try:
+        identities.ensure(prefix, list(cluster or []))
+    except IdentityError as exc:
+        _fail(str(exc))
+    for name in [PLANNER, *(cluster or [])]:
+        out.print(f"{name}: seed {identities.seed_path(prefix, name)}", highlight=False)
+    out.print(f"server auth config: {identities.server_config_path}", highlight=False)
     _reload(data)
 
 

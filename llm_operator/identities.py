@@ -2,8 +2,10 @@
 
 Layout under `root` (default ``<data_dir>/bus``), readable by the owner only (files 0600, directories 0700):
 - ``identities.json``: every identity (prefix, name, role, public key);
-- ``<prefix>/<name>.nk``: the seed of each identity made here (give it to that cluster's agent, nobody else);
-- ``auth.conf``: the ``authorization`` block nats-server includes (public keys only).
+- ``<prefix>/<name>/nats.nk``: the seed of each identity made here, alone in its directory so that it can be
+  handed (mounted) to that cluster's agent and nobody else;
+- ``_server/auth.conf``: the ``authorization`` block nats-server includes (public keys only; alone in its
+  directory for the same reason).
 
 Guarantees: adding is idempotent (an existing identity keeps its seed); revoking removes the key from
 ``auth.conf`` and deletes the seed, so after a server reload the revoked identity is refused and its open
@@ -21,6 +23,9 @@ from pathlib import Path
 
 from bus.auth import PLANNER, Identity, Role, new_seed, public_key_of, server_config
 from bus.subjects import Subjects, valid_cluster_name
+
+
+SEED_FILE = "nats.nk"
 
 
 class IdentityError(Exception):
@@ -44,19 +49,19 @@ class BusIdentities:
 
     @property
     def server_config_path(self) -> Path:
-        return self.root / "auth.conf"
+        return self.root / "_server" / "auth.conf"
 
     @property
     def _registry(self) -> Path:
         return self.root / "identities.json"
 
     def seeds_dir(self, prefix: str) -> Path:
-        """Where the seeds of one installation (subject prefix) are: ``<name>.nk`` each."""
+        """Where the seeds of one installation (subject prefix) are: ``<name>/nats.nk`` each."""
         Subjects(prefix)  # validates
         return self.root / prefix
 
     def seed_path(self, prefix: str, name: str) -> Path:
-        return self.seeds_dir(prefix) / f"{name}.nk"
+        return self.seeds_dir(prefix) / name / SEED_FILE
 
     def all(self) -> list[Identity]:
         if not self._registry.exists():
@@ -93,6 +98,8 @@ class BusIdentities:
         found = identities.pop((prefix, name), None) is not None
         with contextlib.suppress(FileNotFoundError):
             self.seed_path(prefix, name).unlink()
+        with contextlib.suppress(OSError):
+            self.seed_path(prefix, name).parent.rmdir()
         self._save(identities.values())
         return found
 

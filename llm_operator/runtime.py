@@ -36,7 +36,7 @@ from bus.subjects import Subjects
 from kubeapi import Kube, KubeError
 from llm_operator import health
 from llm_operator.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, asyncpg_url
-from llm_operator.identities import BusIdentities, IdentityError
+from llm_operator.identities import SEED_FILE, BusIdentities, IdentityError
 from llm_operator.install import install_crds
 from llm_operator.settings import Settings
 from planner.service import PlannerSettings, run_planner
@@ -115,7 +115,7 @@ def identity_seed(settings: Settings, identity: str) -> Path | None:
         directory = embedded_identities(settings).seeds_dir(settings.subject_prefix)
     else:
         return None
-    path = directory / f"{identity}.nk"
+    path = directory / identity / SEED_FILE
     if not path.exists():
         what = "the planner" if identity == PLANNER else f"cluster {identity}"
         command = "llm-operator bus init" if identity == PLANNER else f"llm-operator bus add-cluster {identity}"

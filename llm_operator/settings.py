@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     """This process's NATS identity: an nkey seed file (`llm-operator bus add-cluster NAME` makes one per cluster;
     the planner's is named "hub"). Used by every component of the process."""
     nats_identities_dir: Path | None = None
-    """A directory of seeds named <identity>.nk, for a process that runs several identities (`llm-operator up`: the
-    planner as hub.nk, each cluster as <cluster>.nk). Unset with embedded NATS: <data_dir>/bus/<subject_prefix>."""
+    """A directory with a seed per identity, <identity>/nats.nk, for a process that runs several (`llm-operator up`:
+    the planner as hub/nats.nk, each cluster as <cluster>/nats.nk). Unset with embedded NATS:
+    <data_dir>/bus/<subject_prefix>."""
     nats_auth: bool = True
     """The embedded NATS requires an identity of every client (turn off only to debug)."""
     nats_tls_ca: Path | None = None

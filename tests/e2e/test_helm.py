@@ -15,6 +15,7 @@ Every test installs the release itself (after removing any leftover), so each ru
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -88,7 +89,12 @@ def member_args(fleet: Fleet, role: str, hub: Hub | None = None) -> list[str]:
         # Only GPU nodes, all tainted: the agent (no GPU) must tolerate the taint to be scheduled at all.
         args += ["--set-json", f"agent.tolerations=[{json.dumps(GPU_TOLERATION)}]"]
     if hub:
+        # Its own identity on the bus, as `llm-operator bus add-cluster` made it on the hub.
+        hub.grant(cluster.name)
         args += ["--set", f"nats.subjectPrefix={hub.subjects.prefix}"]
+        args += ["--set-file", f"nats.nkeySeed={hub.seed(cluster.name)}"]
+    else:
+        args += ["--set", "nats.nkeySeed=SUAEXAMPLE"]
     return args
 
 
@@ -224,7 +230,7 @@ async def test_lint_template_and_package(fleet: Fleet, tmp_path: Path) -> None:
     assert not any("/ci/" in n for n in names)
 
 
-MEMBER = ["--set", "cluster.name=a", "--set", "nats.url=nats://hub:4222"]
+MEMBER = ["--set", "cluster.name=a", "--set", "nats.url=nats://hub:4222", "--set", "nats.nkeySeed=SUAEXAMPLE"]
 BAD_VALUES = {
     "no cluster name": (["--set", "nats.url=nats://hub:4222"], "at '/cluster': missing property 'name'"),
     "no NATS URL": (["--set", "cluster.name=a"], "at '/nats': missing property 'url'"),
@@ -241,6 +247,10 @@ BAD_VALUES = {
     "unknown log format": ([*MEMBER, "--set", "log.format=yaml"], "at '/log/format': value must be one of"),
     "bad subject prefix": ([*MEMBER, "--set", "nats.subjectPrefix=Fleet"], "at '/nats/subjectPrefix': 'Fleet'"),
     "label value with a space": ([*MEMBER, "--set", "cluster.labels.tier=gold class"], "at '/cluster/labels/tier'"),
+    "no identity on the bus": (
+        ["--set", "cluster.name=a", "--set", "nats.url=nats://hub:4222"],
+        "nats: authentication is on: give this release its NATS identity",
+    ),
     "planner without Postgres": (
         ["--set", "agent.enabled=false", "--set", "planner.enabled=true", "--set", "nats.url=nats://hub:4222"],
         "at '/planner/database/url': minLength",
@@ -349,6 +359,12 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
         env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
         assert env["LLMOP_NATS_URL"] == hub.nats_url
         assert env["LLMOP_SUBJECT_PREFIX"] == hub.subjects.prefix
+        # The chart mounts the seed from its Secret there; here the same seed is read from the hub's copy.
+        assert env["LLMOP_NATS_NKEY_SEED"] == "/etc/llm-operator/nats-nkey/nats.nk"
+        secret = await kubectl.json(role, "get", "secret", "llm-operator-nats-nkey", "-n", NAMESPACE)
+        seed_file = hub.seed(fleet.clusters[role].name)
+        assert base64.b64decode(secret["data"]["nats.nk"]).decode() == seed_file.read_text().strip()
+        env["LLMOP_NATS_NKEY_SEED"] = str(seed_file)
         # Only this test's namespace (other tests share the fleet); the chart's default is all namespaces.
         agent_cmd = [OPERATOR, *container["args"], "--context", "chart-sa", "--kubeconfig", kubeconfig, "-n", namespace]
         # In a pod each process has the chart's metrics port to itself; here both run on one host.
@@ -357,6 +373,7 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
         planner_env = {
             **env,
             "LLMOP_DATABASE_URL": hub.database_url,
+            "LLMOP_NATS_NKEY_SEED": str(hub.seed("hub")),
             "LLMOP_HEARTBEAT_TIMEOUT_SECONDS": "10",
             "LLMOP_METRICS_PORT": str(_free_port()),
         }
