@@ -24,7 +24,6 @@ from pathlib import Path
 from bus.auth import PLANNER, Identity, Role, new_seed, public_key_of, server_config
 from bus.subjects import Subjects, valid_cluster_name
 
-
 SEED_FILE = "nats.nk"
 
 

@@ -43,9 +43,7 @@ def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticC
     cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return Issued(cert_path, key_path)
 
@@ -173,7 +171,7 @@ async def test_anything_else_is_refused(pki: Pki, case: str) -> None:
         "plaintext": None,
     }[case]
     # The server ends the handshake (some cases look like a lost connection to the client, which retries them).
-    with pytest.raises(BusUnavailable, match="refused the connection|cannot reach NATS"):
+    with pytest.raises(BusUnavailable, match=r"refused the connection|cannot reach NATS"):
         await connect(
             pki.server.url,
             name="tls-test",
