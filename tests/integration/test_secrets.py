@@ -73,6 +73,10 @@ def test_failures_never_print_the_password() -> None:
         assert_clean(output)
 
 
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+
+
 async def test_a_running_planner_logs_and_exports_no_password(hub: Hub, tmp_path: Path) -> None:
     """A planner whose database URL carries a password (the session's Postgres trusts the socket, so it is not
     checked, but it is used verbatim) runs, leads, answers /metrics and /readyz; nothing it says shows it."""
@@ -90,7 +94,7 @@ async def test_a_running_planner_logs_and_exports_no_password(hub: Hub, tmp_path
         "LLMOP_LOG_LEVEL": "DEBUG",
     }
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then only polls it
             [sys.executable, "-m", "llm_operator", "planner"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
@@ -110,8 +114,8 @@ async def test_a_running_planner_logs_and_exports_no_password(hub: Hub, tmp_path
 
             metrics = await eventually(leading, timeout=60, what="the planner to lead")
             ready = await get("/readyz")
-        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode(errors="replace")
-        nats_cmdline = Path(f"/proc/{hub.nats.process.pid}/cmdline").read_bytes().decode() if hub.nats.process else ""
+        cmdline = _cmdline(process.pid)
+        nats_cmdline = _cmdline(hub.nats.process.pid) if hub.nats.process else ""
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
