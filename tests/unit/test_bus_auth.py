@@ -66,7 +66,7 @@ def test_bad_names_are_refused(tmp_path: Path) -> None:
         identities.add("fleet", "East_1", Role.CLUSTER)
     with pytest.raises(IdentityError):
         identities.add("fleet", "hub", Role.CLUSTER)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nkey seed"):
         public_key_of("not a seed")
 
 
