@@ -116,6 +116,8 @@ class BusIdentities:
         return self.server_config_path
 
     def _save(self, identities: Iterable[Identity]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # everything below is the owner's only
         items = sorted((i.to_json() for i in identities), key=lambda d: (d["prefix"], d["name"]))
         _write_private(self._registry, json.dumps({"identities": items}, indent=2) + "\n")
         self.write_server_config()

@@ -51,6 +51,7 @@ def test_identities_on_disk(tmp_path: Path) -> None:
     for path in (seed, identities.server_config_path, tmp_path / "bus" / "identities.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(seed.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "bus").stat().st_mode) == 0o700
     public = public_key_of(seed.read_text())
     config = identities.server_config_path.read_text()
     assert public in config and seed.read_text().strip() not in config  # public keys only
