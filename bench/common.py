@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from api.events import Event, ResourceObserved
+from bus.auth import Role
 from llm_operator.embedded import EmbeddedNats, EmbeddedPostgres, _free_port
+from llm_operator.identities import BusIdentities
 from watcher import translate
 
 RESULTS = Path(__file__).parent / "results"
@@ -31,15 +33,37 @@ T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 class Servers:
     nats: EmbeddedNats
     postgres: EmbeddedPostgres
+    identities: BusIdentities | None = None
+    """With authentication: who NATS accepts (the bench itself as an admin; `grant` adds the operator's)."""
+
+    @property
+    def admin_seed(self) -> Path | None:
+        return self.identities.seed_path("bench", "admin_bench") if self.identities else None
+
+    def grant(self, prefix: str, clusters: list[str]) -> Path | None:
+        """The planner's and the clusters' identities; returns LLMOP_NATS_IDENTITIES_DIR (None without auth)."""
+        if self.identities is None:
+            return None
+        self.identities.ensure(prefix, clusters)
+        self.nats.reload()
+        return self.identities.seeds_dir(prefix)
 
 
 @contextmanager
-def servers() -> Iterator[Servers]:
+def servers(*, auth: bool = False) -> Iterator[Servers]:
     with tempfile.TemporaryDirectory(prefix="llmop-bench-") as tmp:
-        nats = EmbeddedNats(Path(tmp) / "nats", port=_free_port()).start()
+        identities = None
+        if auth:
+            identities = BusIdentities(Path(tmp) / "bus")
+            identities.add("bench", "admin_bench", Role.ADMIN)
+        nats = EmbeddedNats(
+            Path(tmp) / "nats",
+            port=_free_port(),
+            auth_config=identities.server_config_path if identities else None,
+        ).start()
         postgres = EmbeddedPostgres(Path(tmp) / "pg", database="bench", cleanup="delete").start()
         try:
-            yield Servers(nats, postgres)
+            yield Servers(nats, postgres, identities)
         finally:
             nats.stop()
             postgres.stop()

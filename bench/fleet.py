@@ -309,6 +309,8 @@ class Operator:
     """Extra LLMOP_* variables; empty: the defaults (heartbeat 2 s, timeout 10 s, recovery hold 5 s)."""
     planner: Component | None = None
     agents: dict[str, Component] = field(default_factory=dict)
+    identities_dir: Path | None = None
+    """LLMOP_NATS_IDENTITIES_DIR: each process connects as the planner or its cluster (None: no authentication)."""
 
     def _signing(self) -> dict[str, str]:
         """The planner's signing key (generated once into the logs directory) and the agents' pinned public key."""
@@ -330,6 +332,8 @@ class Operator:
         )
         if self.fleet is not None:
             env["LLMOP_KUBECONFIG"] = str(self.fleet.kubeconfig)
+        if self.identities_dir is not None:
+            env["LLMOP_NATS_IDENTITIES_DIR"] = str(self.identities_dir)
         return env
 
     async def start_planner(self, wrap: Sequence[str] = ()) -> Component:

@@ -192,11 +192,13 @@ def _handlers(timeline: Timeline) -> tuple[Any, Any, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with bench_fleet(keep=args.keep_fleet) as fleet, servers() as hub, log_dir(args.logs) as logs:
+    with bench_fleet(keep=args.keep_fleet) as fleet, servers(auth=not args.no_auth) as hub, log_dir(args.logs) as logs:
         origin, target = await fleet.kube("cpu"), await fleet.kube("a100")
         mixed = await fleet.kube("mixed")
         operator = Operator(fleet, hub.nats.url, hub.postgres.url("bench"), Path(logs))
-        nc = await nats.connect(hub.nats.url)
+        operator.identities_dir = hub.grant(operator.prefix, [fleet.name(r) for r in fleet.clusters])
+        seed = hub.admin_seed
+        nc = await nats.connect(hub.nats.url, nkeys_seed=str(seed) if seed else None)
         try:
             await create_namespace([origin, target, mixed], NAMESPACE)
             await operator.start()
@@ -402,6 +404,7 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--keep-fleet", action="store_true", help="leave the bench fleet running for the next run")
     parser.add_argument("--logs", type=Path, help="keep the operator's logs in this directory")
+    parser.add_argument("--no-auth", action="store_true", help="NATS without authentication (to compare)")
     parser.add_argument("--plot-only", action="store_true", help="redraw docs/latency.svg from the last results")
     arguments = parser.parse_args()
     run_main(lambda: main(arguments))

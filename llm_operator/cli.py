@@ -19,10 +19,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from bus.connection import redact_url
 from llm_operator import logs
 from llm_operator.gc_tuning import tune_gc
 from llm_operator.runtime import Member, OperatorError, hub_urls, run_components
 from llm_operator.settings import Settings, parse_cluster, parse_labels
+from store.engine import describe
 
 app = typer.Typer(
     name="llm-operator",
@@ -202,8 +204,8 @@ def up(
         settings = settings.model_copy(update=update)
 
     async def run() -> None:
-        async with hub_urls(settings) as (nats, db):
-            logger.info("hub: NATS %s, Postgres %s", nats, db.split("@")[-1])
+        async with hub_urls(settings, clusters=[m.name for m in members]) as (nats, db):
+            logger.info("hub: NATS %s, Postgres %s", redact_url(nats), describe(db))
             logger.info("members: %s", ", ".join(f"{m.name} ({m.context})" for m in members))
             await run_components(
                 settings=settings,
@@ -347,12 +349,13 @@ def migrate(
     logs.configure(level="INFO")
 
     async def run() -> None:
+        from llm_operator.runtime import database_tls
         from store import schema
         from store.engine import open_engine
         from store.errors import StoreError
 
         async with hub_urls(settings, need_nats=False) as (_, db):
-            engine = open_engine(db)
+            engine = open_engine(db, tls=database_tls(settings))
             try:
                 if downgrade:
                     await schema.downgrade(engine, downgrade)
@@ -425,6 +428,15 @@ def install_crds_command(
 
 keys_app = typer.Typer(help="The planner's plan-signing keys (Ed25519): generate, show the public key.")
 app.add_typer(keys_app, name="keys")
+
+
+def _register_bus() -> None:
+    from llm_operator.buscli import bus_app
+
+    app.add_typer(bus_app, name="bus", help="Identities on the bus: add or revoke a cluster, the server's auth config.")
+
+
+_register_bus()
 
 
 @keys_app.command("generate")

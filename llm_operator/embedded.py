@@ -12,9 +12,11 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import sysconfig
@@ -59,11 +61,39 @@ def nats_server_binary() -> Path:
 class EmbeddedNats:
     data_dir: Path
     port: int = 0
+    auth_config: Path | None = None
+    """The ``authorization`` block to include (from `BusIdentities`); None: no authentication (tests of the
+    unauthenticated path and benchmarks only — `llm-operator up` always passes one)."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """With cert and key: clients must use TLS; with a CA too, they must present a certificate it signed."""
     process: Process | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "nats.conf"
+
+    def _config(self) -> str:
+        """The server's configuration: everything in a file, so nothing sensitive is on its command line."""
+        lines = [
+            f"listen: {json.dumps(f'127.0.0.1:{self.port}')}",
+            f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}",
+            f"pid_file: {json.dumps(str(self.data_dir / 'nats.pid'))}",
+        ]
+        if self.tls_cert and self.tls_key:
+            tls = {"cert_file": str(self.tls_cert), "key_file": str(self.tls_key)}
+            if self.tls_ca:
+                tls |= {"ca_file": str(self.tls_ca), "verify": True}  # type: ignore[dict-item]
+            lines.append(f"tls: {json.dumps(tls)}")
+        if self.auth_config is not None:
+            # nats-server resolves an include relative to the including file.
+            lines.append(f"include {json.dumps(os.path.relpath(self.auth_config, self.data_dir))}")
+        return "\n".join(lines) + "\n"
 
     def start(self, *, timeout: float = 20.0) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,24 +103,16 @@ class EmbeddedNats:
             port = int(port_file.read_text())
             if _pid_alive(int(pid_file.read_text() or 0)) and _port_open(port):
                 self.port = port
+                self.config_path.write_text(self._config())
+                self.reload()  # it may have been started with older identities
                 logger.info("reusing embedded NATS at %s (data in %s)", self.url, self.data_dir)
                 return self
         if self.port == 0:
             self.port = 4222 if not _port_open(4222) else _free_port()
+        self.config_path.write_text(self._config())
         self.process = Process(
             "nats-server",
-            [
-                str(nats_server_binary()),
-                "-js",
-                "-sd",
-                str(self.data_dir / "jetstream"),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "--pid",
-                str(pid_file),
-            ],
+            [str(nats_server_binary()), "-c", str(self.config_path)],
             self.data_dir / "nats.log",
             stop_timeout=10.0,
         )
@@ -103,8 +125,31 @@ class EmbeddedNats:
                 raise EmbeddedError(f"embedded NATS did not start within {timeout:.0f}s; see {self.data_dir}")
             time.sleep(0.05)
         port_file.write_text(str(self.port))
-        logger.info("embedded NATS with JetStream at %s (data in %s)", self.url, self.data_dir)
+        logger.info(
+            "embedded NATS with JetStream at %s (data in %s, authentication %s)",
+            self.url,
+            self.data_dir,
+            "on" if self.auth_config is not None else "OFF",
+        )
         return self
+
+    def reload(self, *, timeout: float = 10.0) -> None:
+        """Make the running server read its configuration again (added or revoked identities) and wait until it
+        has: a revoked client is closed, every other one stays connected."""
+        running = self.process.pid if self.process is not None else None
+        pid = running or int((self.data_dir / "nats.pid").read_text() or 0)
+        log = self.data_dir / "nats.log"
+        before = _count(log, RELOADED), _count(log, RELOAD_FAILED)
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while True:
+            if _count(log, RELOAD_FAILED) > before[1]:
+                raise EmbeddedError(f"embedded NATS refused its new configuration; see {log}")
+            if _count(log, RELOADED) > before[0]:
+                return
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"embedded NATS did not reload within {timeout:.0f}s; see {log}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -116,6 +161,17 @@ class EmbeddedNats:
         if self.process is not None:
             self.process.kill()
             self.process = None
+
+
+RELOADED = b"Reloaded server configuration"
+RELOAD_FAILED = b"Failed to reload"
+
+
+def _count(log: Path, needle: bytes) -> int:
+    try:
+        return log.read_bytes().count(needle)
+    except FileNotFoundError:
+        return 0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -186,4 +242,6 @@ def asyncpg_url(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
-    raise EmbeddedError(f"not a Postgres URL: {url!r} (expected postgresql://user:pass@host:5432/db)")
+    scheme = url.partition("://")[0] if "://" in url else "no scheme"
+    # Never echo the URL: it may carry a password.
+    raise EmbeddedError(f"not a Postgres URL ({scheme[:20]!r}): expected postgresql://user:pass@host:5432/db")

@@ -6,6 +6,8 @@ Guarantees:
 - /readyz checks the real dependencies each time it is asked — NATS connected, the database answering (planner),
   every member cluster's apiserver answering (agents) — and says which one failed, with 503.
 - Checks are bounded by a timeout, so a probe never hangs.
+- It listens on 127.0.0.1 unless told otherwise (`Settings.metrics_host`; the chart sets 0.0.0.0 for the kubelet).
+- Failure messages name the dependency, never a credential.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bus.connection import Client
 from kubeapi import Kube
+from llm_operator.logs import redact_text
 from store.engine import Engine, ping
 
 logger = logging.getLogger(__name__)
@@ -26,16 +29,22 @@ logger = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[str | None]]  # None: fine; otherwise what is wrong
 
 
-def checks_for(*, nc: Client, engine: Engine | None, kubes: Sequence[Kube]) -> list[Check]:
+def _clients(nc: Client | Sequence[Client]) -> list[Client]:
+    return list(nc) if isinstance(nc, Sequence) else [nc]
+
+
+def checks_for(*, nc: Client | Sequence[Client], engine: Engine | None, kubes: Sequence[Kube]) -> list[Check]:
+    clients = _clients(nc)
+
     async def nats_connected() -> str | None:
-        return None if nc.is_connected else "NATS is not connected"
+        return None if all(c.is_connected for c in clients) else "NATS is not connected"
 
     async def database() -> str | None:
         assert engine is not None
         try:
             await ping(engine)
         except Exception as exc:  # any driver error means "not ready"; the message says which
-            return f"database unreachable: {exc}"
+            return f"database unreachable: {redact_text(str(exc))}"
         return None
 
     def apiserver(kube: Kube) -> Check:
@@ -55,12 +64,14 @@ def checks_for(*, nc: Client, engine: Engine | None, kubes: Sequence[Kube]) -> l
     return checks
 
 
-def application(*, nc: Client, checks: Sequence[Check], timeout: float = 3.0) -> web.Application:
+def application(*, nc: Client | Sequence[Client], checks: Sequence[Check], timeout: float = 3.0) -> web.Application:
+    clients = _clients(nc)
+
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        if nc.is_closed:
+        if any(c.is_closed for c in clients):
             return web.Response(status=503, text="NATS client closed\n")
         return web.Response(text="ok\n")
 
@@ -84,13 +95,13 @@ def application(*, nc: Client, checks: Sequence[Check], timeout: float = 3.0) ->
     return app
 
 
-async def serve(app: web.Application, *, port: int, host: str = "0.0.0.0") -> None:
+async def serve(app: web.Application, *, port: int, host: str = "127.0.0.1") -> None:
     """Serve until cancelled."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    logger.info("serving /metrics, /healthz and /readyz on port %d", port)
+    logger.info("serving /metrics, /healthz and /readyz on %s:%d", host, port)
     try:
         await anyio.sleep_forever()
     finally:

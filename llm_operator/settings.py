@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.streams import StreamLimits, StreamRole
@@ -116,6 +116,44 @@ class Settings(BaseSettings):
     log_format: str = "text"
     """text or json."""
     log_level: str = "INFO"
+
+    # --- Security: identities on the bus, TLS, where the operations endpoint listens (issue 16) ---------------
+    nats_nkey_seed: Path | None = None
+    """This process's NATS identity: an nkey seed file (`llm-operator bus add-cluster NAME` makes one per cluster;
+    the planner's is named "hub"). Used by every component of the process."""
+    nats_identities_dir: Path | None = None
+    """A directory with a seed per identity, <identity>/nats.nk, for a process that runs several (`llm-operator up`:
+    the planner as hub/nats.nk, each cluster as <cluster>/nats.nk). Unset with embedded NATS:
+    <data_dir>/bus/<subject_prefix>."""
+    nats_auth: bool = True
+    """The embedded NATS requires an identity of every client (turn off only to debug)."""
+    nats_tls_ca: Path | None = None
+    """CA bundle (PEM) that signed the NATS server's certificate; setting it (or a client certificate) turns TLS on."""
+    nats_tls_cert: Path | None = None
+    """Client certificate (PEM) for NATS servers that verify clients (mutual TLS)."""
+    nats_tls_key: Path | None = None
+    """Private key (PEM) of nats_tls_cert."""
+    nats_tls_hostname: str | None = None
+    """Name to check the NATS server's certificate against, when it differs from the URL's host."""
+    database_tls_ca: Path | None = None
+    """CA bundle (PEM) that signed Postgres's certificate; setting it (or a client certificate) turns TLS on,
+    with the server's certificate and host name verified."""
+    database_tls_cert: Path | None = None
+    """Client certificate (PEM) for Postgres servers that verify clients (hostssl ... cert)."""
+    database_tls_key: Path | None = None
+    """Private key (PEM) of database_tls_cert."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics, /healthz and /readyz listen on; 0.0.0.0 to let a kubelet or Prometheus reach them."""
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        for cert, key, what in (
+            (self.nats_tls_cert, self.nats_tls_key, "nats_tls"),
+            (self.database_tls_cert, self.database_tls_key, "database_tls"),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(f"{what}_cert and {what}_key go together: set both or neither")
+        return self
 
     @field_validator("log_format")
     @classmethod

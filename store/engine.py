@@ -1,10 +1,15 @@
 """The database handle every component that needs Postgres is given: an async SQLAlchemy engine.
 
 Guarantees: `Engine` and `Connection` are the types the rest of the code names, so that no package but the store
-imports SQLAlchemy; `open_engine` builds the pool the same way everywhere; `describe` never shows a password.
+imports SQLAlchemy; `open_engine` builds the pool the same way everywhere (with TLS when given a `DatabaseTls`:
+the server's certificate and host name are verified); `describe` never shows a password.
 """
 
 from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -15,8 +20,26 @@ Engine = AsyncEngine
 Connection = AsyncConnection
 
 
-def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
-    return create_async_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+@dataclass(frozen=True)
+class DatabaseTls:
+    """TLS to Postgres: the CA that signed the server's certificate, and our client certificate if it wants one."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca) if self.ca else None)
+        if self.cert:
+            context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        return context
+
+
+def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5, tls: DatabaseTls | None = None) -> Engine:
+    connect_args = {"ssl": tls.context()} if tls is not None else {}
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, connect_args=connect_args
+    )
 
 
 def describe(url_or_engine: str | Engine) -> str:

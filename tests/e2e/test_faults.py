@@ -19,6 +19,7 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from llm_operator.identities import BusIdentities
 from llm_operator.processes import Process, operator_command
 from store import schema
 from tests.fixtures.operator import Kubectl, RunningOperator, eventually, signing_key
@@ -55,10 +56,11 @@ def model() -> dict[str, Any]:
     }
 
 
-def env_for(*, nats_url: str, database_url: str, prefix: str, kubeconfig: Path) -> dict[str, str]:
+def env_for(*, nats_url: str, database_url: str, prefix: str, kubeconfig: Path, identities_dir: Path) -> dict[str, str]:
     return {
         **os.environ,
         "LLMOP_NATS_URL": nats_url,
+        "LLMOP_NATS_IDENTITIES_DIR": str(identities_dir),  # each process connects as the planner or its cluster
         "LLMOP_DATABASE_URL": database_url,
         "LLMOP_SUBJECT_PREFIX": prefix,
         "LLMOP_KUBECONFIG": str(kubeconfig),
@@ -96,6 +98,7 @@ async def test_killing_the_leading_planner_mid_stream_hands_over_without_lost_or
         database_url=hub.database_url,
         prefix=hub.subjects.prefix,
         kubeconfig=kubectl.fleet.kubeconfig,
+        identities_dir=hub.identities_dir,
     )
     planners = [
         Process(f"planner-{i}", operator_command("planner"), tmp_path / f"planner-{i}.log", env=env) for i in range(2)
@@ -181,7 +184,8 @@ class Chaos:
     """Every component as a killable process: 2 planners, a watcher and an applier per cluster, NATS, Postgres."""
 
     def __init__(self, *, root: Path, kubectl: Kubectl, namespace: str) -> None:
-        self.nats = KillableNats(root / "nats")
+        self.identities = BusIdentities(root / "bus")
+        self.nats = KillableNats(root / "nats", auth_config=self.identities.server_config_path)
         self.postgres = KillablePostgres(root / "pg" / "data")
         self.kubectl = kubectl
         self.namespace = namespace
@@ -195,6 +199,7 @@ class Chaos:
         return self.postgres.url("llm_operator")
 
     async def start(self) -> None:
+        self.identities.ensure(self.prefix, [c.name for c in self.kubectl.fleet.clusters.values()])
         self.nats.start()
         self.postgres.start()
         self.postgres.psql("CREATE DATABASE llm_operator")
@@ -203,7 +208,11 @@ class Chaos:
         await engine.dispose()
         fleet = self.kubectl.fleet
         env = env_for(
-            nats_url=self.nats.url, database_url=self.database_url, prefix=self.prefix, kubeconfig=fleet.kubeconfig
+            nats_url=self.nats.url,
+            database_url=self.database_url,
+            prefix=self.prefix,
+            kubeconfig=fleet.kubeconfig,
+            identities_dir=self.identities.seeds_dir(self.prefix),
         )
         for i in range(2):
             self.procs[f"planner-{i}"] = Process(

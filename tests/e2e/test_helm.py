@@ -15,6 +15,7 @@ Every test installs the release itself (after removing any leftover), so each ru
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -92,7 +93,12 @@ def member_args(fleet: Fleet, role: str, hub: Hub | None = None) -> list[str]:
         # Only GPU nodes, all tainted: the agent (no GPU) must tolerate the taint to be scheduled at all.
         args += ["--set-json", f"agent.tolerations=[{json.dumps(GPU_TOLERATION)}]"]
     if hub:
+        # Its own identity on the bus, as `llm-operator bus add-cluster` made it on the hub.
+        hub.grant(cluster.name)
         args += ["--set", f"nats.subjectPrefix={hub.subjects.prefix}"]
+        args += ["--set-file", f"nats.nkeySeed={hub.seed(cluster.name)}"]
+    else:
+        args += ["--set", "nats.nkeySeed=SUAEXAMPLE"]
     return args
 
 
@@ -292,6 +298,8 @@ MEMBER = [
     "--set",
     "nats.url=nats://hub:4222",
     "--set",
+    "nats.nkeySeed=SUAEXAMPLE",
+    "--set",
     f"planSigning.publicKeys[0]={PUBLIC_KEY}",
 ]
 BAD_VALUES = {
@@ -322,6 +330,17 @@ BAD_VALUES = {
     "tenant policy with a misspelt key": (
         [*MEMBER, "--set-json", 'tenantPolicy.rules=[{"namespace":["a"]}]'],
         "additional properties 'namespace' not allowed",
+    ),
+    "no identity on the bus": (
+        [
+            "--set",
+            "cluster.name=a",
+            "--set",
+            "nats.url=nats://hub:4222",
+            "--set",
+            f"planSigning.publicKeys[0]={PUBLIC_KEY}",
+        ],
+        "nats: authentication is on: give this release its NATS identity",
     ),
     "planner without Postgres": (
         ["--set", "agent.enabled=false", "--set", "planner.enabled=true", "--set", "nats.url=nats://hub:4222"],
@@ -441,6 +460,12 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
             env = {**base_env, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
             assert env["LLMOP_NATS_URL"] == hub.nats_url
             assert env["LLMOP_SUBJECT_PREFIX"] == hub.subjects.prefix
+            # The chart mounts the seed from its Secret there; here the same seed is read from the hub's copy.
+            assert env["LLMOP_NATS_NKEY_SEED"] == "/etc/llm-operator/nats-nkey/nats.nk"
+            secret = await kubectl.json(role, "get", "secret", "llm-operator-nats-nkey", "-n", NAMESPACE)
+            seed_file = hub.seed(fleet.clusters[role].name)
+            assert base64.b64decode(secret["data"]["nats.nk"]).decode() == seed_file.read_text().strip()
+            env["LLMOP_NATS_NKEY_SEED"] = str(seed_file)
             env["LLMOP_TENANT_POLICY"] = str(policy_file)  # the pod's mount of the ConfigMap
             # In a pod each process has the chart's metrics port to itself; here they all run on one host.
             ports[component] = _free_port()
@@ -451,6 +476,7 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
         planner_env = {
             **commands["watcher"][1],
             "LLMOP_DATABASE_URL": hub.database_url,
+            "LLMOP_NATS_NKEY_SEED": str(hub.seed("hub")),
             "LLMOP_HEARTBEAT_TIMEOUT_SECONDS": "10",
             "LLMOP_METRICS_PORT": str(_free_port()),
             "LLMOP_PLAN_SIGNING_KEY": str(signing_key()[0]),

@@ -78,6 +78,7 @@ def test_a_missing_kubeconfig_context_lists_the_ones_there(hub: Hub, tmp_path: P
         "users: [{name: u, user: {token: t}}]\ncontexts: [{name: real, context: {cluster: c, user: u}}]\n"
         "current-context: real\n"
     )
+    hub.grant("east", planner=False)
     line = one_line_error(
         run(
             "agent",
@@ -89,12 +90,14 @@ def test_a_missing_kubeconfig_context_lists_the_ones_there(hub: Hub, tmp_path: P
             hub.nats_url,
             "--kubeconfig",
             str(kubeconfig),
+            env={"LLMOP_NATS_NKEY_SEED": str(hub.seed("east"))},
         )
     )
     assert "has no context 'typo' (it has: real)" in line
 
 
 def test_a_missing_kubeconfig_file(hub: Hub, tmp_path: Path) -> None:
+    hub.grant("east", planner=False)
     line = one_line_error(
         run(
             "agent",
@@ -106,6 +109,7 @@ def test_a_missing_kubeconfig_file(hub: Hub, tmp_path: Path) -> None:
             hub.nats_url,
             "--kubeconfig",
             str(tmp_path / "absent"),
+            env={"LLMOP_NATS_NKEY_SEED": str(hub.seed("east"))},
         )
     )
     assert "does not exist" in line
@@ -118,6 +122,7 @@ def test_an_unreachable_cluster(hub: Hub, tmp_path: Path) -> None:
         "users: [{name: u, user: {token: t}}]\ncontexts: [{name: east, context: {cluster: c, user: u}}]\n"
         "current-context: east\n"
     )
+    hub.grant("east", planner=False)
     line = one_line_error(
         run(
             "agent",
@@ -129,6 +134,7 @@ def test_an_unreachable_cluster(hub: Hub, tmp_path: Path) -> None:
             hub.nats_url,
             "--kubeconfig",
             str(kubeconfig),
+            env={"LLMOP_NATS_NKEY_SEED": str(hub.seed("east"))},
         )
     )
     assert "cluster east: apiserver unreachable" in line

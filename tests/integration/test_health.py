@@ -27,8 +27,13 @@ async def get(port: int, path: str) -> tuple[int, str]:
 @pytest.fixture
 async def planner_port(hub: Hub) -> AsyncIterator[int]:
     port = _free_port()
+    hub.grant()
     settings = Settings(
-        nats_url=hub.nats_url, database_url=hub.database_url, subject_prefix=hub.subjects.prefix, metrics_port=port
+        nats_url=hub.nats_url,
+        nats_identities_dir=hub.identities_dir,
+        database_url=hub.database_url,
+        subject_prefix=hub.subjects.prefix,
+        metrics_port=port,
     )
     async with anyio.create_task_group() as tg:
         started = anyio.Event()
@@ -61,7 +66,7 @@ async def test_a_running_planner_is_healthy_ready_and_exports_metrics(planner_po
 
 
 async def test_readyz_names_the_dependency_that_is_down(hub: Hub) -> None:
-    nc = await connect_nats(hub.nats_url, name="health-test")
+    nc = await connect_nats(hub.nats_url, name="health-test", nkey_seed=hub.admin_seed)
     dead = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/nothing")
     port = _free_port()
     app = health.application(nc=nc, checks=health.checks_for(nc=nc, engine=dead, kubes=[]), timeout=5)

@@ -19,7 +19,7 @@ from typer.main import get_command
 from llm_operator.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_SERVICES = ("migrate", "planner", "agent-a", "agent-b")
+OPERATOR_SERVICES = ("bus-init", "migrate", "planner", "agent-a", "agent-b")
 AGENTS = ("agent-a", "agent-b")
 
 
@@ -38,7 +38,7 @@ def env(service: dict[str, Any]) -> dict[str, str]:
 
 def test_services_and_volumes(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {"nats", "postgres", *OPERATOR_SERVICES}
-    assert set(compose["volumes"]) == {"nats-data", "postgres-data"}
+    assert set(compose["volumes"]) == {"bus", "nats-data", "postgres-data"}
 
 
 def test_nats_runs_jetstream_on_its_volume(compose: dict[str, Any]) -> None:
@@ -48,7 +48,7 @@ def test_nats_runs_jetstream_on_its_volume(compose: dict[str, Any]) -> None:
     assert "-js" in command or "--jetstream" in command
     store = command[command.index("-sd") + 1]
     assert f"nats-data:{store}" in nats["volumes"]
-    assert "4222:4222" in nats["ports"]  # member clusters' agents dial in
+    assert "4222:4222" in nats["ports"]  # member clusters' agents dial in (authenticated, below)
     assert "js-enabled-only=true" in " ".join(nats["healthcheck"]["test"])
 
 
@@ -80,6 +80,8 @@ def test_start_order(compose: dict[str, Any]) -> None:
         return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
 
     assert conditions("migrate") == {"postgres": "service_healthy"}
+    assert conditions("nats") == {"bus-init": "service_completed_successfully"}  # identities exist first
+    assert services["bus-init"]["restart"] == "no"
     assert services["migrate"]["restart"] == "no"  # one-shot
     assert conditions("planner") == {
         "nats": "service_healthy",
@@ -98,6 +100,8 @@ def test_commands_are_cli_commands(compose: dict[str, Any]) -> None:
     for name in OPERATOR_SERVICES:
         assert services[name]["command"][0] in commands, name
     assert services["migrate"]["command"] == ["migrate"]
+    assert services["bus-init"]["command"][:2] == ["bus", "init"]
+    assert "init" in get_command(app).commands["bus"].commands  # type: ignore[attr-defined]
     assert services["planner"]["command"] == ["planner"]
     agent_options = {p.opts[0] for p in get_command(app).commands["agent"].params}  # type: ignore[attr-defined]
     for agent in AGENTS:
@@ -114,7 +118,9 @@ def test_environment_hub_and_agents(compose: dict[str, Any]) -> None:
     planner = env(services["planner"])
     assert planner["LLMOP_DATABASE_URL"] == db_url
     assert planner["LLMOP_NATS_URL"] == "nats://nats:4222"
-    assert "volumes" not in services["planner"]  # the hub holds no cluster credentials
+    assert [identity_mount(services["planner"])] == services["planner"]["volumes"]  # no cluster's credentials
+    assert identity_mount(services["planner"])["volume"]["subpath"] == "bus/${LLMOP_SUBJECT_PREFIX:-fleet}/hub"
+    assert planner["LLMOP_NATS_NKEY_SEED"] == "/identity/nats.nk"
     # The planner signs plans with a key mounted as a secret; the agents pin its public key.
     assert planner["LLMOP_PLAN_SIGNING_KEY"] == "/run/secrets/plan-signing"
     assert services["planner"]["secrets"] == ["plan-signing"]
@@ -128,10 +134,35 @@ def test_environment_hub_and_agents(compose: dict[str, Any]) -> None:
         assert "LLMOP_DATABASE_URL" not in agent_env  # agents never see the event store
         assert agent_env["LLMOP_PLAN_PUBLIC_KEYS"] == "${LLMOP_PLAN_PUBLIC_KEYS:-[]}"
         assert "secrets" not in service  # the private key stays with the planner
-        assert service["volumes"] == ["./kubeconfigs:/kubeconfigs:ro"]
+        assert service["volumes"][0] == "./kubeconfigs:/kubeconfigs:ro"
+        # Its own seed only: the subpath names this agent's cluster (the same variable as --cluster).
+        cluster = service["command"][service["command"].index("--cluster") + 1]
+        assert identity_mount(service)["volume"]["subpath"] == "bus/${LLMOP_SUBJECT_PREFIX:-fleet}/" + cluster
+        assert agent_env["LLMOP_NATS_NKEY_SEED"] == "/identity/nats.nk"
         assert service["profiles"] == ["agents"]  # opt-in: a plain `docker compose up` starts the hub only
     clusters = [services[a]["command"][services[a]["command"].index("--cluster") + 1] for a in AGENTS]
     assert len(set(clusters)) == len(clusters)
+
+
+def identity_mount(service: dict[str, Any]) -> dict[str, Any]:
+    [mount] = [v for v in service["volumes"] if isinstance(v, dict) and v["target"] == "/identity"]
+    assert mount["source"] == "bus" and mount["read_only"] is True
+    return mount
+
+
+def test_nats_requires_the_identities_bus_init_makes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    nats = services["nats"]
+    command = nats["command"]
+    assert command[command.index("-c") + 1] == "/auth/auth.conf"
+    [auth] = [v for v in nats["volumes"] if isinstance(v, dict)]
+    assert (auth["source"], auth["target"], auth["read_only"]) == ("bus", "/auth", True)
+    assert auth["volume"]["subpath"] == "bus/_server"  # public keys only, no seeds
+    init = services["bus-init"]["command"]
+    assert init[init.index("--dir") + 1] == "/home/llmop/bus"
+    assert "bus:/home/llmop" in services["bus-init"]["volumes"]
+    clusters = {init[i + 1] for i, arg in enumerate(init) if arg == "--cluster"}
+    assert clusters == {services[a]["command"][services[a]["command"].index("--cluster") + 1] for a in AGENTS}
 
 
 # --------------------------------------------------------------------------------------------- Dockerfile

@@ -100,6 +100,7 @@ app.kubernetes.io/part-of: llm-operator
 - name: LLMOP_NATS_CREDENTIALS
   value: /etc/llm-operator/nats/nats.creds
 {{- end }}
+{{ include "llm-operator.securityEnv" . }}
 {{- end }}
 
 {{- define "llm-operator.natsVolumeMount" -}}
@@ -108,6 +109,7 @@ app.kubernetes.io/part-of: llm-operator
   mountPath: /etc/llm-operator/nats
   readOnly: true
 {{- end }}
+{{ include "llm-operator.securityVolumeMounts" . }}
 {{- end }}
 
 {{- define "llm-operator.volumes" -}}
@@ -123,6 +125,7 @@ app.kubernetes.io/part-of: llm-operator
       - key: {{ include "llm-operator.natsSecretKey" . }}
         path: nats.creds
 {{- end }}
+{{ include "llm-operator.securityVolumes" . }}
 {{- end }}
 
 {{/* Pod annotations: the user's, plus checksums of the chart-managed Secrets so that changing one rolls the pods.
@@ -132,6 +135,9 @@ app.kubernetes.io/part-of: llm-operator
 {{- $out := dict }}
 {{- if and $v.nats.credentials (not $v.nats.existingSecret) }}
 {{- $_ := set $out "checksum/nats-credentials" ($v.nats.credentials | sha256sum) }}
+{{- end }}
+{{- if and $v.nats.nkeySeed (not $v.nats.nkeySeedSecret) }}
+{{- $_ := set $out "checksum/nats-nkey" ($v.nats.nkeySeed | sha256sum) }}
 {{- end }}
 {{- if and .database $v.planner.database.url (not $v.planner.database.existingSecret) }}
 {{- $_ := set $out "checksum/database" ($v.planner.database.url | sha256sum) }}
@@ -147,6 +153,7 @@ app.kubernetes.io/part-of: llm-operator
 {{- if and .Values.agent.enabled (eq (toString .Values.cluster.name) "hub") }}
 {{- fail "cluster.name: \"hub\" is reserved for the hub's own subjects; choose another name for this cluster" }}
 {{- end }}
+{{- include "llm-operator.validateSecurity" . }}
 {{- end }}
 
 {{/* /metrics, /healthz and /readyz of every operator container, and the probes that use them. */}}
