@@ -6,7 +6,9 @@ Guarantees:
   ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``, so the server checks the filter); it may subscribe only to
   its own inbox prefix (replies, PubAcks and pulled plans travel there). It gets no other JetStream API: no
   ``STREAM.MSG.GET``, no unfiltered consumer, no other cluster's consumer. The planner may publish plans and run
-  the streams and its consumers, and may not publish events or dead letters (it cannot forge a cluster's word).
+  the streams and its consumers; of events it may publish only on its clusters' behalf what it must (a failed
+  apply of a plan too large to send, planner.outbox), and no dead letters. The hub is the fleet's root of trust
+  anyway: it signs the plans every applier runs.
   An admin has no restriction (tests and operators' tools only).
 - `server_config` renders the ``authorization`` block of nats-server's configuration for a set of identities; a
   server given it refuses every connection without one of those keys.
@@ -77,6 +79,7 @@ def permissions(subjects: Subjects, role: Role, name: str) -> dict[str, Any] | N
         "publish": {
             "allow": [
                 subjects.all_plans,
+                subjects.all_events,  # planner.outbox reports a parked plan as that cluster's failed apply
                 "$JS.API.INFO",
                 "$JS.API.STREAM.NAMES",
                 *(f"$JS.API.STREAM.*.{s}" for s in streams),
@@ -84,7 +87,7 @@ def permissions(subjects: Subjects, role: Role, name: str) -> dict[str, Any] | N
                 *(f"$JS.API.CONSUMER.*.{s}.>" for s in streams),
                 *(f"$JS.FC.{s}.>" for s in streams),
             ],
-            "deny": [subjects.all_events, subjects.all_dead_letters],
+            "deny": [subjects.all_dead_letters],
         },
         "subscribe": {"allow": [inbox]},
     }

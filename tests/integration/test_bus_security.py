@@ -69,7 +69,7 @@ async def test_a_cluster_publishes_only_its_own_events(hub: Hub, clients: dict[s
         await publish(a, hub.subjects.dead_letters("b"), b"forged", msg_id="a-4", timeout=DENIED)
 
 
-async def test_only_the_planner_publishes_plans_and_it_cannot_forge_events(
+async def test_only_the_planner_publishes_plans_and_it_cannot_forge_dead_letters(
     hub: Hub, clients: dict[str, NatsClient]
 ) -> None:
     with pytest.raises(BusUnavailable):
@@ -79,7 +79,7 @@ async def test_only_the_planner_publishes_plans_and_it_cannot_forge_events(
     planner = _js(clients[PLANNER])
     assert await publish(planner, hub.subjects.plans("a"), b"plan for a", msg_id="p-3", timeout=5)
     with pytest.raises(BusUnavailable):
-        await publish(planner, hub.subjects.events("a"), b"forged event", msg_id="p-4", timeout=DENIED)
+        await publish(planner, hub.subjects.dead_letters("a"), b"forged letter", msg_id="p-4", timeout=DENIED)
 
 
 async def test_a_cluster_consumes_its_own_plans_and_cannot_read_anothers(
