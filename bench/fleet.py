@@ -327,6 +327,8 @@ class Operator:
                 "LLMOP_DATABASE_URL": self.database_url,
                 "LLMOP_SUBJECT_PREFIX": self.prefix,
                 "LLMOP_METRICS_PORT": str(port),
+                # kwok pods serve no HTTP: scraping their made-up addresses would send packets off this machine.
+                "LLMOP_LOAD_INTERVAL_SECONDS": "0",
                 **self.settings,
             }
         )

@@ -70,6 +70,8 @@ def env_for(*, nats_url: str, database_url: str, prefix: str, kubeconfig: Path, 
         "LLMOP_HEARTBEAT_SECONDS": "0.5",
         "LLMOP_HEARTBEAT_TIMEOUT_SECONDS": "8",
         "LLMOP_RECOVERY_HOLD_SECONDS": "2",
+        # kwok pods serve no HTTP: scraping their made-up addresses would send packets off this machine.
+        "LLMOP_LOAD_INTERVAL_SECONDS": "0",
         "PYTHONUNBUFFERED": "1",
     }
 

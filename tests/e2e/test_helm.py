@@ -467,6 +467,7 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
             assert base64.b64decode(secret["data"]["nats.nk"]).decode() == seed_file.read_text().strip()
             env["LLMOP_NATS_NKEY_SEED"] = str(seed_file)
             env["LLMOP_TENANT_POLICY"] = str(policy_file)  # the pod's mount of the ConfigMap
+            env["LLMOP_LOAD_INTERVAL_SECONDS"] = "0"  # kwok pods serve no HTTP: no packets to their made-up addresses
             # In a pod each process has the chart's metrics port to itself; here they all run on one host.
             ports[component] = _free_port()
             env["LLMOP_METRICS_PORT"] = str(ports[component])
