@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llm_operator.gc_tuning import tune_gc
-from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
+from planner.capacity import NodeFacts, PodUsage, Reservation, free_capacity
+from planner.fleet import FleetCapacity
 from planner.placement import (
     ClusterInfo,
     Clusters,

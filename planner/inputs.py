@@ -15,7 +15,7 @@ from typing import cast
 from api.events import ApplyOutcome, ApplyReported, PlacementRole
 from api.keys import DeploymentKey
 from api.plans import DeploymentRef, WorkloadPlan
-from planner.capacity import FleetCapacity
+from planner.fleet import FleetCapacity
 from planner.placement import Clusters
 from planner.reconcile import DeploymentState, Inputs, PlacementState, WorkloadState
 from store.rows import DeploymentRow, ModelRow, PlacementRow, PlanRow, WorkloadRow

@@ -20,7 +20,8 @@ from typing import cast
 
 from api.events import Event, PlacementDecided, ResourceDeleted, ResourceObserved, ResyncCompleted
 from api.keys import DeploymentKey
-from planner.capacity import FleetCapacity, NodeFacts, PodUsage, Reservation, free_capacity
+from planner.capacity import NodeFacts, PodUsage, Reservation, free_capacity
+from planner.fleet import FleetCapacity
 from store import queries
 from store.engine import Connection
 from store.rows import BoundPodRow, NodeRow, PlacementRow

@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from planner.capacity import NodeFree
+from planner.fleet import NodeFree
 
 EVENTS = Counter("llmop_planner_events_total", "Events handled by the planner", ["result"])
 STEP_SECONDS = Histogram(

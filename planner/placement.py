@@ -54,7 +54,7 @@ from typing import Literal, NamedTuple
 
 from api.events import ClusterVerdict, PassOverReason, ReleasedShare
 from api.quantity import format_bytes, format_millicores
-from planner.capacity import FleetCapacity, GpuKind, NodeFree
+from planner.fleet import FleetCapacity, GpuKind, NodeFree
 
 Outcome = Literal["Placed", "PartiallyPlaced", "InsufficientGPU", "NoEligibleCluster"]
 

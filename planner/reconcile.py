@@ -37,7 +37,7 @@ from api.models import LLMDeploymentSpec, LLMModelSpec, gpu_count, gpu_min_memor
 from api.plans import DeploymentRef, KubeEvent, StatusPlan, WorkloadPlan, plan_id
 from api.policy import TenantPolicy
 from api.quantity import bytes_of, millicores
-from planner.capacity import FleetCapacity
+from planner.fleet import FleetCapacity
 from planner.placement import ClusterInfo, Clusters, Decision, Demand, Policy, Requirement, Share, place
 from planner.status import ClusterProgress, StatusInputs, compute_status
 from planner.tenancy import permitted_clusters

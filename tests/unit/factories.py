@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from planner.capacity import FleetCapacity, NodeFacts, NodeFree, PodUsage
+from planner.capacity import NodeFacts, PodUsage
+from planner.fleet import FleetCapacity, NodeFree
 from planner.placement import ClusterInfo, Decision, Demand, Share
 
 GiB = 2**30

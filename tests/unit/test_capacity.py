@@ -8,16 +8,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from api.scheduling import CPU_POD_TOLERATIONS, GPU_POD_TOLERATIONS
-from planner.capacity import (
-    FleetCapacity,
-    NodeFacts,
-    NodeFree,
-    PodUsage,
-    Reservation,
-    free_capacity,
-    gpu_capacity,
-    usable,
-)
+from planner.capacity import NodeFacts, PodUsage, Reservation, free_capacity, gpu_capacity, usable
+from planner.fleet import FleetCapacity, NodeFree
 from tests.unit.factories import A100, A100_40, H100, GiB, facts, fleet, free_gpus, gpu, pod
 
 

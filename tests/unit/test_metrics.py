@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from planner.capacity import NodeFree
+from planner.fleet import NodeFree
 from planner.metrics import FREE_GPUS, export_free_gpus
 
 A100 = "NVIDIA-A100-SXM4-80GB"

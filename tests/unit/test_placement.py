@@ -12,7 +12,7 @@ from typing import get_args
 import pytest
 
 from api.events import ClusterVerdict, PassOverReason
-from planner.capacity import FleetCapacity
+from planner.fleet import FleetCapacity
 from planner.placement import ClusterInfo, Decision, Demand, Policy, Requirement, Share, place, rank_clusters
 from tests.unit.factories import (
     A100,

@@ -17,7 +17,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from planner.capacity import FleetCapacity, NodeFree
+from planner.fleet import FleetCapacity, NodeFree
 from planner.placement import (
     ClusterInfo,
     Decision,
