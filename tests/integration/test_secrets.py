@@ -4,6 +4,7 @@ metrics or health answer, nor on the command line of the processes the operator 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from api.signing import generate_private_key, load_signer
 from llm_operator.embedded import _free_port
 from tests.fixtures.operator import eventually
 from tests.fixtures.services import Hub
@@ -59,7 +61,12 @@ def test_failures_never_print_the_password() -> None:
             "agent",
             "--cluster",
             "east",
-            env={"LLMOP_NATS_URL": f"nats://{NATS_TOKEN}@127.0.0.1:{dead}", "LLMOP_CONNECT_WAIT_SECONDS": "1"},
+            env={
+                "LLMOP_NATS_URL": f"nats://{NATS_TOKEN}@127.0.0.1:{dead}",
+                "LLMOP_CONNECT_WAIT_SECONDS": "1",
+                # An agent refuses to start without a pinned plan key before it dials NATS: give it one.
+                "LLMOP_PLAN_PUBLIC_KEYS": json.dumps([load_signer(generate_private_key()).public_key]),
+            },
         ),
         # Postgres unreachable, and not a Postgres URL at all.
         run("migrate", env={"LLMOP_DATABASE_URL": f"postgresql://op:{DB_PASSWORD}@127.0.0.1:{dead}/x"}),
