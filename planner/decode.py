@@ -32,12 +32,10 @@ from api.events import (
     MalformedEvent,
     PlacementDecided,
     PlanIssued,
-    ResourceObserved,
     ScaleDecided,
     decode_event,
 )
 from bus.subjects import Subjects
-from planner import shapes
 from store import limits
 from store.projections import Op, fold
 
@@ -85,10 +83,6 @@ def decode_delivery(delivery: Delivery, subjects: Subjects) -> Decoded:
         raw_ok = False  # escaped in a field the model drops, or a literal backslash: store the model's JSON
     if type(event) is ClusterHeartbeat:
         return Decoded(event, None, (), raw_ok)
-    if type(event) is ResourceObserved:
-        wrong = shapes.problem(event.kind, event.object)
-        if wrong is not None:
-            return Decoded(None, f"{type(event).__name__} of {_what(event)}: {wrong}")
     try:
         ops = fold(event)
     except Exception as exc:  # a snapshot of the wrong shape (a buggy or hostile agent): the fold cannot read it

@@ -75,7 +75,7 @@ def test_snapshots_of_the_wrong_shape_are_refused_naming_the_field() -> None:
         wrong = node.model_copy(update={"object": {**node.object, field: value}})
         verdict = decode_delivery(deliver(encode_event(wrong)), SUBJECTS)
         assert verdict.event is None and verdict.refused, field
-        # Refused at decode (api.snapshots) or by the planner's own shape check (planner.shapes): the field is named.
+        # Refused when the event is decoded (api.snapshots), naming the field.
         assert field in verdict.refused, verdict.refused
     labels = {**node.object["labels"], "nvidia.com/gpu.product": 7}
     wrong = node.model_copy(update={"object": {**node.object, "labels": labels}})
