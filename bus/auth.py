@@ -72,7 +72,8 @@ def permissions(subjects: Subjects, role: Role, name: str) -> dict[str, Any] | N
                     f"$JS.ACK.{plans}.{consumer}.>",
                 ]
             },
-            "subscribe": {"allow": [inbox]},
+            # The planner's requests to relist and resend (bus/control.py) reach every watcher.
+            "subscribe": {"allow": [inbox, subjects.resync_requests]},
         }
     streams = (subjects.events_stream, subjects.plans_stream, subjects.dead_letters_stream)
     return {
@@ -80,6 +81,7 @@ def permissions(subjects: Subjects, role: Role, name: str) -> dict[str, Any] | N
             "allow": [
                 subjects.all_plans,
                 subjects.all_events,  # planner.outbox reports a parked plan as that cluster's failed apply
+                subjects.resync_requests,  # after lost events, every watcher relists and resends (bus/control.py)
                 "$JS.API.INFO",
                 "$JS.API.STREAM.NAMES",
                 *(f"$JS.API.STREAM.*.{s}" for s in streams),

@@ -505,7 +505,8 @@ async def test_install_in_every_cluster_and_the_operator_works_through_it(
                 return await kubectl.get(role, "deployment", "chat-service", "-n", namespace)
 
             try:
-                created = await eventually(workload, timeout=60, what="Deployment chat-service")
+                # The planner starts, migrates a new database and creates the streams first: slow on a busy machine.
+                created = await eventually(workload, timeout=120, what="Deployment chat-service")
                 service = await eventually(
                     lambda: kubectl.get(role, "service", "chat-service", "-n", namespace), timeout=20, what="Service"
                 )

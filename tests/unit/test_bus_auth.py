@@ -20,7 +20,7 @@ S = Subjects("fleet")
 def test_a_cluster_may_use_only_its_own_subjects_consumer_and_inbox() -> None:
     rules = permissions(S, Role.CLUSTER, "east")
     assert rules is not None
-    assert rules["subscribe"] == {"allow": ["_INBOX_fleet.east.>"]}
+    assert rules["subscribe"] == {"allow": ["_INBOX_fleet.east.>", "fleet.control.resync"]}  # + resync requests
     allowed = rules["publish"]["allow"]
     assert "fleet.events.east" in allowed and "fleet.deadletters.east" in allowed
     assert "$JS.API.CONSUMER.CREATE.FLEET_PLANS.applier-east.fleet.plans.east" in allowed
