@@ -34,7 +34,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
 from api.keys import DeploymentKey
-from api.plans import AnyPlan, EndpointsPlan, Plan, ScalePlan, WorkloadPlan
+from api.plans import AnyPlan, EndpointsPlan, Plan, ScalePlan, StatusPlan, WorkloadPlan
 from api.policy import TenantPolicy
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
@@ -155,25 +155,49 @@ async def _consume(sub: WorkQueue, app: _Applier) -> None:
 
 
 async def _dispatch(msg: Delivery, plan: AnyPlan, app: _Applier, tg: TaskGroup, limiter: anyio.CapacityLimiter) -> None:
-    """Queue the plan in its deployment's lane (starting the lane if it has none)."""
+    """Queue the plan in its deployment's lane (starting the lane if it has none).
+
+    The lane is changed before anything is awaited: a lane that finds itself empty ends, so a plan appended after
+    an await could land in a lane that is gone and never run.
+    """
     key = plan.deployment.key
     queue = app.lanes.get(key)
     if queue is None:
         queue = app.lanes[key] = deque([(msg, plan)])
         tg.start_soon(_lane, key, queue, app, limiter)
         return
+    superseded: list[tuple[Delivery, AnyPlan, AnyPlan]] = []
     for waiting in [item for item in queue if item[1].kind == plan.kind]:
         if waiting[1].plan_id == plan.plan_id:
             # The same plan delivered again while it waited (its ack wait ran out): keep the newer delivery.
             queue.remove(waiting)
         elif (waiting[1].epoch, waiting[1].sequence) > (plan.epoch, plan.sequence):
-            await _supersede(msg, plan, waiting[1], app)  # an older plan arriving late: it need not run
+            # An older plan arriving late: it need not run, but what it had to say still gets said.
+            queue[queue.index(waiting)] = (waiting[0], _carry_events(plan, waiting[1]))
+            await _supersede(msg, plan, waiting[1], app)
             return
         else:
             # Not started yet, and a newer plan of its kind holds the whole intent: this one need not run.
             queue.remove(waiting)
-            await _supersede(waiting[0], waiting[1], plan, app)
+            plan = _carry_events(waiting[1], plan)
+            superseded.append((waiting[0], waiting[1], plan))
     queue.append((msg, plan))
+    for old_msg, old, new in superseded:
+        await _supersede(old_msg, old, new, app)
+
+
+MAX_CARRIED_EVENTS = 32
+"""Events a superseding plan takes over from the plans it replaced (the newest are kept)."""
+
+
+def _carry_events(old: AnyPlan, new: AnyPlan) -> AnyPlan:
+    """`new`, also recording the Kubernetes Events `old` would have: the planner sends an event (Placed, Applied,
+    FailedOver) once, with the status plan of the decision that caused it, so a superseded plan must not take
+    its events with it."""
+    if not isinstance(old, StatusPlan | ScalePlan) or not isinstance(new, StatusPlan | ScalePlan) or not old.events:
+        return new
+    merged = list(dict.fromkeys([*old.events, *new.events]))[-MAX_CARRIED_EVENTS:]
+    return new.model_copy(update={"events": merged})
 
 
 async def _supersede(msg: Delivery, old: AnyPlan, new: AnyPlan, app: _Applier) -> None:

@@ -169,7 +169,9 @@ def reconcile(inputs: Inputs) -> Outcome:
     allowed, refusal = permitted_clusters(
         inputs.tenant_policy, origin=dep.origin, namespace=dep.namespace, model=model, clusters=inputs.clusters
     )
-    if not allowed:
+    if not allowed and refusal:
+        # Only a refusal is a denial: with no cluster known yet (a planner that has just started) nothing was
+        # refused, and placement says there is no eligible cluster until one joins.
         return _hold(inputs, "PolicyDenied", f"refused by the tenant policy: {refusal}")
     clusters = inputs.clusters
     if len(allowed) < len(clusters):

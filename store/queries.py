@@ -91,12 +91,15 @@ def _keys(found: Iterable[Any]) -> list[DeploymentKey]:
 
 
 async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
-    """Deployments waiting for capacity or holding replicas that may need to move (re-evaluated on any change)."""
+    """Deployments waiting for capacity or holding replicas that may need to move (re-evaluated on any change).
+
+    A policy refusal waits too: a cluster that joins or is relabelled may be one the policy admits.
+    """
     return _keys(
         await sql.records(
             conn,
             "SELECT origin_cluster, namespace, name FROM deployment_plans "
-            "WHERE last_outcome IN ('InsufficientGPU', 'PartiallyPlaced', 'NoEligibleCluster') "
+            "WHERE last_outcome IN ('InsufficientGPU', 'PartiallyPlaced', 'NoEligibleCluster', 'PolicyDenied') "
             "UNION SELECT origin_cluster, namespace, name FROM placements WHERE role <> 'active'",
         )
     )

@@ -1168,6 +1168,53 @@ async def test_unsigned_forged_replayed_and_far_future_plans_are_dead_lettered_a
     assert (annotations["llm.example.com/planner-epoch"], annotations["llm.example.com/plan-sequence"]) == ("1", "3")
 
 
+@pytest.mark.services
+async def test_superseded_status_plans_hand_their_events_to_the_plan_that_runs(
+    kubectl: Kubectl, namespace: str, open_kube: KubeOpener, js: JetStreamContext, hub: Hub
+) -> None:
+    """The planner sends an Event once, with the status plan of the decision that caused it. Three status plans
+    wait in one lane (published before the applier starts, fetched in one batch): the first is superseded (the
+    second, too, unless it started before the third arrived), and the Events they carried (Placed, FailedOver)
+    are still recorded, with the last one's (Applied)."""
+    kube = await open_kube("cpu")
+    cluster = kubectl.fleet.clusters["cpu"].name
+    await kubectl("cpu", "apply", "-n", namespace, "-f", str(SEED_DIR / "model.yaml"))
+    await kubectl("cpu", "apply", "-n", namespace, "-f", str(SEED_DIR / "deployment.yaml"))
+    llmd = await get(kubectl, "cpu", "llmdeployment", "chat-service", namespace)
+    said = {
+        1: [KubeEvent(type="Normal", reason="Placed", message="2 replicas in t-cpu")],
+        2: [KubeEvent(type="Warning", reason="FailedOver", message="cluster t-a100 is unhealthy")],
+        3: [KubeEvent(type="Normal", reason="Applied", message="applied in cluster t-cpu")],
+    }
+    plans = [status_plan(kubectl, llmd, sequence=n, events=e) for n, e in said.items()]
+    for plan in plans:
+        await publish_signed(js, hub, plan)
+
+    reports: dict[str, ApplyReported] = {}
+    settings = ApplierSettings(cluster=cluster, workers=3, trusted_keys=TRUSTED)
+    reader = SequenceReader(
+        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
+            with anyio.fail_after(60):
+                while len(reports) < 3:
+                    for received in await reader.fetch(64, timeout=0.5):
+                        event = decode_event(received.data)
+                        assert isinstance(event, ApplyReported)
+                        reports[event.plan_id] = event
+            tg.cancel_scope.cancel()
+    finally:
+        await reader.close()
+
+    outcomes = [reports[p.plan_id].outcome for p in plans]
+    # The second may have started before the third arrived; the first waited behind the second in one batch.
+    assert outcomes[0] == "Superseded" and outcomes[2] == "Applied", outcomes
+    recorded = await our_events(kubectl, namespace, "chat-service")
+    assert sorted(e["reason"] for e in recorded) == ["Applied", "FailedOver", "Placed"], recorded
+
+
 async def test_a_plan_the_tenant_policy_refuses_touches_nothing(
     kubectl: Kubectl, namespace: str, open_kube: KubeOpener
 ) -> None:

@@ -114,6 +114,16 @@ def test_the_planner_holds_a_deployment_no_cluster_admits_with_a_condition() -> 
     assert "no rule lets namespace team of cluster cpu" in ready["Placed"].message
 
 
+def test_no_cluster_known_yet_is_not_a_policy_refusal() -> None:
+    # A planner that has just started may read a deployment before any cluster's first heartbeat: nothing was
+    # refused then, and the status must not blame the policy (with an empty reason).
+    denied = TenantPolicy(rules=(PlacementRule(namespaces=("other",)),))
+    for policy in (TenantPolicy(), denied):
+        outcome = reconcile(replace(inputs(), clusters=[], tenant_policy=policy))
+        assert outcome.decided is not None
+        assert outcome.decided.outcome == "NoEligibleCluster", outcome.decided.outcome
+
+
 def test_the_planner_places_only_into_clusters_the_policy_admits() -> None:
     assert set(workload_plans(reconcile(inputs()))) == {"a100"}  # the first fit without a policy
     only_mixed = TenantPolicy(rules=(PlacementRule(clusters=("mixed", "cpu")),))
