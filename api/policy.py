@@ -13,12 +13,17 @@ Guarantees:
   for the `restricted` Pod Security level (`NAMESPACE_LABELS`).
 - Secret and PersistentVolumeClaim references (weights source secret, env secretKeyRefs, existing or pvc://
   claims) are allowed only by a rule with `references: true` (the default rule has it).
+- Endpoints (`allows_endpoints`: the origin's Service and EndpointSlices, a serving cluster's export and
+  NetworkPolicy) follow the same rules: reserved namespaces never; in a serving cluster exactly what a workload
+  there needs; in the origin cluster, only for an origin and namespace some rule lets place anywhere. They never
+  create a namespace.
 Pure: frozen models and functions, no I/O.
 """
 
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -129,6 +134,37 @@ def allows(
                 f"in cluster {cluster}",
             )
     return Verdict(allowed=True, create_namespace=any(r.create_namespaces for r in matching))
+
+
+def allows_endpoints(
+    policy: TenantPolicy,
+    *,
+    role: Literal["origin", "serving"],
+    origin_cluster: str,
+    namespace: str,
+    cluster: str,
+) -> Verdict:
+    """May an endpoints plan of the LLMDeployment `namespace` of `origin_cluster` write in `cluster`?
+
+    ``serving``: the same question as for its workload there (`allows`). ``origin``: the plan writes the origin's
+    own Service, so it must be for this very cluster, and some rule must let that origin and namespace place
+    workloads somewhere (a rule naming only GPU clusters as targets still gives the origin its address)."""
+    if role != "origin":
+        return allows(policy, origin_cluster=origin_cluster, namespace=namespace, cluster=cluster).model_copy(
+            update={"create_namespace": False}
+        )
+    if _any(policy.reserved_namespaces, namespace) or namespace == policy.operator_namespace:
+        return Verdict(allowed=False, reason=f"namespace {namespace} is reserved")
+    if origin_cluster != cluster:
+        return Verdict(
+            allowed=False, reason=f"an origin endpoints plan of cluster {origin_cluster} cannot write in {cluster}"
+        )
+    if not any(_any(r.origins, origin_cluster) and _any(r.namespaces, namespace) for r in policy.rules):
+        return Verdict(
+            allowed=False,
+            reason=f"no rule lets namespace {namespace} of cluster {origin_cluster} place workloads anywhere",
+        )
+    return Verdict(allowed=True)
 
 
 def _any(patterns: tuple[str, ...], value: str) -> bool:

@@ -16,6 +16,9 @@ Guarantees:
   are deleted, and a slice is deleted only when the plan no longer lists its cluster.
 - A plan older than the one that last wrote these objects (by epoch and sequence, recorded on them) is refused as
   `Stale`; the same plan again is applied again, which changes nothing (rendering is deterministic).
+- The cluster's tenant policy (api.policy.allows_endpoints) is checked first, as for workload plans: a plan it
+  refuses (a reserved namespace such as kube-system or the operator's own, an origin no rule admits, an origin
+  plan for another cluster) reads and writes nothing and fails with the policy's reason.
 - Everything is server-side applied with the applier's one field manager; deletion touches only objects carrying
   this deployment's endpoint labels.
 """
@@ -38,7 +41,8 @@ from api.labels import (
 )
 from api.network import clusterset_name
 from api.plans import EndpointsPlan
-from applier.apply import ApplyResult, _all, ensure_namespace
+from api.policy import TenantPolicy, allows_endpoints
+from applier.apply import DEFAULT_POLICY, ApplyResult, _all, ensure_namespace
 from kubeapi import RESOURCES, Kube, KubeError, NotFound, Resource, TransientKubeError
 
 logger = logging.getLogger(__name__)
@@ -231,9 +235,19 @@ async def _ours(kube: Kube, plan: EndpointsPlan) -> list[dict[str, Any]]:
     return [item for items in found for item in items]
 
 
-async def execute_endpoints(kube: Kube, plan: EndpointsPlan) -> ApplyResult:
-    """Apply the plan here. Outcome Applied, Deleted, Stale, or Failed (an apiserver refusal, with its message);
-    transient apiserver errors are raised for the caller to retry."""
+async def execute_endpoints(kube: Kube, plan: EndpointsPlan, *, policy: TenantPolicy = DEFAULT_POLICY) -> ApplyResult:
+    """Apply the plan here. Outcome Applied, Deleted, Stale, or Failed (a tenant-policy or apiserver refusal, with
+    its message); transient apiserver errors are raised for the caller to retry."""
+    verdict = allows_endpoints(
+        policy,
+        role=plan.role,
+        origin_cluster=plan.deployment.origin_cluster,
+        namespace=plan.deployment.namespace,
+        cluster=plan.cluster,
+    )
+    if not verdict.allowed:
+        # The same refusal as a workload plan's (applier.apply.execute_workload): nothing read, nothing written.
+        return ApplyResult("Failed", message=f"refused by this cluster's tenant policy: {verdict.reason}")
     try:
         try:
             existing = await _ours(kube, plan)
@@ -258,7 +272,7 @@ async def execute_endpoints(kube: Kube, plan: EndpointsPlan) -> ApplyResult:
         written: list[str] = []
         for manifest in wanted:  # Service first, then the new slices, before anything is deleted
             kind = manifest["kind"]
-            if kind == "ServiceExport" and not await _served(kube, SERVICE_EXPORT):
+            if kind == "ServiceExport" and not await _served(kube, SERVICE_EXPORT, plan.deployment.namespace):
                 return ApplyResult(
                     "Failed", written, "the MCS API (ServiceExport, multicluster.x-k8s.io) is not installed here"
                 )
@@ -281,9 +295,11 @@ async def execute_endpoints(kube: Kube, plan: EndpointsPlan) -> ApplyResult:
         return ApplyResult("Failed", message=str(exc))
 
 
-async def _served(kube: Kube, resource: Resource) -> bool:
+async def _served(kube: Kube, resource: Resource, namespace: str) -> bool:
+    # Asked in the plan's namespace: an applier whose rights are Roles in some namespaces (the chart's
+    # agent.watchNamespaces) may list nowhere else.
     try:
-        await kube.list(resource, namespace="default")
+        await kube.list(resource, namespace=namespace)
     except NotFound:
         return False
     return True

@@ -336,7 +336,7 @@ async def _execute(plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter)
                 if isinstance(plan, WorkloadPlan):
                     return await execute_workload(app.kube, plan, app.guard, policy=settings.policy)
                 if isinstance(plan, EndpointsPlan):
-                    return await execute_endpoints(app.kube, plan)
+                    return await execute_endpoints(app.kube, plan, policy=settings.policy)
                 if isinstance(plan, ScalePlan):
                     return await execute_scale(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
                 return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")

@@ -27,6 +27,7 @@ import pytest
 from api.labels import LABEL_DEPLOYMENT, LABEL_ORIGIN
 from api.network import ClusterNetwork, ServingEndpoints
 from api.plans import DeploymentRef, EndpointsPlan, plan_id
+from api.policy import PlacementRule, TenantPolicy
 from applier.apply import ApplyResult
 from applier.endpoints import LABEL_SERVICE_NAME, execute_endpoints, resolve
 from kubeapi import RESOURCES, KubeError, TransientKubeError
@@ -85,8 +86,9 @@ class Origin:
             **fields,
         )
 
-    def apply(self, role: str, plan: EndpointsPlan) -> ApplyResult:
+    def apply(self, role: str, plan: EndpointsPlan, *, policy: TenantPolicy | None = None) -> ApplyResult:
         cluster = self.fleet.clusters[role]
+        checked = {} if policy is None else {"policy": policy}
 
         async def run() -> ApplyResult:
             kube = await connect_kube(
@@ -98,12 +100,12 @@ class Origin:
                 for _ in range(40):
                     try:
                         started = time.monotonic()
-                        result = await execute_endpoints(kube, plan)
+                        result = await execute_endpoints(kube, plan, **checked)
                         self.last_apply_s = time.monotonic() - started
                         return result
                     except TransientKubeError:
                         await asyncio.sleep(0.5)
-                return await execute_endpoints(kube, plan)
+                return await execute_endpoints(kube, plan, **checked)
             finally:
                 await kube.close()
 
@@ -248,6 +250,74 @@ def test_a_serving_cluster_admits_only_the_origins_pod_range(fleet: Fleet, names
     )
     assert policy["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": origin_range}}]
     assert policy["spec"]["podSelector"]["matchLabels"] == {LABEL_DEPLOYMENT: "chat", LABEL_ORIGIN: origin.origin}
+
+
+def test_an_endpoints_plan_the_tenant_policy_refuses_touches_nothing(fleet: Fleet, namespace: str) -> None:
+    """As for workload plans: a Service or EndpointSlice into a reserved namespace (kube-system, the operator's
+    own), for an origin no rule admits, a serving cluster the rules do not reach, or an origin plan sent to
+    another cluster is refused before any write; the allowed path of the same policy applies."""
+    name = f"chat-{namespace[-8:]}"
+    a100 = fleet.clusters["a100"].name
+    policy = TenantPolicy(
+        rules=(
+            PlacementRule(origins=("nobody",)),
+            PlacementRule(namespaces=(namespace,), clusters=(fleet.clusters["mixed"].name,)),
+        )
+    )
+    address = ServingEndpoints(cluster=a100, mode="flat", addresses=["10.244.0.10"], port=PORT)
+    ours = f"llm.example.com/endpoints-of={name}"
+
+    def written(role: str) -> str:
+        out = fleet.kubectl(role, "get", "services,endpointslices,networkpolicies", "-A", "-l", ours, "-o", "name")
+        return out.stdout.strip()
+
+    cases: list[tuple[str, Origin, str, dict[str, Any], TenantPolicy, str]] = [
+        ("cpu", Origin(fleet, "kube-system", name), "origin", {"serving": [address]}, policy, "is reserved"),
+        (
+            "cpu",
+            Origin(fleet, namespace, name),
+            "origin",
+            {"serving": [address]},
+            policy.model_copy(update={"operator_namespace": namespace}),
+            f"namespace {namespace} is reserved",
+        ),
+        (
+            "cpu",
+            Origin(fleet, namespace, name),
+            "origin",
+            {"serving": [address]},
+            TenantPolicy(rules=(PlacementRule(origins=("nobody",)),)),
+            f"no rule lets namespace {namespace} of cluster {fleet.clusters['cpu'].name} place workloads anywhere",
+        ),
+        (
+            "a100",
+            Origin(fleet, namespace, name),
+            "serving",
+            {"admit_cidrs": ["10.246.0.0/16"]},
+            policy,
+            f"place workloads in cluster {a100}",
+        ),
+        ("a100", Origin(fleet, namespace, name), "origin", {"serving": [address]}, policy, "cannot write in"),
+        ("a100", Origin(fleet, "kube-system", name), "serving", {"admit_cidrs": ["10.246.0.0/16"]}, policy, "reserved"),
+    ]
+    try:
+        for where, origin, role, fields, refusing, reason in cases:
+            result = origin.apply(where, origin.plan(where, role, **fields), policy=refusing)
+            assert result.outcome == "Failed", (where, role, result)
+            assert result.message.startswith("refused by this cluster's tenant policy:"), result.message
+            assert reason in result.message, result.message
+            assert written(where) == ""
+        origin = Origin(fleet, namespace, name)
+        allowed = origin.apply("cpu", origin.plan("cpu", "origin", serving=[address]), policy=policy)
+        assert allowed.outcome == "Applied", allowed.message
+        serving = origin.apply("mixed", origin.plan("mixed", "serving", admit_cidrs=["10.246.0.0/16"]), policy=policy)
+        assert serving.outcome == "Applied", serving.message
+        assert written("cpu") and written("mixed")
+    finally:
+        for role in ("cpu", "a100"):  # should a refusal have failed to refuse, leave kube-system as it was
+            fleet.kubectl(
+                role, "delete", "services,endpointslices,networkpolicies", "-n", "kube-system", "-l", ours, check=False
+            )
 
 
 def test_with_the_mcs_api_the_serving_cluster_exports_and_the_origin_names_the_clusterset_service(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Literal
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ import yaml
 from api.events import ResourceObserved, stream_of
 from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN, deployment_identity
 from api.models import LLMModelSpec
-from api.policy import PlacementRule, References, TenantPolicy, allows, references_of
+from api.policy import PlacementRule, References, TenantPolicy, allows, allows_endpoints, references_of
 from planner.reconcile import reconcile
 from store.projections import pod_row, workload_row
 from tests.unit.test_reconcile import inputs, status_plan, workload_plans
@@ -74,6 +75,32 @@ def test_allows(
     verdict = allows(policy, origin_cluster=origin, namespace=namespace, cluster=cluster, references=references)
     assert verdict.allowed is allowed
     assert verdict.create_namespace is create
+    assert reason in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("role", "origin", "namespace", "cluster", "allowed", "reason"),
+    [
+        # The origin's own Service: any rule for that origin and namespace, whatever clusters it targets.
+        ("origin", "cpu", "team-a", "cpu", True, ""),
+        ("origin", "cpu", "shared", "cpu", True, ""),
+        ("origin", "a100", "team-a", "a100", False, "no rule lets namespace team-a of cluster a100 place workloads"),
+        ("origin", "cpu", "kube-system", "cpu", False, "namespace kube-system is reserved"),
+        ("origin", "cpu", "llm-operator", "cpu", False, "namespace llm-operator is reserved"),
+        ("origin", "cpu", "team-a", "a100", False, "an origin endpoints plan of cluster cpu cannot write in a100"),
+        # A serving cluster: exactly what its workload there needs.
+        ("serving", "cpu", "team-a", "a100", True, ""),
+        ("serving", "cpu", "team-a", "mixed", False, "no rule lets namespace team-a of cluster cpu"),
+        ("serving", "a100", "shared", "mixed", True, ""),
+        ("serving", "cpu", "kube-public", "a100", False, "is reserved"),
+    ],
+)
+def test_allows_endpoints(
+    role: Literal["origin", "serving"], origin: str, namespace: str, cluster: str, allowed: bool, reason: str
+) -> None:
+    verdict = allows_endpoints(TEAMS, role=role, origin_cluster=origin, namespace=namespace, cluster=cluster)
+    assert verdict.allowed is allowed
+    assert verdict.create_namespace is False  # endpoints never create a namespace, even where the rule would
     assert reason in verdict.reason
 
 
