@@ -6,6 +6,7 @@ one line naming the problem and the fix and exit with status 1, without a traceb
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from api.network import ClusterNetwork
 from bus.connection import redact_url
 from llm_operator import logs
 from llm_operator.gc_tuning import tune_gc
@@ -194,9 +196,9 @@ def up(
         namespaces=namespace,
     )
     logs.configure(level=settings.log_level, fmt=settings.log_format)
-    members = _members(cluster, cluster_labels)
+    members = [dataclasses.replace(m, network=settings.cluster_network()) for m in _members(cluster, cluster_labels)]
     if not members:
-        members, kubeconfig_path = _local_fleet()
+        members, kubeconfig_path = _local_fleet(settings)
         update: dict[str, object] = {"kubeconfig": settings.kubeconfig or kubeconfig_path}
         if "LLMOP_LOAD_INTERVAL_SECONDS" not in os.environ:
             # kwok pods serve no HTTP: scraping their made-up addresses would only send packets off this machine.
@@ -220,8 +222,9 @@ def up(
     run_async(run)
 
 
-def _local_fleet() -> tuple[list[Member], Path | None]:
+def _local_fleet(settings: Settings) -> tuple[list[Member], Path | None]:
     from llm_operator.fleet import FleetError, ensure_toolchain, fleet_up
+    from llm_operator.fleet.spec import DEFAULT_FLEET
 
     def progress(message: str) -> None:
         err.print(f"[dim]fleet:[/dim] {escape(message)}", highlight=False)
@@ -232,7 +235,20 @@ def _local_fleet() -> tuple[list[Member], Path | None]:
     except FleetError as exc:
         fail(str(exc))
         raise
-    members = [Member(name=c.name, context=c.context, labels=dict(c.labels)) for c in clusters]
+    # Each local cluster declares its own pod range (the pod network routes all of them from this machine: a flat
+    # network, unless LLMOP_NETWORK_MODE says otherwise).
+    ranges = {s.name: s.pod_cidr for s in DEFAULT_FLEET}
+    members = [
+        Member(
+            name=c.name,
+            context=c.context,
+            labels=dict(c.labels),
+            network=ClusterNetwork(
+                mode=settings.network_mode or "flat", pod_cidrs=[r] if (r := ranges.get(c.name)) else []
+            ),
+        )
+        for c in clusters
+    ]
     return members, clusters[0].kubeconfig if clusters else None
 
 
@@ -314,6 +330,7 @@ def agent(
             context=context,
             labels=parse_labels(labels),
             in_cluster=context is None,
+            network=settings.cluster_network(),
         )
     except ValueError as exc:
         fail(str(exc))

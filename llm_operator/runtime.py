@@ -26,6 +26,7 @@ import anyio
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from api.network import ClusterNetwork
 from applier.service import ApplierSettings, run_applier
 from bus.auth import PLANNER, inbox_prefix
 from bus.connection import Client, JetStream, Tls, redact_url
@@ -62,6 +63,8 @@ class Member:
     context: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     in_cluster: bool = False
+    network: ClusterNetwork | None = None
+    """How other clusters reach replicas here (api.network), reported with its heartbeats; None: undeclared."""
 
 
 # ------------------------------------------------------------------------------------------------ the hub
@@ -312,6 +315,7 @@ async def run_components(
                     namespaces=settings.namespaces,
                     heartbeat_seconds=settings.heartbeat_seconds,
                     resync_seconds=settings.resync_seconds,
+                    network=member.network,
                     load=LoadSettings(
                         interval_seconds=settings.load_interval_seconds, prometheus_url=settings.prometheus_url
                     )

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.network import Cidr, ClusterNetwork, NetworkMode
 from bus.streams import StreamLimits, StreamRole
 from bus.subjects import valid_cluster_name
 
@@ -90,6 +91,14 @@ class Settings(BaseSettings):
     replicas' metrics instead of scraping the pods, e.g. http://prometheus.monitoring:9090."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of /metrics, /healthz and /readyz (0: off)."""
+    # --- How other clusters reach this cluster's model replicas (issue 18, api.network) ----------------------
+    network_mode: NetworkMode | None = None
+    """flat (pod IPs routable between clusters: Cilium ClusterMesh, Submariner, VPC-native pods), exposed (the
+    model's Service here is a LoadBalancer/NodePort) or mcs (the Multi-Cluster Services API is installed). The
+    agent reports it with every heartbeat. Unset (and no pod ranges): undeclared."""
+    network_pod_cidrs: list[Cidr] = Field(default_factory=list, max_length=16)
+    """This cluster's pod ranges, JSON list (e.g. '["10.244.0.0/16"]'): serving clusters admit clients from these
+    ranges to the models placed from here (NetworkPolicy), and nothing more."""
     # --- JetStream stream limits -----------------------------------------------------------------------------
     stream_limits: dict[StreamRole, StreamLimitSettings] = Field(default_factory=dict)
     """Limits per stream ("events", "plans", "dead-letters"), as JSON, e.g. LLMOP_STREAM_LIMITS='{"events":
@@ -154,6 +163,12 @@ class Settings(BaseSettings):
             if (cert is None) != (key is None):
                 raise ValueError(f"{what}_cert and {what}_key go together: set both or neither")
         return self
+
+    def cluster_network(self) -> ClusterNetwork | None:
+        """What this agent declares about its cluster's network (None: nothing declared)."""
+        if self.network_mode is None and not self.network_pod_cidrs:
+            return None
+        return ClusterNetwork(mode=self.network_mode or "flat", pod_cidrs=list(self.network_pod_cidrs))
 
     @field_validator("log_format")
     @classmethod

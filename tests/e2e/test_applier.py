@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -29,10 +29,12 @@ from nats.js import JetStreamContext
 from api.conditions import Condition
 from api.events import ApplyReported, decode_event
 from api.models import ClusterPlacementStatus, LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
-from api.plans import DeploymentRef, KubeEvent, ScalePlan, StatusPlan, WorkloadPlan, plan_id
+from api.network import ServingEndpoints
+from api.plans import DeploymentRef, EndpointsPlan, KubeEvent, ScalePlan, StatusPlan, WorkloadPlan, plan_id
 from api.policy import PlacementRule, TenantPolicy
 from api.signing import PlanSigner, generate_private_key, load_signer, trusted_keys
 from applier.apply import FIELD_MANAGER, EpochGuard, execute_workload
+from applier.endpoints import execute_endpoints
 from applier.render import MANAGED_KINDS
 from applier.scale import execute_scale
 from applier.service import ApplierSettings, run_applier
@@ -853,6 +855,54 @@ def reference_roles() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(block.group(1)) if doc]
 
 
+MCS_CRDS = repo_root() / "tests" / "e2e" / "manifests" / "mcs-crds.yaml"
+
+
+async def install_mcs_crds(kubectl: Kubectl, role: str) -> None:
+    """The MCS API's CRDs in that fleet cluster: idempotent (server-side apply under the tests' own field
+    manager), never removed (other sessions may use them; a CRD without objects costs nothing)."""
+    await kubectl(
+        role, "apply", "--server-side", "--force-conflicts", "--field-manager=llm-operator-tests", "-f", str(MCS_CRDS)
+    )
+    for crd in ("serviceexports.multicluster.x-k8s.io", "serviceimports.multicluster.x-k8s.io"):
+        await kubectl(role, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+
+    async def served() -> bool:
+        # Established is not yet served: a new CRD's storage answers 429 for a moment.
+        await kubectl(role, "get", "serviceexports", "-A")  # raises AssertionError (retried) until it answers
+        return True
+
+    await eventually(served, timeout=60, what="the ServiceExport API to be served")
+
+
+def endpoints_plan(
+    kubectl: Kubectl,
+    namespace: str,
+    role: Literal["origin", "serving"],
+    *,
+    sequence: int,
+    where: str = "cpu",
+    origin_role: str = "cpu",
+    **fields: Any,
+) -> EndpointsPlan:
+    ref = DeploymentRef(
+        origin_cluster=kubectl.fleet.clusters[origin_role].name, namespace=namespace, name="chat", uid=str(uuid.uuid4())
+    )
+    cluster = kubectl.fleet.clusters[where].name
+    return EndpointsPlan(
+        plan_id=plan_id(ref, cluster, "Endpoints", 1, sequence),
+        epoch=1,
+        sequence=sequence,
+        cluster=cluster,
+        deployment=ref,
+        generation=1,
+        issued_at=datetime.now(UTC),
+        port=8000,
+        role=role,
+        **fields,
+    )
+
+
 async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace: str, open_kube: KubeOpener) -> None:
     role = "cpu"
     roles = reference_roles()
@@ -861,6 +911,8 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
     applier_resources = {res for rule in roles[1]["rules"] for res in rule["resources"]}
     plurals = {RESOURCES[kind].plural for kind in MANAGED_KINDS}
     assert applier_resources == plurals | {
+        "endpointslices",  # endpoints plans (applier/endpoints.py)
+        "serviceexports",
         "namespaces",
         "llmdeployments",
         "llmdeployments/status",
@@ -930,6 +982,27 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
 
         # Status writer: status, finalizer, events, finalizer release.
         await status_flow(kubectl, namespace, kube)
+
+        # Endpoints: the origin's Service and EndpointSlice, a serving cluster's NetworkPolicy and ServiceExport
+        # (the MCS CRDs installed here, idempotently), then their removal.
+        await install_mcs_crds(kubectl, role)
+        remote = ServingEndpoints(
+            cluster=kubectl.fleet.clusters["a100"].name, mode="flat", addresses=["10.244.0.10"], port=8000
+        )
+        origin_plan = endpoints_plan(kubectl, namespace, "origin", sequence=1, serving=[remote])
+        serving_plan = endpoints_plan(
+            kubectl, namespace, "serving", sequence=1, origin_role="a100", mode="mcs", admit_cidrs=["10.244.0.0/16"]
+        )
+        for endpoints in (origin_plan, serving_plan):
+            result = await execute_endpoints(kube, endpoints)
+            assert result.outcome == "Applied", result.message
+            again = endpoints.model_copy(update={"sequence": 2, "plan_id": f"{endpoints.plan_id}-2"})
+            assert (await execute_endpoints(kube, again)).outcome == "Applied"
+            gone = endpoints.model_copy(update={"sequence": 3, "plan_id": f"{endpoints.plan_id}-3", "remove": True})
+            assert (await execute_endpoints(kube, gone)).outcome == "Deleted"
+        kinds = "services,endpointslices,networkpolicies,serviceexports"
+        ours = "llm.example.com/endpoints-of=chat"
+        assert await kubectl(role, "get", kinds, "-n", namespace, "-l", ours, "-o", "name") == ""
     finally:
         for unique in names:
             await kubectl(role, "delete", "clusterrolebinding,clusterrole", unique, "--ignore-not-found", check=False)

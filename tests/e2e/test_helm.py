@@ -223,11 +223,20 @@ async def test_lint_template_and_package(fleet: Fleet, tmp_path: Path) -> None:
     assert json.loads(env["LLMOP_PLAN_PUBLIC_KEYS"]) == [PUBLIC_KEY]
     assert env["LLMOP_TENANT_POLICY"] == "/etc/llm-operator/policy/policy.json"
     assert env["LLMOP_OPERATOR_NAMESPACE"] == NAMESPACE
+    # The cluster's declared network (ci/member-values.yaml), as the settings the agent reports with heartbeats.
+    assert env["LLMOP_NETWORK_MODE"] == "flat"
+    assert json.loads(env["LLMOP_NETWORK_POD_CIDRS"]) == ["10.244.0.0/16"]
     policy = json.loads(objects[("ConfigMap", "llm-operator-policy")]["data"]["policy.json"])
     assert TenantPolicy.model_validate(policy) == TenantPolicy()
     # The default policy creates no namespace: the applier may only read them.
     applier_rules = objects[("ClusterRole", "llm-operator-applier")]["rules"]
     assert applier_rules[0] == {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}
+    # What endpoints plans write: the origin's EndpointSlices, a serving cluster's ServiceExport (least privilege).
+    for group, resource in (("discovery.k8s.io", "endpointslices"), ("multicluster.x-k8s.io", "serviceexports")):
+        assert [r["verbs"] for r in applier_rules if r["apiGroups"] == [group]] == [
+            ["list", "create", "patch", "delete"]
+        ]
+        assert [r["resources"] for r in applier_rules if r["apiGroups"] == [group]] == [[resource]]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
@@ -326,6 +335,12 @@ BAD_VALUES = {
         ["--set", "agent.enabled=false", "--set", "planner.enabled=true", "--set", "nats.url=nats://hub:4222",
          "--set", "planner.database.existingSecret=db"],
         "at '/planSigning/existingSecret': minLength",
+    ),
+    "network mode not one of the three": (
+        [*MEMBER, "--set", "network.mode=mesh"], "at '/network/mode': value must be one of"
+    ),
+    "pod range not an IPv4 CIDR": (
+        [*MEMBER, "--set-json", 'network.podCIDRs=["10.244.0.0"]'], "at '/network/podCIDRs/0'"
     ),
     "tenant policy with a misspelt key": (
         [*MEMBER, "--set-json", 'tenantPolicy.rules=[{"namespace":["a"]}]'],
@@ -579,6 +594,8 @@ APPLIER_ALLOWED = [
     "create networkpolicies.networking.k8s.io default",
     "create poddisruptionbudgets.policy default",
     "create horizontalpodautoscalers.autoscaling default",
+    "create endpointslices.discovery.k8s.io default",
+    "delete endpointslices.discovery.k8s.io default",
     "get namespaces",
     "patch llmdeployments default",
     "patch llmdeployments/status default",
@@ -596,6 +613,8 @@ APPLIER_DENIED = [
     "delete namespaces",
     "get secrets",
     "create pods default",
+    "get endpointslices.discovery.k8s.io default",  # listed by label, never read one by one
+    "watch endpointslices.discovery.k8s.io default",
 ]
 
 

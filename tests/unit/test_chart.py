@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from api.network import NETWORK_MODES, ClusterNetwork
 from api.policy import TenantPolicy
 from api.signing import trusted_keys
 from applier.render import MANAGED_KINDS
@@ -129,6 +130,9 @@ def validate(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str
         elif keyword == "minItems":
             if isinstance(value, list) and len(value) < arg:
                 errors.append(f"{where}: fewer than {arg} items")
+        elif keyword == "maxItems":
+            if isinstance(value, list) and len(value) > arg:
+                errors.append(f"{where}: more than {arg} items")
         elif keyword == "uniqueItems":
             if arg and isinstance(value, list) and len({json.dumps(v, sort_keys=True) for v in value}) < len(value):
                 errors.append(f"{where}: items are not unique")
@@ -215,6 +219,12 @@ def test_defaults_alone_name_what_is_missing() -> None:
         ({"planner": {"enabled": True, "database": {"url": "postgresql://x"}}}, "/planSigning/existingSecret:"),
         ({"planSigning": {"publicKeys": []}}, "/planSigning/publicKeys: fewer than 1 items"),
         ({"planSigning": {"publicKeys": ["ssh-ed25519 AAAA"]}}, "/planSigning/publicKeys/0:"),
+        ({"network": {"mode": "mesh"}}, "/network/mode: 'mesh' not one of"),
+        ({"network": {"podCIDRs": ["10.244.0.0"]}}, "/network/podCIDRs/0:"),
+        ({"network": {"podCIDRs": ["10.244.0.0/33"]}}, "/network/podCIDRs/0:"),
+        ({"network": {"podCIDRs": ["fd00::/64"]}}, "/network/podCIDRs/0:"),
+        ({"network": {"podCIDRs": [f"10.{i}.0.0/16" for i in range(17)]}}, "/network/podCIDRs: more than 16"),
+        ({"network": {"podCidrs": []}}, "/network: additional property 'podCidrs'"),
         ({"tenantPolicy": {"rules": [{"origin": ["a"]}]}}, "/tenantPolicy/rules/0: additional property 'origin'"),
         ({"tenantPolicy": {"rules": [{"createNamespaces": "yes"}]}}, "/tenantPolicy/rules/0/createNamespaces:"),
     ],
@@ -249,6 +259,33 @@ def test_stream_limit_values_are_the_settings_the_planner_reads() -> None:
     values = {"events": {"max_bytes": 10 * 2**30, "max_age_days": 3, "discard": "new"}}
     settings = Settings(stream_limits=values)  # type: ignore[arg-type]
     assert settings.stream_limits["events"].limits().max_age_seconds == 3 * 86400
+
+
+def test_network_values_are_the_settings_the_watcher_reports() -> None:
+    """network.mode and network.podCIDRs become LLMOP_NETWORK_MODE / LLMOP_NETWORK_POD_CIDRS: the schema admits
+    exactly the modes and (IPv4) ranges the operator accepts, and the defaults declare nothing."""
+    network = load_schema()["properties"]["network"]["properties"]
+    assert network["mode"]["enum"] == ["", *NETWORK_MODES]
+    assert network["podCIDRs"]["maxItems"] == ClusterNetwork.model_fields["pod_cidrs"].metadata[0].max_length
+    pattern = network["podCIDRs"]["items"]["pattern"]
+    for cidr, accepted in (
+        ("10.244.0.0/16", True),
+        ("10.244.3.0/24", True),
+        ("0.0.0.0/0", True),
+        ("192.168.1.1/32", True),
+        ("10.244.0.0", False),
+        ("10.244.0.0/33", False),
+        ("256.0.0.0/8", False),
+        ("fd00::/64", False),
+        ("10.244.0.0/16,10.245.0.0/16", False),
+    ):
+        assert bool(re.search(pattern, cidr)) is accepted, cidr
+        if accepted:
+            assert Settings(network_pod_cidrs=[cidr]).cluster_network() is not None
+    assert load_values()["network"] == {"mode": "", "podCIDRs": []}
+    assert Settings(network_mode=None).cluster_network() is None
+    declared = Settings(network_mode="exposed", network_pod_cidrs=["10.244.0.0/16"]).cluster_network()
+    assert declared == ClusterNetwork(mode="exposed", pod_cidrs=["10.244.0.0/16"])
 
 
 # ------------------------------------------------------------------------------------------ chart metadata
@@ -348,6 +385,9 @@ def test_applier_role_writes_only_the_managed_kinds() -> None:
         ("llm.example.com", "llmdeployments/status"): {"patch"},
         ("llm.example.com", "llmdeployments/scale"): {"patch"},  # the fleet autoscaler's spec.replicas
         key("Event"): {"create"},
+        # applier/endpoints.py: listed by label, applied, pruned (never read one by one)
+        key("EndpointSlice"): {"list", "create", "patch", "delete"},
+        key("ServiceExport"): {"list", "create", "patch", "delete"},
     }
     assert not any(verbs & {"watch", "update", "deletecollection", "*"} for verbs in applier.values())
 

@@ -30,6 +30,15 @@
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# One address in the origin cluster (applier/endpoints.py): the origin's EndpointSlices pointing at replicas in
+# other clusters, and, in a serving cluster of the "mcs" network mode, the ServiceExport of the model's Service.
+# Listed by label (to prune), server-side applied, deleted; never read one by one.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "create", "patch", "delete"]
+- apiGroups: ["multicluster.x-k8s.io"]
+  resources: ["serviceexports"]
+  verbs: ["list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "create", "patch", "delete"]
