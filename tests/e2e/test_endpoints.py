@@ -28,6 +28,7 @@ from api.labels import LABEL_DEPLOYMENT, LABEL_ORIGIN
 from api.network import ClusterNetwork, ServingEndpoints
 from api.plans import DeploymentRef, EndpointsPlan, plan_id
 from api.policy import PlacementRule, TenantPolicy
+from applier import endpoints as endpoints_module
 from applier.apply import ApplyResult
 from applier.endpoints import LABEL_SERVICE_NAME, execute_endpoints, resolve
 from kubeapi import RESOURCES, KubeError, TransientKubeError
@@ -320,19 +321,38 @@ def test_an_endpoints_plan_the_tenant_policy_refuses_touches_nothing(fleet: Flee
             )
 
 
+def install_mcs_crds(fleet: Fleet, role: str) -> None:
+    """The MCS API's CRDs in that fleet cluster, shared-fleet safe: a server-side apply under the tests' own field
+    manager (idempotent, and concurrent sessions apply the same content), waited for until served (a new CRD's
+    storage answers 429 for a moment), and never removed (other sessions may be using them)."""
+    fleet.kubectl(
+        role, "apply", "--server-side", "--force-conflicts", "--field-manager=llm-operator-tests", "-f", str(MCS_CRDS)
+    )
+    for crd in ("serviceexports.multicluster.x-k8s.io", "serviceimports.multicluster.x-k8s.io"):
+        fleet.kubectl(role, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    fleet.poll_until(
+        lambda: fleet.kubectl(role, "get", "serviceexports", "-A", check=False).returncode == 0 or None,
+        timeout=TIMEOUT_S,
+        what="the ServiceExport API to be served",
+    )
+
+
 def test_with_the_mcs_api_the_serving_cluster_exports_and_the_origin_names_the_clusterset_service(
-    fleet: Fleet, namespace: str
+    fleet: Fleet, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     origin = Origin(fleet, namespace)
-    # Without the MCS CRDs an export cannot be made, and the plan says so.
-    fleet.kubectl("mixed", "delete", "-f", str(MCS_CRDS), "--ignore-not-found", "--wait=true")
-    failed = origin.apply("mixed", origin.plan("mixed", "serving", mode="mcs"))
-    assert failed.outcome == "Failed" and "MCS API" in failed.message
+    install_mcs_crds(fleet, "a100")
 
-    fleet.kubectl("a100", "apply", "--server-side", "-f", str(MCS_CRDS))
-    fleet.kubectl(
-        "a100", "wait", "--for=condition=Established", "crd/serviceexports.multicluster.x-k8s.io", "--timeout=60s"
-    )
+    # Without the MCS API an export cannot be made, and the plan says so. The fleet's CRDs are shared and stay;
+    # a cluster without them is one that serves no such API version: the apiserver answers 404, as it does
+    # where the CRDs were never installed.
+    absent = dataclasses.replace(RESOURCES["ServiceExport"], group="multicluster.absent.llm-operator.test")
+    with monkeypatch.context() as patched:
+        patched.setattr(endpoints_module, "SERVICE_EXPORT", absent)
+        failed = origin.apply("a100", origin.plan("a100", "serving", mode="mcs"))
+    assert failed.outcome == "Failed" and "MCS API" in failed.message
+    assert fleet.kubectl("a100", "get", "serviceexports", "-n", namespace, "-o", "name").stdout.strip() == ""
+
     result = origin.apply("a100", origin.plan("a100", "serving", mode="mcs"))
     assert result.outcome == "Applied", result.message
     export = json.loads(fleet.kubectl("a100", "get", "serviceexports", "chat", "-n", namespace, "-o", "json").stdout)
