@@ -373,6 +373,7 @@ def _print_verdicts(decision: PlacementDecided) -> None:
 async def status(settings: Settings, *, as_json: bool) -> None:
     async with database(settings) as reports:
         clusters = await reports.clusters()
+        networks = await reports.cluster_networks()
         capacity = await reports.gpu_capacity()
         deployments = await reports.deployment_summaries()
     now = datetime.now(UTC)
@@ -380,7 +381,13 @@ async def status(settings: Settings, *, as_json: bool) -> None:
         sys.stdout.write(
             json.dumps(
                 {
-                    "clusters": [dataclasses.asdict(c) for c in clusters],
+                    "clusters": [
+                        {
+                            **dataclasses.asdict(c),
+                            "network": n.model_dump(mode="json") if (n := networks.get(c.name)) else None,
+                        }
+                        for c in clusters
+                    ],
                     "capacity": [dataclasses.asdict(c) for c in capacity],
                     "deployments": [dataclasses.asdict(d) for d in deployments],
                 },
@@ -393,12 +400,15 @@ async def status(settings: Settings, *, as_json: bool) -> None:
     out.print(
         _table(
             "clusters",
-            ["CLUSTER", "HEALTH", "LAST HEARTBEAT", "LABELS"],
+            ["CLUSTER", "HEALTH", "LAST HEARTBEAT", "NETWORK", "POD RANGES", "LABELS"],
             [
                 [
                     c.name,
                     "Healthy" if c.healthy else f"Unhealthy ({c.health_reason})",
                     f"{(now - c.last_heartbeat_at).total_seconds():.0f}s ago" if c.last_heartbeat_at else "never",
+                    # How other clusters reach its replicas, as its agent declared it (docs/deploy.md).
+                    networks[c.name].mode if c.name in networks else "undeclared",
+                    ",".join(networks[c.name].pod_cidrs) if c.name in networks else "",
                     ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())),
                 ]
                 for c in clusters

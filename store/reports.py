@@ -19,9 +19,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, text
 
 from api.events import deployment_stream
+from api.network import ClusterNetwork
 from store import reader, replay, schema, tables
 from store.engine import Engine, open_engine
 from store.errors import translated
@@ -194,6 +196,33 @@ class Reports:
             )
             for r in found
         ]
+
+    async def cluster_networks(self) -> dict[str, ClusterNetwork]:
+        """Each cluster's declared network (api.network), from the newest cluster event that carries one.
+
+        Read from the log (the latest `Cluster*` event whose payload has a `network` object, e.g. a ClusterJoined
+        recorded from a heartbeat that declared it), so it works whether or not a projection holds it. Only the
+        `Cluster*` types are read (a range on the indexed `type` column: no scan of the whole log). A payload
+        that is not a valid ClusterNetwork is left out, as undeclared."""
+        with translated("read cluster networks"):
+            async with self._engine.connect() as conn:
+                found = (
+                    await conn.execute(
+                        text(
+                            "SELECT DISTINCT ON (cluster) cluster, payload->'network' AS network FROM events "
+                            "WHERE type >= 'Cluster' AND type < 'Clustes' "
+                            "AND jsonb_typeof(payload->'network') = 'object' "
+                            "ORDER BY cluster, position DESC"
+                        )
+                    )
+                ).all()
+        networks: dict[str, ClusterNetwork] = {}
+        for cluster, network in found:
+            try:
+                networks[str(cluster)] = ClusterNetwork.model_validate(network)
+            except ValidationError:
+                continue
+        return networks
 
     async def gpu_capacity(self) -> list[GpuCapacityRow]:
         """The `report_gpu_capacity` view."""

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ import anyio
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from api.events import ApplyReported
+from api.events import ApplyReported, ClusterJoined
 from llm_operator.embedded import _free_port
-from store import recorder
+from store import projections, recorder
 from tests import builders
 from tests.fixtures.services import Hub
 
@@ -274,3 +275,44 @@ def test_keys_generate_and_public(tmp_path: Path) -> None:
     assert public.startswith("ed25519:")
     assert run("keys", "public", str(key)).stdout.strip() == public
     assert "never overwritten" in one_line_error(run("keys", "generate", "-o", str(key)))
+
+
+# ------------------------------------------------------------------------------------ the clusters' networks
+
+
+async def _join(hub: Hub, cluster: str, *, at: datetime, network: dict[str, Any] | None) -> None:
+    """A ClusterJoined as the planner records it from a heartbeat, its payload carrying the declared network."""
+    joined = ClusterJoined(
+        event_id=f"joined-{cluster}-{at.timestamp()}", cluster=cluster, labels={"gpu": "a100"}, at=at
+    )
+    payload = joined.model_dump(mode="json") | ({"network": network} if network is not None else {})
+    engine = create_async_engine(hub.database_url)
+    try:
+        async with engine.begin() as conn:
+            await recorder.lock_writers(conn)
+            await recorder.append(conn, [(joined, {})], raw=[json.dumps(payload).encode()])
+            await recorder.apply_ops(conn, projections.fold(joined))
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_status_shows_each_clusters_declared_network(hub: Hub) -> None:
+    """`status` lists how each cluster is reached (mode, pod ranges) from its newest cluster event declaring it;
+    a cluster that declared nothing, or something invalid, is "undeclared"."""
+    t0 = builders.T0
+    await _join(hub, "east", at=t0, network={"mode": "flat", "pod_cidrs": ["10.1.0.0/16"]})
+    await _join(hub, "east", at=t0 + timedelta(seconds=5), network={"mode": "mcs", "pod_cidrs": ["10.2.0.0/16"]})
+    await _join(hub, "west", at=t0, network=None)
+    await _join(hub, "north", at=t0, network={"mode": "[bold]mesh[/bold]", "pod_cidrs": []})
+    result = await anyio.to_thread.run_sync(lambda: run("status", "--json", "--database-url", hub.database_url))
+    assert result.returncode == 0, result.stderr
+    clusters = {c["name"]: c["network"] for c in json.loads(result.stdout)["clusters"]}
+    assert clusters == {"east": {"mode": "mcs", "pod_cidrs": ["10.2.0.0/16"]}, "north": None, "west": None}
+
+    table = await anyio.to_thread.run_sync(lambda: run("status", "--database-url", hub.database_url))
+    assert table.returncode == 0, table.stderr
+    rows = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if line.count("│") > 3}
+    assert "mcs" in rows["east"] and "10.2.0.0/16" in rows["east"]
+    assert "undeclared" in rows["west"] and "undeclared" in rows["north"]
+    assert "mesh" not in table.stdout
