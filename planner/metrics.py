@@ -48,7 +48,8 @@ PARKED_PLANS = Counter(
 )
 FREE_GPUS = Gauge("llmop_fleet_free_gpus", "Free GPUs after running pods and reservations", ["cluster", "gpu_product"])
 CLUSTER_HEALTHY = Gauge(
-    "llmop_fleet_cluster_healthy", "1 while the planner trusts a member cluster (heartbeats arrive), 0 when Unhealthy",
+    "llmop_fleet_cluster_healthy",
+    "1 while the planner trusts a member cluster (heartbeats arrive), 0 when Unhealthy",
     ["cluster"],
 )
 DEPLOYMENTS = Gauge(

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 import applier.metrics
 import planner.metrics
 import watcher.metrics
+from planner.fleet import NodeFree
 from planner.metrics import (
     CLUSTER_HEALTHY,
     DEPLOYMENTS,
@@ -36,7 +37,6 @@ from planner.metrics import (
     note_outcome,
     stop_leading,
 )
-from planner.fleet import NodeFree
 from store.rows import ClusterRow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,10 +90,7 @@ def dashboard() -> dict[str, Any]:
 def dashboard_exprs() -> list[tuple[str, str]]:
     """(where, expr) of every panel target and every query variable."""
     out = [
-        (f"panel {p['title']!r}", t["expr"])
-        for p in dashboard()["panels"]
-        if p["type"] != "row"
-        for t in p["targets"]
+        (f"panel {p['title']!r}", t["expr"]) for p in dashboard()["panels"] if p["type"] != "row" for t in p["targets"]
     ]
     for var in dashboard()["templating"]["list"]:
         if var["type"] == "query":
@@ -102,8 +99,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def alerts() -> list[dict[str, Any]]:
-    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
-    return rules
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
 
 
 # ------------------------------------------------------------------------------------ names against the code
@@ -159,7 +155,7 @@ def test_dashboard_is_loadable_json_with_a_sound_layout() -> None:
     cells: set[tuple[int, int]] = set()
     for panel in panels:
         pos = panel["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
         taken = {(pos["x"] + dx, pos["y"] + dy) for dx in range(pos["w"]) for dy in range(pos["h"])}
         assert not taken & cells, f"panel {panel['title']!r} overlaps another"
         cells |= taken
@@ -234,7 +230,10 @@ def _fresh_term() -> None:
 
 def test_cluster_health_follows_the_rows_and_drops_clusters_that_are_gone() -> None:
     export_cluster_health([cluster("east", healthy=True), cluster("west", healthy=True)])
-    assert (sample("llmop_fleet_cluster_healthy", cluster="east"), sample("llmop_fleet_cluster_healthy", cluster="west")) == (1, 1)
+    assert (
+        sample("llmop_fleet_cluster_healthy", cluster="east"),
+        sample("llmop_fleet_cluster_healthy", cluster="west"),
+    ) == (1, 1)
     export_cluster_health([cluster("east", healthy=False)])
     assert sample("llmop_fleet_cluster_healthy", cluster="east") == 0
     assert sample("llmop_fleet_cluster_healthy", cluster="west") is None
