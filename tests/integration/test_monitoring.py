@@ -119,6 +119,24 @@ def test_off_by_default_and_never_in_member_releases() -> None:
     assert not [key for key in member if key[0] == "PrometheusRule" or key[1].endswith("grafana-dashboard")]
 
 
+@pytest.mark.parametrize("values", ["hub-values.yaml", "member-values.yaml"])
+def test_the_pod_monitor_scrapes_every_operator_pod_of_the_release(values: str) -> None:
+    pod_monitor = ("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.podMonitor.labels.release=kps")
+    objects = template(*pod_monitor, values=values)
+    monitor = objects[("PodMonitor", "hub-llm-operator")]
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    deployments = [obj for (kind, _), obj in objects.items() if kind == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]
+        assert selector.items() <= pod["metadata"]["labels"].items(), deployment["metadata"]["name"]
+        ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        assert "metrics" in ports, deployment["metadata"]["name"]
+    assert not [key for key in template(values=values) if key[0] == "PodMonitor"]
+
+
 def test_a_misspelt_monitoring_value_is_refused() -> None:
     done = run(
         helm_binary(), "template", "hub", CHART, "-f", CHART / "ci" / "hub-values.yaml",
