@@ -203,7 +203,7 @@ def _carry_events(old: AnyPlan, new: AnyPlan) -> AnyPlan:
 async def _supersede(msg: Delivery, old: AnyPlan, new: AnyPlan, app: _Applier) -> None:
     message = f"superseded by plan {new.plan_id} (sequence {new.sequence}) before it ran"
     logger.info("plan %s: %s", old.plan_id, message)
-    metrics.APPLIES.labels(kind=old.kind, outcome="Superseded").inc()
+    metrics.APPLIES.labels(cluster=app.settings.cluster, kind=old.kind, outcome="Superseded").inc()
     await _report(old, ApplyResult("Superseded", message=message), app)
     await msg.ack()
 
@@ -288,7 +288,7 @@ async def _handle(msg: Delivery, plan: AnyPlan, app: _Applier, limiter: anyio.Ca
         tg.cancel_scope.cancel()
     seconds = (datetime.now(UTC) - started).total_seconds()
     metrics.APPLY_SECONDS.labels(kind=plan.kind).observe(seconds)
-    metrics.APPLIES.labels(kind=plan.kind, outcome=result.outcome).inc()
+    metrics.APPLIES.labels(cluster=settings.cluster, kind=plan.kind, outcome=result.outcome).inc()
     log = logger.warning if result.outcome == "Failed" else logger.info
     log(
         "plan %s (%s seq %d, %s/%s) in %s: %s %s",
@@ -362,7 +362,7 @@ async def _execute(plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter)
                 settings.max_attempts,
                 extra=_about(plan, settings.cluster),
             )
-            metrics.APPLIES.labels(kind=plan.kind, outcome="Retry").inc()
+            metrics.APPLIES.labels(cluster=settings.cluster, kind=plan.kind, outcome="Retry").inc()
             await anyio.sleep(wait)
 
 
@@ -408,5 +408,5 @@ async def _dead_letter(msg: Delivery, app: _Applier, reason: str) -> None:
     await dead_letter(
         app.js, app.subjects.dead_letters(app.settings.cluster), msg.data, reason=reason, original_subject=msg.subject
     )
-    metrics.APPLIES.labels(kind="unknown", outcome="DeadLetter").inc()
+    metrics.APPLIES.labels(cluster=app.settings.cluster, kind="unknown", outcome="DeadLetter").inc()
     await msg.ack()

@@ -106,11 +106,17 @@ async def decide(
             observed_plans=observed_plans,
         )
         if state is None:
+            metrics.note_outcome(key, None)
             continue
         if tenant_policy != DEFAULT_POLICY:
             state = replace(state, tenant_policy=tenant_policy)
         outcome = reconcile(state)
         capacity = outcome.capacity
+        # A deployment that is gone (deleted, its workloads still being removed) no longer counts.
+        metrics.note_outcome(
+            key,
+            None if row is None else outcome.decided.outcome if outcome.decided is not None else row.last_outcome,
+        )
         if outcome.decided is not None:
             new_events.append(outcome.decided)
             decisions += 1

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from api.events import ClusterHeartbeat, Event, LoadObserved, encode_event
 from api.policy import TenantPolicy
 from bus.subjects import Subjects
-from planner import health, scaling
+from planner import health, metrics, scaling
 from planner.affected import affected as affected_keys
 from planner.decide import decide
 from planner.decode import Decoded, Delivery, decode_delivery, prepare
@@ -215,6 +215,7 @@ async def step(
         recorded += lost
         clusters = {c.name: c for c in await queries.clusters(conn)}
 
+    metrics.export_cluster_health(clusters.values())
     memory.note(r.event for r in recorded)
     loads = [r.event for r in recorded if type(r.event) is LoadObserved]
     if mode == "catch-up":

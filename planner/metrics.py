@@ -1,9 +1,16 @@
-"""Prometheus metrics of the planner (exposed by the composition root's /metrics endpoint)."""
+"""Prometheus metrics of the planner (exposed by the composition root's /metrics endpoint).
+
+Guarantees: the fleet's per-cluster and per-outcome gauges (free GPUs, cluster health, deployments by placement
+outcome) describe the leader's view only — `stop_leading` empties them, so a standby or deposed planner never
+exports a stale fleet next to its successor's. charts/llm-operator/files/ (alerts and the Grafana dashboard)
+query these names; tests/unit/test_monitoring.py checks that every name they use is registered here or in the
+other components' metrics modules.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -40,6 +47,16 @@ PARKED_PLANS = Counter(
     "llmop_planner_parked_plans_total", "Plans the bus can never carry (above max_payload), parked and reported"
 )
 FREE_GPUS = Gauge("llmop_fleet_free_gpus", "Free GPUs after running pods and reservations", ["cluster", "gpu_product"])
+CLUSTER_HEALTHY = Gauge(
+    "llmop_fleet_cluster_healthy",
+    "1 while the planner trusts a member cluster (heartbeats arrive), 0 when Unhealthy",
+    ["cluster"],
+)
+DEPLOYMENTS = Gauge(
+    "llmop_planner_deployments",
+    "LLMDeployments by the outcome of their latest placement decision (Placed, InsufficientGPU, PolicyDenied, ...)",
+    ["outcome"],
+)
 
 
 def observe_step(result: Any, seconds: float) -> None:
@@ -125,3 +142,49 @@ def forget_autoscaler(key: tuple[str, str, str]) -> None:
         for metric in ("timeToFirstTokenP90Ms", "queueDepth", "requestsPerSecond"):
             with contextlib.suppress(KeyError):
                 gauge.remove(name, metric)
+
+
+# The clusters whose health gauge is set (a cluster no longer in the table loses its series).
+_healthy: set[str] = set()
+
+
+def export_cluster_health(clusters: Iterable[Any]) -> None:
+    """Set `llmop_fleet_cluster_healthy` from the cluster rows as the planner's step left them."""
+    seen: set[str] = set()
+    for row in clusters:
+        CLUSTER_HEALTHY.labels(cluster=row.name).set(1 if row.healthy else 0)
+        seen.add(row.name)
+    for gone in _healthy - seen:
+        with contextlib.suppress(KeyError):
+            CLUSTER_HEALTHY.remove(gone)
+    _healthy.clear()
+    _healthy.update(seen)
+
+
+# Each reconciled deployment's latest decision outcome, so the per-outcome gauge counts deployments, not decisions.
+# The first step after catching up reconciles every deployment (planner/service.py, mode "full"), so within a term
+# the counts cover the whole fleet.
+_outcomes: dict[tuple[str, str, str], str] = {}
+
+
+def note_outcome(key: tuple[str, str, str], outcome: str | None) -> None:
+    """Record a deployment's latest decision outcome; None: it is gone (or was never decided)."""
+    old = _outcomes.pop(key, None) if outcome is None else _outcomes.get(key)
+    if old == outcome:
+        return
+    if old is not None:
+        DEPLOYMENTS.labels(outcome=old).dec()
+    if outcome is not None:
+        _outcomes[key] = outcome
+        DEPLOYMENTS.labels(outcome=outcome).inc()
+
+
+def stop_leading() -> None:
+    """This planner no longer leads: drop the fleet view it exported (its successor exports its own)."""
+    LEADER.set(0)
+    LAG.set(0)
+    for gauge in (FREE_GPUS, CLUSTER_HEALTHY, DEPLOYMENTS):
+        gauge.clear()
+    _exported.clear()
+    _healthy.clear()
+    _outcomes.clear()

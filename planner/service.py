@@ -92,7 +92,7 @@ async def run_planner(*, engine: Engine, js: JetStream, subjects: Subjects, sett
             logger.warning("planner %s stopped leading: %s", settings.holder, group.exceptions[0])
         finally:
             await lease.release()
-        metrics.LEADER.set(0)
+        metrics.stop_leading()
 
 
 async def _guard_lease(lease: Lease, interval: float) -> None:

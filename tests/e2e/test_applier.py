@@ -25,6 +25,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import config as k8s_config
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from api.conditions import Condition
 from api.events import ApplyReported, decode_event
@@ -1203,6 +1204,11 @@ async def test_unsigned_forged_replayed_and_far_future_plans_are_dead_lettered_a
     await publish_signed(js, hub, first, msg_id="replayed")
     await publish_signed(js, hub, third)
 
+    def applied(outcome: str, kind: str) -> float:
+        labels = {"cluster": cluster, "kind": kind, "outcome": outcome}
+        return REGISTRY.get_sample_value("llmop_applier_plans_total", labels) or 0.0
+
+    dead_before, applied_before = applied("DeadLetter", "unknown"), applied("Applied", "Workload")
     reports: dict[str, ApplyReported] = {}
     settings = ApplierSettings(cluster=cluster, workers=2, trusted_keys=TRUSTED)
     reader = SequenceReader(
@@ -1235,6 +1241,9 @@ async def test_unsigned_forged_replayed_and_far_future_plans_are_dead_lettered_a
     assert reasons[3] == "unsigned: the plan carries no signature"
     assert reasons[4].startswith(f"far-future epoch: plan epoch {10**18} is more than 10000 above the highest seen (1)")
     assert reasons[5].startswith("replayed: epoch 1 sequence 1 arrived after epoch 1 sequence 2")
+    # Counted per cluster, as the hub's LLMOperatorApplierDeadLetters alert and dashboard read them.
+    assert applied("DeadLetter", "unknown") - dead_before == 6
+    assert applied("Applied", "Workload") - applied_before >= 1
     deployment = await get(kubectl, "cpu", "deployment", "chat", namespace)
     assert deployment["spec"]["replicas"] == 3
     annotations = deployment["metadata"]["annotations"]
