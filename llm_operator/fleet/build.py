@@ -287,7 +287,7 @@ def _recipe(component: Component, *, go: _Go, out: Path, scratch: Path) -> _Reci
     if component is PROMETHEUS:
         module = "github.com/prometheus/prometheus"
         mod_version = prometheus_module_version(component.version)
-        cmds = tuple(f"cmd/{b}" for b in component.binaries)
+        pkgs = tuple(f"cmd/{b}" for b in component.binaries)
         # Its go.mod has no replace or exclude directives, so `go install pkg@version` builds upstream's own
         # graph (and checks upstream's go.sum); no wrapper module needed.
         # Tags: only the Kubernetes service discovery (file and http are always in), which drops the cloud
@@ -300,12 +300,10 @@ def _recipe(component: Component, *, go: _Go, out: Path, scratch: Path) -> _Reci
             f"-s -w -X {v}.Version={component.version.removeprefix('v')} -X {v}.Branch=HEAD"
             f" -X {v}.Revision={mod_version} -X {v}.BuildUser=llm-operator"
         )
-        targets = tuple(f"{module}/{c}@{mod_version}" for c in cmds)
+        targets = tuple(f"{module}/{c}@{mod_version}" for c in pkgs)
         argv = ("install", "-v", *trim, *tags, "-ldflags", ldflags, *targets)
         list_cwd = _module_dir(go, module, mod_version, scratch)
-        return _Recipe(
-            scratch, list_cwd, tuple(f"./{c}" for c in cmds), argv, go.env(GOBIN=str(out)), list_flags=tags
-        )
+        return _Recipe(scratch, list_cwd, tuple(f"./{c}" for c in pkgs), argv, go.env(GOBIN=str(out)), list_flags=tags)
     raise AssertionError(component)
 
 

@@ -1,4 +1,4 @@
-"""Pinned versions of every binary in the local test fleet (and of the Prometheus its tests scrape with), and where each one is built from.
+"""Pinned versions of every binary in the local test fleet (Prometheus included), and where each is built from.
 
 Guarantees: this is the single place a version is chosen. Each component is cached under
 ``<cache>/bin/<component>-<version>/``, so bumping one version here rebuilds only that component. The wrapper
