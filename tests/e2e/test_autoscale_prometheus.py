@@ -263,16 +263,19 @@ async def test_load_read_through_prometheus_scales_the_llm_deployment(
         ns = operator.namespace
         await kubectl("cpu", "apply", "-n", ns, "-f", str(SEED_DIR / "model.yaml"))
         await kubectl("cpu", "apply", "-n", ns, "-f", "-", input=json.dumps(deployment))
-        [replica] = _served(
-            emu.wait_for_replicas(lambda rs: len(_served(rs, port)) == 1, timeout=TIMEOUT_S, what="the replica"),
-            port,
+        # The operator runs on this event loop: the fixtures' blocking waits go to a thread.
+        served = await anyio.to_thread.run_sync(
+            lambda: emu.wait_for_replicas(lambda rs: len(_served(rs, port)) == 1, timeout=TIMEOUT_S, what="a replica")
         )
-        prom.wait_for_targets(
-            lambda ts: any(t["health"] == "up" and t["labels"].get("pod") == replica["pod"] for t in ts),
-            timeout=TIMEOUT_S,
-            what="Prometheus to scrape the replica",
+        [replica] = _served(served, port)
+        await anyio.to_thread.run_sync(
+            lambda: prom.wait_for_targets(
+                lambda ts: any(t["health"] == "up" and t["labels"].get("pod") == replica["pod"] for t in ts),
+                timeout=TIMEOUT_S,
+                what="Prometheus to scrape the replica",
+            )
         )
-        queries_before = _query_count(prom)
+        queries_before = await anyio.to_thread.run_sync(_query_count, prom)
 
         def urls() -> list[str]:
             return [f"http://{r['ip']}:{port}/v1/completions" for r in _served(emu.replicas(), port)]
@@ -301,11 +304,11 @@ async def test_load_read_through_prometheus_scales_the_llm_deployment(
         assert conditions["ScalingActive"]["status"] == "True", conditions
 
     # The agents asked Prometheus: on this path they never scrape the pods themselves.
-    assert _query_count(prom) > queries_before
+    assert await anyio.to_thread.run_sync(_query_count, prom) > queries_before
 
 
 async def _emulated(emu: Any, port: int, count: int) -> bool:
-    return len(_served(emu.replicas(), port)) >= count
+    return len(_served(await anyio.to_thread.run_sync(emu.replicas), port)) >= count
 
 
 async def _cli(hub: Hub, *args: str) -> str:
