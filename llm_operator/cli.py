@@ -230,7 +230,7 @@ def _local_fleet(settings: Settings) -> tuple[list[Member], Path | None]:
         err.print(f"[dim]fleet:[/dim] {escape(message)}", highlight=False)
 
     try:
-        toolchain = ensure_toolchain(progress=progress, with_helm=False)
+        toolchain = ensure_toolchain(progress=progress, with_helm=False, with_prometheus=False)
         clusters = fleet_up(toolchain=toolchain, progress=progress)
     except FleetError as exc:
         fail(str(exc))

@@ -1,6 +1,7 @@
 """Session-wide fixtures: real Postgres and NATS (tests.fixtures.services), the real kwok fleet
 (tests.fixtures.fleet), an in-process operator bound to one test's namespace (tests.fixtures.operator), and the
-pod network plus model-server emulator that let kwok pods answer HTTP (tests.fixtures.podnet)."""
+pod network plus model-server emulator that let kwok pods answer HTTP (tests.fixtures.podnet), and a real Prometheus
+scraping those pods (tests.fixtures.prometheus)."""
 
 import os
 
@@ -14,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.fleet",
     "tests.fixtures.operator",
     "tests.fixtures.podnet",
+    "tests.fixtures.prometheus",
 ]

@@ -1,4 +1,4 @@
-"""Build and cache the fleet's binaries (Kubernetes control plane, etcd, kwok, helm) from Go modules.
+"""Build and cache the fleet's binaries (Kubernetes control plane, etcd, kwok, helm, Prometheus) from Go modules.
 
 Guarantees:
 - ``ensure_toolchain`` builds only what is missing. The cache is keyed by version
@@ -38,7 +38,9 @@ from llm_operator.fleet.versions import (
     KUBERNETES_VERSION,
     KWOK,
     MIN_GO_VERSION,
+    PROMETHEUS,
     Component,
+    prometheus_module_version,
 )
 
 Progress = Callable[[str], None]
@@ -78,6 +80,8 @@ class Toolchain:
     kwok: Path
     kwokctl: Path
     helm: Path
+    prometheus: Path
+    promtool: Path
 
     def env(self) -> dict[str, str]:
         """A complete environment (the current one plus overrides) for running kwokctl, kubectl and helm.
@@ -111,7 +115,7 @@ class Toolchain:
 def toolchain_paths(root: Path | None = None) -> Toolchain:
     """Where each binary lives in the cache (whether or not it has been built yet)."""
     root = root or bin_root()
-    k8s, etcd, kwok, helm = (root / c.dirname for c in (KUBERNETES, ETCD, KWOK, HELM))
+    k8s, etcd, kwok, helm, prom = (root / c.dirname for c in (KUBERNETES, ETCD, KWOK, HELM, PROMETHEUS))
     return Toolchain(
         kube_apiserver=k8s / "kube-apiserver",
         kube_controller_manager=k8s / "kube-controller-manager",
@@ -121,6 +125,8 @@ def toolchain_paths(root: Path | None = None) -> Toolchain:
         kwok=kwok / "kwok",
         kwokctl=kwok / "kwokctl",
         helm=helm / "helm",
+        prometheus=prom / "prometheus",
+        promtool=prom / "promtool",
     )
 
 
@@ -132,16 +138,20 @@ def is_complete(component: Component, root: Path | None = None) -> bool:
     return all((d / b).is_file() and os.access(d / b, os.X_OK) for b in component.binaries)
 
 
-def ensure_toolchain(*, progress: Progress | None = None, with_helm: bool = True) -> Toolchain:
+def ensure_toolchain(
+    *, progress: Progress | None = None, with_helm: bool = True, with_prometheus: bool = True
+) -> Toolchain:
     """Return the toolchain, building whatever is missing first (see the module docstring).
 
     ``progress`` receives one-line messages: each step with its elapsed time, and package counts while
-    compiling. With ``with_helm=False`` helm is neither built nor checked, and ``Toolchain.helm`` may not exist.
+    compiling. With ``with_helm=False`` helm is neither built nor checked, and ``Toolchain.helm`` may not exist;
+    likewise ``with_prometheus=False`` for ``Toolchain.prometheus`` and ``Toolchain.promtool``.
     Go (>= 1.26) is only needed when something has to be built.
     """
     say = progress or (lambda _msg: None)
     root = bin_root()
-    wanted = [c for c in COMPONENTS if with_helm or c is not HELM]
+    skipped = {c for c, wanted in ((HELM, with_helm), (PROMETHEUS, with_prometheus)) if not wanted}
+    wanted = [c for c in COMPONENTS if c not in skipped]
     if all(is_complete(c, root) for c in wanted):
         return toolchain_paths(root)
 
@@ -204,6 +214,7 @@ class _Recipe:
     list_pkgs: tuple[str, ...]
     argv: tuple[str, ...]  # after `go`
     env: dict[str, str]
+    list_flags: tuple[str, ...] = ()  # build flags that change the package graph (-tags), for `go list`
 
 
 def gobuild_dir() -> Path:
@@ -273,6 +284,26 @@ def _recipe(component: Component, *, go: _Go, out: Path, scratch: Path) -> _Reci
         argv = ("install", "-v", *trim, "-ldflags", ldflags, *targets)
         list_cwd = _module_dir(go, module, component.version, scratch)
         return _Recipe(scratch, list_cwd, tuple(f"./{c}" for c in cmds), argv, go.env(GOBIN=str(out)))
+    if component is PROMETHEUS:
+        module = "github.com/prometheus/prometheus"
+        mod_version = prometheus_module_version(component.version)
+        pkgs = tuple(f"cmd/{b}" for b in component.binaries)
+        # Its go.mod has no replace or exclude directives, so `go install pkg@version` builds upstream's own
+        # graph (and checks upstream's go.sum); no wrapper module needed.
+        # Tags: only the Kubernetes service discovery (file and http are always in), which drops the cloud
+        # SDKs of the other 20-odd mechanisms from the build; no `builtinassets`, so no web UI is embedded
+        # (the UI needs a node build) and the binary serves the HTTP API only, which is all the tests use.
+        tags = ("-tags", "netgo,remove_all_sd,enable_kubernetes_sd")
+        v = "github.com/prometheus/common/version"
+        # Stamped as upstream's .promu.yml does; unstamped, `prometheus --version` reports no version.
+        ldflags = (
+            f"-s -w -X {v}.Version={component.version.removeprefix('v')} -X {v}.Branch=HEAD"
+            f" -X {v}.Revision={mod_version} -X {v}.BuildUser=llm-operator"
+        )
+        targets = tuple(f"{module}/{c}@{mod_version}" for c in pkgs)
+        argv = ("install", "-v", *trim, *tags, "-ldflags", ldflags, *targets)
+        list_cwd = _module_dir(go, module, mod_version, scratch)
+        return _Recipe(scratch, list_cwd, tuple(f"./{c}" for c in pkgs), argv, go.env(GOBIN=str(out)), list_flags=tags)
     raise AssertionError(component)
 
 
@@ -299,7 +330,7 @@ def _count_packages(go: _Go, recipe: _Recipe) -> set[str] | None:
         return None
     try:
         res = subprocess.run(
-            [go.path, "list", "-mod=readonly", "-deps", *recipe.list_pkgs],
+            [go.path, "list", "-mod=readonly", *recipe.list_flags, "-deps", *recipe.list_pkgs],
             cwd=recipe.list_cwd,
             env=recipe.env,
             capture_output=True,

@@ -85,7 +85,7 @@ def _live_progress(title: str) -> Iterator[Callable[[str], None]]:
 
 def _toolchain(*, with_helm: bool = False) -> Toolchain:
     with _live_progress("checking the toolchain") as progress:
-        return ensure_toolchain(progress=progress, with_helm=with_helm)
+        return ensure_toolchain(progress=progress, with_helm=with_helm, with_prometheus=False)
 
 
 def _built_toolchain() -> Toolchain:
@@ -109,11 +109,14 @@ def _path_line(toolchain: Toolchain) -> str:
 @_fails_cleanly
 def build(
     helm: Annotated[bool, typer.Option(help="Also build helm (for chart tests).")] = True,
+    prometheus: Annotated[
+        bool, typer.Option(help="Also build prometheus and promtool (for the Prometheus-path tests).")
+    ] = True,
 ) -> None:
     """Build (or verify) every fleet binary into the cache; only missing versions are built."""
     t0 = time.monotonic()
     with _live_progress("checking the toolchain") as progress:
-        toolchain = ensure_toolchain(progress=progress, with_helm=helm)
+        toolchain = ensure_toolchain(progress=progress, with_helm=helm, with_prometheus=prometheus)
     out = Console(soft_wrap=True)
     for name, path in describe(toolchain):
         if path.exists():
