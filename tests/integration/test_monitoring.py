@@ -42,16 +42,11 @@ BUILD_HINT = "build it with `llm-operator fleet build` (the fleet toolchain)"
 
 
 def promtool() -> Path:
-    """promtool of the fleet toolchain: `Toolchain.promtool` where the toolchain names it, else the cached build."""
-    named = getattr(build.toolchain_paths(), "promtool", None)
-    if named is not None:
-        if not Path(named).is_file():
-            pytest.fail(f"promtool is missing at {named}: {BUILD_HINT}")
-        return Path(named)
-    found = sorted(build.bin_root().glob("prometheus-*/promtool"))
-    if not found:
-        pytest.fail(f"promtool not found in {build.bin_root()}/prometheus-*/: {BUILD_HINT}")
-    return found[-1]
+    """promtool of the fleet toolchain (built with Prometheus by `llm-operator fleet build`)."""
+    path = build.toolchain_paths().promtool
+    if not path.is_file():
+        pytest.fail(f"promtool is missing at {path}: {BUILD_HINT}")
+    return path
 
 
 def helm_binary() -> Path:
