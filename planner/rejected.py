@@ -4,8 +4,9 @@ and why.
 Guarantees:
 - Only a refused message that names an LLMDeployment or LLMModel in the cluster it arrived from (a
   `ResourceObserved` whose envelope parses) is reported: a message that lies about its origin tells nobody
-  anything. A refused LLMModel is reported on every LLMDeployment of its namespace that uses it (the operator
-  writes no LLMModel status yet).
+  anything. A refused LLMModel is reported on the LLMModel itself (a model status plan: `Accepted` False with
+  reason `InvalidSpec`, the refusal as its message, and a Warning event `Refused`) and on every LLMDeployment of
+  its namespace that uses it.
 - The report is a status plan to the origin cluster, like every status the planner writes: `Ready` False with
   reason `InvalidSpec` and the refusal as its message, plus a Warning event `Refused`; its (epoch, sequence) is
   the deployment's next, recorded with a `PlanIssued` event in the caller's transaction, so it is ordered with
@@ -25,8 +26,8 @@ from typing import Any
 from api.conditions import set_condition
 from api.events import PlanIssued, deterministic_id
 from api.keys import DeploymentKey
-from api.models import LLMDeploymentStatus
-from api.plans import DeploymentRef, KubeEvent, StatusPlan, plan_id
+from api.models import LLMDeploymentStatus, LLMModelStatus
+from api.plans import DeploymentRef, KubeEvent, ModelStatusPlan, StatusPlan, model_ref, plan_id
 from bus.subjects import Subjects
 from store import queries, recorder
 from store.engine import Connection
@@ -69,6 +70,7 @@ async def report_refused(
     if target is None:
         return False
     if target["kind"] == "LLMModel":
+        await _tell_model(conn, target, reason, epoch=epoch, now=now, subjects=subjects)
         model = (target["cluster"], target["namespace"], target["name"])
         users = await queries.deployment_keys_using_models(conn, [model])
         found = await queries.deployments(conn, users)
@@ -83,7 +85,7 @@ async def report_refused(
                     now=now,
                     subjects=subjects,
                 )
-        return bool(users)
+        return True
     await _tell(
         conn,
         target,
@@ -93,6 +95,49 @@ async def report_refused(
         subjects=subjects,
     )
     return True
+
+
+async def _tell_model(
+    conn: Connection, target: dict[str, Any], reason: str, *, epoch: int, now: datetime, subjects: Subjects
+) -> None:
+    """The model status plan: sequenced in the model's own lane (`api.plans.model_ref`), like a deployment's."""
+    ref = model_ref(target["cluster"], target["namespace"], target["name"], target["uid"])
+    sequence = (await queries.plan_sequences(conn, [ref.key])).get(ref.key, 0) + 1
+    message = f"this version of the LLMModel was refused and is not used: {reason}"[:1024]
+    conditions = set_condition(
+        [],
+        type="Accepted",
+        status="False",
+        reason="InvalidSpec",
+        message=message,
+        observed_generation=target["generation"],
+        now=now,
+    )
+    plan = ModelStatusPlan(
+        plan_id=plan_id(ref, ref.origin_cluster, "ModelStatus", epoch, sequence),
+        epoch=epoch,
+        sequence=sequence,
+        cluster=ref.origin_cluster,
+        deployment=ref,
+        generation=target["generation"],
+        issued_at=now,
+        model=target["name"],
+        status=LLMModelStatus(observed_generation=target["generation"], conditions=list(conditions)),
+        events=[KubeEvent(type="Warning", reason="Refused", message=message)],
+    )
+    await _record(conn, plan, epoch=epoch, now=now, subjects=subjects)
+
+
+async def _record(
+    conn: Connection, plan: StatusPlan | ModelStatusPlan, *, epoch: int, now: datetime, subjects: Subjects
+) -> None:
+    """Record the plan (a `PlanIssued` event and its projection) and put it in the outbox, in `conn`'s transaction."""
+    issued = PlanIssued(event_id=deterministic_id("issued", plan.plan_id), cluster="hub", plan=plan, at=now)
+    stored = await recorder.append(conn, [(issued, {"epoch": epoch})])
+    await recorder.apply_ops(conn, [op for s in stored for op in fold(s.event)])
+    await recorder.outbox_put_many(
+        conn, [(plan.plan_id, subjects.plans(plan.cluster), plan.model_dump_json().encode())]
+    )
 
 
 async def _tell(
@@ -129,9 +174,4 @@ async def _tell(
         finalizer="ensure" if row is not None and row.has_finalizer and not target["deleting"] else "remove",
         events=[KubeEvent(type="Warning", reason="Refused", message=message)],
     )
-    issued = PlanIssued(event_id=deterministic_id("issued", plan.plan_id), cluster="hub", plan=plan, at=now)
-    stored = await recorder.append(conn, [(issued, {"epoch": epoch})])
-    await recorder.apply_ops(conn, [op for s in stored for op in fold(s.event)])
-    await recorder.outbox_put_many(
-        conn, [(plan.plan_id, subjects.plans(plan.cluster), plan.model_dump_json().encode())]
-    )
+    await _record(conn, plan, epoch=epoch, now=now, subjects=subjects)
