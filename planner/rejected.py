@@ -11,6 +11,9 @@ Guarantees:
   reason `InvalidSpec` and the refusal as its message, plus a Warning event `Refused`; its (epoch, sequence) is
   the deployment's next, recorded with a `PlanIssued` event in the caller's transaction, so it is ordered with
   every other plan for the deployment and survives a restart.
+- A refusal the object's status already states is not issued again: the object observed anew after its status
+  was written (a new resourceVersion, the same hostile spec) is refused again, and writing the same status once
+  more would be a loop of plans, Events and observations.
 - The planner keeps what it last accepted for the deployment (its workloads go on running as planned); a later
   valid version is decided as usual and replaces this status.
 - A deployment the planner never accepted gets no finalizer from this report (nothing to clean up), so deleting
@@ -102,10 +105,11 @@ async def _tell_model(
 ) -> None:
     """The model status plan: sequenced in the model's own lane (`api.plans.model_ref`), like a deployment's."""
     ref = model_ref(target["cluster"], target["namespace"], target["name"], target["uid"])
-    sequence = (await queries.plan_sequences(conn, [ref.key])).get(ref.key, 0) + 1
+    sequence, last = await queries.last_plan(conn, ref.key)
+    previous = LLMModelStatus.model_validate(last) if last else LLMModelStatus()
     message = f"this version of the LLMModel was refused and is not used: {reason}"[:1024]
     conditions = set_condition(
-        [],
+        previous.conditions,
         type="Accepted",
         status="False",
         reason="InvalidSpec",
@@ -113,16 +117,19 @@ async def _tell_model(
         observed_generation=target["generation"],
         now=now,
     )
+    status = LLMModelStatus(observed_generation=target["generation"], conditions=list(conditions))
+    if last == status.wire():
+        return  # the model says so already (the message is its re-observation after that status was written)
     plan = ModelStatusPlan(
-        plan_id=plan_id(ref, ref.origin_cluster, "ModelStatus", epoch, sequence),
+        plan_id=plan_id(ref, ref.origin_cluster, "ModelStatus", epoch, sequence + 1),
         epoch=epoch,
-        sequence=sequence,
+        sequence=sequence + 1,
         cluster=ref.origin_cluster,
         deployment=ref,
         generation=target["generation"],
         issued_at=now,
         model=target["name"],
-        status=LLMModelStatus(observed_generation=target["generation"], conditions=list(conditions)),
+        status=status,
         events=[KubeEvent(type="Warning", reason="Refused", message=message)],
     )
     await _record(conn, plan, epoch=epoch, now=now, subjects=subjects)
@@ -145,9 +152,11 @@ async def _tell(
 ) -> None:
     key = DeploymentKey(target["cluster"], target["namespace"], target["name"])
     row = (await queries.deployments(conn, [key])).get(key)
-    sequence = row.plan_sequence if row is not None else (await queries.plan_sequences(conn, [key])).get(key, 0)
-    previous = LLMDeploymentStatus.model_validate(row.last_status) if row is not None and row.last_status else None
-    previous = previous or LLMDeploymentStatus()
+    # The last status written, also for a deployment the planner never accepted: a refusal repeated (the object
+    # observed again after its status was written) then writes the same status, which changes nothing, and the
+    # watcher has nothing new to report — no loop.
+    sequence, last = await queries.last_plan(conn, key)
+    previous = LLMDeploymentStatus.model_validate(last) if last else LLMDeploymentStatus()
     message = message[:1024]
     conditions = set_condition(
         previous.conditions,
@@ -161,6 +170,8 @@ async def _tell(
     status = previous.model_copy(
         update={"conditions": list(conditions), "ready": "InvalidSpec", "observed_generation": target["generation"]}
     )
+    if last == status.wire() and not target["deleting"]:
+        return  # it says so already
     ref = DeploymentRef(origin_cluster=key[0], namespace=key[1], name=key[2], uid=target["uid"])
     plan = StatusPlan(
         plan_id=plan_id(ref, ref.origin_cluster, "Status", epoch, sequence + 1),
