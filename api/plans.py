@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.conditions import Condition
 from api.keys import DeploymentKey
-from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec
+from api.models import LLMDeploymentSpec, LLMDeploymentStatus, LLMModelSpec, LLMModelStatus
 from api.network import Cidr, NetworkMode, ServingEndpoints
 
 _PLAN_NAMESPACE = uuid.UUID("9d3f1e22-7c55-4a0e-b7a1-6f2c8e4d0a19")
@@ -110,6 +110,33 @@ class StatusPlan(_Plan):
     events: list[KubeEvent] = Field(default_factory=list)
 
 
+MODEL_LANE = "LLMModel:"
+"""Prefix of the `DeploymentRef.name` of an LLMModel's status plans. Plans are ordered, sequenced and recorded per
+`DeploymentRef` key; a ':' cannot occur in an object's name, so a model's plans get a key no LLMDeployment can have
+(their own lane in the applier, their own sequence in the planner) with the rest of the plan machinery unchanged."""
+
+
+def model_ref(origin_cluster: str, namespace: str, model: str, uid: str) -> DeploymentRef:
+    """The reference a status plan for the LLMModel `model` carries (see `MODEL_LANE`)."""
+    return DeploymentRef(origin_cluster=origin_cluster, namespace=namespace, name=MODEL_LANE + model, uid=uid)
+
+
+def is_model_lane(name: str) -> bool:
+    return name.startswith(MODEL_LANE)
+
+
+class ModelStatusPlan(_Plan):
+    """Write this status (and events) on the origin LLMModel `model`, the incarnation `deployment.uid`.
+
+    `deployment` is `model_ref(...)`: the model's lane, not an LLMDeployment. The operator writes no finalizer on
+    models (it cleans up nothing of theirs)."""
+
+    kind: Literal["ModelStatus"] = "ModelStatus"
+    model: str = Field(min_length=1, max_length=253)
+    status: LLMModelStatus
+    events: list[KubeEvent] = Field(default_factory=list, max_length=4)
+
+
 class EndpointsPlan(_Plan):
     """Where traffic for the deployment goes, as seen from one cluster (see api.network).
 
@@ -142,5 +169,5 @@ class ScalePlan(_Plan):
     events: list[KubeEvent] = Field(default_factory=list, max_length=4)
 
 
-AnyPlan = WorkloadPlan | StatusPlan | ScalePlan | EndpointsPlan
+AnyPlan = WorkloadPlan | StatusPlan | ScalePlan | EndpointsPlan | ModelStatusPlan
 Plan = Annotated[AnyPlan, Field(discriminator="kind")]

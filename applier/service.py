@@ -34,13 +34,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from api.events import ApplyReported, encode_event
 from api.keys import DeploymentKey
-from api.plans import AnyPlan, EndpointsPlan, Plan, ScalePlan, StatusPlan, WorkloadPlan
+from api.plans import AnyPlan, EndpointsPlan, ModelStatusPlan, Plan, ScalePlan, StatusPlan, WorkloadPlan
 from api.policy import TenantPolicy
 from applier import metrics
 from applier.apply import ApplyResult, EpochGuard, execute_workload
 from applier.endpoints import execute_endpoints
 from applier.scale import execute_scale
-from applier.status import execute_status
+from applier.status import execute_model_status, execute_status
 from applier.trust import DEFAULT_MAX_EPOCH_JUMP, PlanTrust
 from bus.connection import JetStream
 from bus.consume import Delivery, WorkQueue
@@ -194,7 +194,8 @@ def _carry_events(old: AnyPlan, new: AnyPlan) -> AnyPlan:
     """`new`, also recording the Kubernetes Events `old` would have: the planner sends an event (Placed, Applied,
     FailedOver) once, with the status plan of the decision that caused it, so a superseded plan must not take
     its events with it."""
-    if not isinstance(old, StatusPlan | ScalePlan) or not isinstance(new, StatusPlan | ScalePlan) or not old.events:
+    with_events = StatusPlan | ScalePlan | ModelStatusPlan
+    if not isinstance(old, with_events) or not isinstance(new, with_events) or not old.events:
         return new
     merged = list(dict.fromkeys([*old.events, *new.events]))[-MAX_CARRIED_EVENTS:]
     return new.model_copy(update={"events": merged})
@@ -339,6 +340,10 @@ async def _execute(plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter)
                     return await execute_endpoints(app.kube, plan, policy=settings.policy)
                 if isinstance(plan, ScalePlan):
                     return await execute_scale(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
+                if isinstance(plan, ModelStatusPlan):
+                    return await execute_model_status(
+                        app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}"
+                    )
                 return await execute_status(app.kube, plan, reporting_component=f"llm-operator-{settings.cluster}")
         except (KubeError, ExceptionGroup) as raised:
             exc = _kube_error(raised)

@@ -1,4 +1,5 @@
-"""Execute a status plan on the origin LLMDeployment: status, cleanup finalizer, and Kubernetes Events.
+"""Execute a status plan on the origin LLMDeployment (status, cleanup finalizer, Kubernetes Events), or a model
+status plan on the origin LLMModel (status and Events).
 
 Guarantees:
 - The plan is for one incarnation of the object: if the object is gone or was recreated (another uid), nothing
@@ -9,6 +10,8 @@ Guarantees:
 - While the object is being deleted, the finalizer is never added back and the status is only written by the
   plan that releases it.
 - Events get deterministic names (one per plan and event), so a redelivered plan does not record them twice.
+- A model status plan writes the LLMModel's /status (server-side apply, the same field manager, the uid as a
+  precondition) and its Events, and nothing else: no finalizer, never the spec.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import hashlib
 from typing import Any
 
 from api.models import API_VERSION, FINALIZER
-from api.plans import KubeEvent, ScalePlan, StatusPlan
+from api.plans import KubeEvent, ModelStatusPlan, ScalePlan, StatusPlan
 from applier.apply import FIELD_MANAGER, ApplyResult
 from kubeapi import RESOURCES, Kube, KubeError, NotFound, TransientKubeError
 
 _LLMD = RESOURCES["LLMDeployment"]
+_LLMM = RESOURCES["LLMModel"]
 
 
 class _Gone(Exception):
@@ -106,17 +110,57 @@ async def _release_foreign(kube: Kube, plan: StatusPlan, obj: dict[str, Any]) ->
         raise
 
 
-def event_name(plan: StatusPlan | ScalePlan, index: int) -> str:
+async def execute_model_status(kube: Kube, plan: ModelStatusPlan, *, reporting_component: str) -> ApplyResult:
+    ref = plan.deployment
+    try:
+        current = await kube.get(_LLMM, plan.model, ref.namespace)
+    except NotFound:
+        return ApplyResult("Stale", message="the LLMModel no longer exists")
+    if current["metadata"].get("uid") != ref.uid:
+        return ApplyResult("Stale", message="the LLMModel was recreated; this plan was for the old one")
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "LLMModel",
+        "metadata": {"name": plan.model, "namespace": ref.namespace, "uid": ref.uid},
+        "status": plan.status.wire(),
+    }
+    try:
+        await kube.apply(_LLMM, body, field_manager=FIELD_MANAGER, subresource="status")
+    except KubeError as exc:
+        if exc.status in (404, 409):  # gone or replaced meanwhile (the uid precondition)
+            return ApplyResult("Stale", message=f"the LLMModel changed while its status was written: {exc}")
+        raise
+    written = [f"LLMModel/{plan.model}/status"]
+    for index, event in enumerate(plan.events):
+        if await record_event(kube, plan, index, event, current, reporting_component):
+            written.append(f"Event/{event_name(plan, index)}")
+    return ApplyResult("Applied", objects=written, message="model status")
+
+
+def _involved(plan: StatusPlan | ScalePlan | ModelStatusPlan) -> tuple[str, str]:
+    """The kind and name of the object a plan's Events are about."""
+    if isinstance(plan, ModelStatusPlan):
+        return "LLMModel", plan.model
+    return "LLMDeployment", plan.deployment.name
+
+
+def event_name(plan: StatusPlan | ScalePlan | ModelStatusPlan, index: int) -> str:
     """The Event's name: the same for every delivery of one plan, different for every plan and event."""
     suffix = hashlib.blake2b(f"{plan.plan_id}/{index}".encode(), digest_size=6).hexdigest()
-    return f"{plan.deployment.name[:200]}.{suffix}"
+    return f"{_involved(plan)[1][:200]}.{suffix}"
 
 
 async def record_event(
-    kube: Kube, plan: StatusPlan | ScalePlan, index: int, event: KubeEvent, obj: dict[str, Any], component: str
+    kube: Kube,
+    plan: StatusPlan | ScalePlan | ModelStatusPlan,
+    index: int,
+    event: KubeEvent,
+    obj: dict[str, Any],
+    component: str,
 ) -> bool:
     """Create the Event; False if an earlier delivery of this plan already did."""
     ref = plan.deployment
+    kind, name = _involved(plan)
     now = plan.issued_at.isoformat().replace("+00:00", "Z")
     body = {
         "apiVersion": "v1",
@@ -124,8 +168,8 @@ async def record_event(
         "metadata": {"name": event_name(plan, index), "namespace": ref.namespace},
         "involvedObject": {
             "apiVersion": API_VERSION,
-            "kind": "LLMDeployment",
-            "name": ref.name,
+            "kind": kind,
+            "name": name,
             "namespace": ref.namespace,
             "uid": ref.uid,
             "resourceVersion": obj["metadata"].get("resourceVersion", ""),

@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import resource
+import ssl
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from api.events import Event, ResourceObserved
+from bench.tls import Pki, SslPostgres, make_pki
 from bus.auth import Role
 from llm_operator.embedded import EmbeddedNats, EmbeddedPostgres, _free_port
 from llm_operator.identities import BusIdentities
@@ -32,9 +34,18 @@ T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 @dataclass
 class Servers:
     nats: EmbeddedNats
-    postgres: EmbeddedPostgres
+    postgres: EmbeddedPostgres | SslPostgres
     identities: BusIdentities | None = None
     """With authentication: who NATS accepts (the bench itself as an admin; `grant` adds the operator's)."""
+    pki: Pki | None = None
+    """With TLS: NATS and Postgres require it, with a client certificate (bench.tls)."""
+
+    def tls_env(self) -> dict[str, str]:
+        """The operator's LLMOP_* TLS settings (none without TLS)."""
+        return self.pki.env() if self.pki else {}
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        return self.pki.client_context() if self.pki else None
 
     @property
     def admin_seed(self) -> Path | None:
@@ -50,20 +61,29 @@ class Servers:
 
 
 @contextmanager
-def servers(*, auth: bool = False) -> Iterator[Servers]:
+def servers(*, auth: bool = False, tls: bool = False) -> Iterator[Servers]:
+    """NATS and Postgres for one run; `tls`: both require TLS with a client certificate (bench.tls)."""
     with tempfile.TemporaryDirectory(prefix="llmop-bench-") as tmp:
         identities = None
         if auth:
             identities = BusIdentities(Path(tmp) / "bus")
             identities.add("bench", "admin_bench", Role.ADMIN)
+        pki = make_pki(Path(tmp) / "pki") if tls else None
         nats = EmbeddedNats(
             Path(tmp) / "nats",
             port=_free_port(),
             auth_config=identities.server_config_path if identities else None,
+            tls_cert=pki.server_cert if pki else None,
+            tls_key=pki.server_key if pki else None,
+            tls_ca=pki.ca if pki else None,
         ).start()
-        postgres = EmbeddedPostgres(Path(tmp) / "pg", database="bench", cleanup="delete").start()
+        postgres: EmbeddedPostgres | SslPostgres
+        if pki is not None:
+            postgres = SslPostgres(Path(tmp) / "pg" / "data", pki, database="bench").start()
+        else:
+            postgres = EmbeddedPostgres(Path(tmp) / "pg", database="bench", cleanup="delete").start()
         try:
-            yield Servers(nats, postgres, identities)
+            yield Servers(nats, postgres, identities, pki)
         finally:
             nats.stop()
             postgres.stop()

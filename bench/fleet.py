@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -551,12 +552,14 @@ def _agent_pid(operator: Operator, role: str) -> Callable[[], list[int | None]]:
     return lambda: [operator.agents[role].pid]
 
 
-async def wait_fleet_known(database_url: str, clusters: Sequence[str], timeout: float = 60.0) -> None:
+async def wait_fleet_known(
+    database_url: str, clusters: Sequence[str], timeout: float = 60.0, tls: ssl.SSLContext | None = None
+) -> None:
     """Wait until the planner has recorded every cluster as joined and healthy, with its nodes."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(database_url, connect_args={"ssl": tls} if tls else {})
     deadline = time.monotonic() + timeout
     try:
         while True:

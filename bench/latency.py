@@ -15,8 +15,9 @@ The first rounds are warm-up and not counted. Latencies are wall-clock, client-s
 interpolation. `kubectl` itself is not in the loop (its process start alone is ~100 ms); the request is the
 server-side apply `kubectl apply --server-side` sends.
 
-Run: `python -m bench.latency [--applies 200] [--warmup 5] [--keep-fleet]` (about 15 minutes); writes
-bench/results/latency.json and docs/latency.svg (`--plot-only` redraws the plot from the JSON).
+Run: `python -m bench.latency [--applies 200] [--warmup 5] [--keep-fleet] [--tls]` (about 15 minutes); writes
+bench/results/latency.json and docs/latency.svg (`--plot-only` redraws the plot from the JSON); with `--tls`
+(NATS and Postgres require TLS with client certificates, bench.tls) bench/results/latency-tls.json only.
 Targets (issue 8): p99 ≤ 1 s to the target Deployment, and ≤ 3× the in-cluster baseline (p99 against p99).
 """
 
@@ -192,17 +193,23 @@ def _handlers(timeline: Timeline) -> tuple[Any, Any, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with bench_fleet(keep=args.keep_fleet) as fleet, servers(auth=not args.no_auth) as hub, log_dir(args.logs) as logs:
+    with (
+        bench_fleet(keep=args.keep_fleet) as fleet,
+        servers(auth=not args.no_auth, tls=args.tls) as hub,
+        log_dir(args.logs) as logs,
+    ):
         origin, target = await fleet.kube("cpu"), await fleet.kube("a100")
         mixed = await fleet.kube("mixed")
-        operator = Operator(fleet, hub.nats.url, hub.postgres.url("bench"), Path(logs))
+        operator = Operator(fleet, hub.nats.url, hub.postgres.url("bench"), Path(logs), settings=hub.tls_env())
         operator.identities_dir = hub.grant(operator.prefix, [fleet.name(r) for r in fleet.clusters])
         seed = hub.admin_seed
-        nc = await nats.connect(hub.nats.url, nkeys_seed=str(seed) if seed else None)
+        nc = await nats.connect(hub.nats.url, nkeys_seed=str(seed) if seed else None, tls=hub.client_ssl())
         try:
             await create_namespace([origin, target, mixed], NAMESPACE)
             await operator.start()
-            await wait_fleet_known(hub.postgres.url("bench"), [fleet.name(r) for r in fleet.clusters])
+            await wait_fleet_known(
+                hub.postgres.url("bench"), [fleet.name(r) for r in fleet.clusters], tls=hub.client_ssl()
+            )
             say("operator running: planner + 3 agents (default settings)")
             timeline = Timeline()
 
@@ -390,11 +397,14 @@ async def main(args: argparse.Namespace) -> int:
     code = code_version()
     raw = await run(args)
     figures = report(raw)
-    plot(raw["rounds"], SVG)
+    # A comparison run (TLS) is kept next to the reference run, not over it.
+    name = "latency-tls" if args.tls else "latency"
+    if not args.tls:
+        plot(raw["rounds"], SVG)
     path = write_result(
-        "latency", {**figures, "applies": args.applies, "warmup": args.warmup, "code": code, "raw": raw}
+        name, {**figures, "applies": args.applies, "warmup": args.warmup, "tls": args.tls, "code": code, "raw": raw}
     )
-    print(f"written {path} and {SVG}")
+    print(f"written {path}" + ("" if args.tls else f" and {SVG}"))
     return 0 if all(t["pass"] for t in figures["targets"].values()) else 1
 
 
@@ -405,6 +415,11 @@ if __name__ == "__main__":
     parser.add_argument("--keep-fleet", action="store_true", help="leave the bench fleet running for the next run")
     parser.add_argument("--logs", type=Path, help="keep the operator's logs in this directory")
     parser.add_argument("--no-auth", action="store_true", help="NATS without authentication (to compare)")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="NATS and Postgres with TLS and client certificates (writes bench/results/latency-tls.json)",
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw docs/latency.svg from the last results")
     arguments = parser.parse_args()
     run_main(lambda: main(arguments))

@@ -23,7 +23,7 @@ from api.events import (
     ResourceObserved,
     ScaleDecided,
 )
-from api.plans import ScalePlan, StatusPlan, WorkloadPlan
+from api.plans import ModelStatusPlan, ScalePlan, StatusPlan, WorkloadPlan
 from store.reader import StoredEvent
 
 
@@ -151,6 +151,10 @@ def timeline(events: Iterable[StoredEvent]) -> list[Line]:
                         parts.append(f"{plan.condition.type}={plan.condition.status} {plan.condition.reason}")
                     summary = f"plan #{plan.sequence} to {plan.cluster}: {'; '.join(parts)} (epoch {plan.epoch})"
                     kind = "ScalePlan"
+                elif isinstance(plan, ModelStatusPlan):
+                    conditions = ", ".join(f"{c.type}={c.status} {c.reason}" for c in plan.status.conditions)
+                    summary = f"LLMModel {plan.model} status: {conditions} (plan #{plan.sequence}, epoch {plan.epoch})"
+                    kind = "Status"
             case ScaleDecided():
                 summary = event.reason
                 kind = "Scaled"

@@ -23,6 +23,7 @@ from api.events import (
 )
 from api.keys import DeploymentKey
 from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
+from api.plans import is_model_lane
 from store import queries
 from store.engine import Connection
 
@@ -51,7 +52,7 @@ async def affected(conn: Connection, events: Sequence[Event]) -> list[Deployment
             case ResyncCompleted():
                 removals = True
                 capacity_changed = True
-            case ApplyReported():
+            case ApplyReported() if not is_model_lane(event.name):
                 keys.add(DeploymentKey(event.origin_cluster, event.namespace, event.name))
             case ClusterHealthChanged():
                 health_changed.append(event.cluster)

@@ -37,7 +37,7 @@ from api.labels import (
     GPU_RESOURCE,
     deployment_identity,
 )
-from api.plans import StatusPlan, WorkloadPlan
+from api.plans import ModelStatusPlan, StatusPlan, WorkloadPlan
 from api.quantity import bytes_of, gpu_memory_label_bytes, millicores, whole_count
 
 
@@ -292,7 +292,7 @@ def _plan_issued(event: PlanIssued) -> list[Op]:
                 {"plan_id": plan.plan_id, "epoch": plan.epoch, "sequence": plan.sequence},
             )
         )
-    elif isinstance(plan, StatusPlan):
+    elif isinstance(plan, StatusPlan | ModelStatusPlan):
         ops.append(Upsert("deployment_plans", key, {"last_status": plan.status.wire()}))
     return ops
 

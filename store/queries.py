@@ -272,6 +272,17 @@ async def plan_sequences(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -
     return {DeploymentKey(o, n, d): int(s) for o, n, d, s in found}
 
 
+async def last_plan(conn: AsyncConnection, key: DeploymentKey) -> tuple[int, dict[str, Any] | None]:
+    """The last plan sequence issued for `key` and the last status a plan wrote there (0 and None: none yet)."""
+    found = await sql.records(
+        conn,
+        "SELECT plan_sequence, last_status FROM deployment_plans WHERE origin_cluster = $1 AND namespace = $2 "
+        "AND name = $3",
+        *key,
+    )
+    return (int(found[0][0]), found[0][1]) if found else (0, None)
+
+
 async def plan_payloads(conn: AsyncConnection, plan_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Plans by id (their payloads)."""
     if not plan_ids:

@@ -170,6 +170,17 @@ async def test_a_nul_character_is_dead_lettered_and_the_planner_goes_on(
     status = await refusal_status(engine, "uses-nul", first=True)
     ready = next(c for c in status["status"]["conditions"] if c["type"] == "Ready")
     assert "the LLMModel nul it uses was refused" in ready["message"] and "object.spec.modelName" in ready["message"]
+    # And the refused LLMModel itself says why, through a model status plan in its own lane (its own sequence).
+    async with engine.connect() as conn:
+        found = await conn.execute(select(tables.plans.c.payload).where(tables.plans.c.kind == "ModelStatus"))
+        model_plans = list(found.scalars())
+    assert len(model_plans) == 1
+    plan = model_plans[0]
+    assert (plan["model"], plan["deployment"]["name"], plan["sequence"]) == ("nul", "LLMModel:nul", 1)
+    accepted = next(c for c in plan["status"]["conditions"] if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec")
+    assert "NUL" in accepted["message"] and "object.spec.modelName" in accepted["message"]
+    assert [e["reason"] for e in plan["events"]] == ["Refused"]
     # A restart reads on from the committed position: no crash loop.
     before = await position(engine)
     await send(js, hub, deployment("after-restart", "gpt-small"))

@@ -384,6 +384,8 @@ def test_applier_role_writes_only_the_managed_kinds() -> None:
         key("LLMDeployment"): {"get", "patch"},
         ("llm.example.com", "llmdeployments/status"): {"patch"},
         ("llm.example.com", "llmdeployments/scale"): {"patch"},  # the fleet autoscaler's spec.replicas
+        key("LLMModel"): {"get"},  # a refused model's status (applier.status.execute_model_status)
+        ("llm.example.com", "llmmodels/status"): {"patch"},
         key("Event"): {"create"},
         # applier/endpoints.py: listed by label, applied, pruned (never read one by one)
         key("EndpointSlice"): {"list", "create", "patch", "delete"},

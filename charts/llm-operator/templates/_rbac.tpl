@@ -52,6 +52,13 @@
 - apiGroups: ["llm.example.com"]
   resources: ["llmdeployments/status"]
   verbs: ["patch"]
+# The status of an LLMModel the planner refused (why it is not used); their specs are the users'.
+- apiGroups: ["llm.example.com"]
+  resources: ["llmmodels"]
+  verbs: ["get"]
+- apiGroups: ["llm.example.com"]
+  resources: ["llmmodels/status"]
+  verbs: ["patch"]
 # The fleet autoscaler's replica count, written as a HorizontalPodAutoscaler would.
 - apiGroups: ["llm.example.com"]
   resources: ["llmdeployments/scale"]
