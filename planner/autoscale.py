@@ -241,7 +241,8 @@ def _ttft(
     if count < MIN_TTFT_SAMPLES:
         if not any(o.ttft_buckets for o in loads):
             return "time to first token: no replica reported a time-to-first-token histogram"
-        return f"time to first token: {count:.0f} first token(s) in the window, fewer than {MIN_TTFT_SAMPLES}"
+        # No count in the text: it ends up in the ScalingActive condition, rewritten whenever its message changes.
+        return f"time to first token: fewer than {MIN_TTFT_SAMPLES} first tokens in the window"
     p90 = histogram.bucket_quantile(0.9, buckets)
     if p90 is None:
         return "time to first token: no quantile"
