@@ -98,7 +98,7 @@ async def live(
 
 
 async def llmd(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any]:
-    found = await kubectl.get("cpu", "llmdeployment", name, "-n", ns)
+    found: dict[str, Any] | None = await kubectl.get("cpu", "llmdeployment", name, "-n", ns)
     assert found is not None
     return found
 
@@ -211,7 +211,7 @@ async def test_load_scales_up_spills_holds_under_noise_and_scales_down_after_the
             fell = time.monotonic()
 
             async def scaled_down() -> int | None:
-                replicas = (await llmd(kubectl, ns, "chat"))["spec"]["replicas"]
+                replicas: int = (await llmd(kubectl, ns, "chat"))["spec"]["replicas"]
                 if replicas < 4:
                     return replicas
                 return None
