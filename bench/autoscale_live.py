@@ -375,7 +375,7 @@ def report(raw: dict[str, Any]) -> dict[str, Any]:
 def plot(plotted: dict[str, Any], path: Path, *, target_ms: float) -> None:
     """Three panels over one time axis: load, TTFT p90, replicas per cluster."""
     samples, observed = plotted["samples"], plotted["observed"]
-    width, left, right, top, panel, gap = 820, 70, 150, 40, 150, 40
+    width, left, right, top, panel, gap = 920, 70, 230, 40, 150, 40
     height = top + 3 * panel + 2 * gap + 50
     t_max = float(max(s["t"] for s in samples))
     colors = {"a100": "#1f77b4", "mixed": "#ff7f0e", "cpu": "#2ca02c"}
@@ -408,7 +408,7 @@ def plot(plotted: dict[str, Any], path: Path, *, target_ms: float) -> None:
             f'<rect x="{left}" y="{base}" width="{width - left - right}" height="{panel}" fill="none" stroke="#888"/>'
         )
         parts.append(f'<text x="{left}" y="{base - 6}" font-size="12" font-weight="bold">{title}</text>')
-        for phase_start, (phase, _) in zip(_phase_starts(plotted["phases"]), plotted["phases"], strict=True):
+        for phase, phase_start in _phase_starts(samples):
             px = x(min(phase_start, t_max))
             parts.append(f'<line x1="{px:.1f}" y1="{base}" x2="{px:.1f}" y2="{base + panel}" stroke="#bbb" '
                          'stroke-dasharray="3,3"/>')  # fmt: skip
@@ -476,11 +476,12 @@ def plot(plotted: dict[str, Any], path: Path, *, target_ms: float) -> None:
     path.write_text("\n".join(parts) + "\n")
 
 
-def _phase_starts(phases: list[Any]) -> list[float]:
-    out, at = [], 0.0
-    for _, seconds in phases:
-        out.append(at)
-        at += seconds
+def _phase_starts(samples: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """When each phase began: its first sample is taken one 1-s tick after its load was set."""
+    out: list[tuple[str, float]] = []
+    for s in samples:
+        if not out or out[-1][0] != s["phase"]:
+            out.append((s["phase"], max(0.0, s["t"] - 1.0)))
     return out
 
 

@@ -319,6 +319,7 @@ def load(
                         + (", ".join(f"{c}={n}" for c, n in sorted(where.items())) or "none")
                         + f"  {s.requests_per_second:.1f} req/s  latency p50 {p50} p90 {p90}  errors {s.errors}",
                         highlight=False,
+                        soft_wrap=True,
                     )
                 tg.cancel_scope.cancel()
         finally:
