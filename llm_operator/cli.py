@@ -6,12 +6,14 @@ one line naming the problem and the fix and exit with status 1, without a traceb
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -183,6 +185,14 @@ def up(
     subject_prefix: Prefix = None,
     log_format: LogFormat = "text",
     log_level: LogLevel = "INFO",
+    serve_pods: Annotated[
+        bool,
+        typer.Option(
+            "--serve-pods",
+            help="Local fleet only, as root: make its pods answer (a pod network namespace and the model-server "
+            "emulator, as `fleet serve`) and scrape their metrics every 10 s, so spec.autoscaling works.",
+        ),
+    ] = False,
 ) -> None:
     """Run everything in the foreground: hub (planner, NATS, Postgres) and a watcher + applier per cluster."""
     settings = settings_from(
@@ -197,12 +207,20 @@ def up(
     )
     logs.configure(level=settings.log_level, fmt=settings.log_format)
     members = [dataclasses.replace(m, network=settings.cluster_network()) for m in _members(cluster, cluster_labels)]
+    if serve_pods and members:
+        fail("--serve-pods serves the local fleet's pods: leave --cluster out")
+    if serve_pods:
+        from llm_operator.fleet import podnet
+
+        if (reason := podnet.unavailable_reason()) is not None:
+            fail(f"--serve-pods: {reason}")
     if not members:
         members, kubeconfig_path = _local_fleet(settings)
         update: dict[str, object] = {"kubeconfig": settings.kubeconfig or kubeconfig_path}
         if "LLMOP_LOAD_INTERVAL_SECONDS" not in os.environ:
-            # kwok pods serve no HTTP: scraping their made-up addresses would only send packets off this machine.
-            update["load_interval_seconds"] = 0.0
+            # kwok pods serve no HTTP unless --serve-pods: scraping their made-up addresses would only send
+            # packets off this machine.
+            update["load_interval_seconds"] = 10.0 if serve_pods else 0.0
         settings = settings.model_copy(update=update)
 
     async def run() -> None:
@@ -218,6 +236,97 @@ def up(
                 install=True,
                 migrate=True,
             )
+
+    if not serve_pods:
+        run_async(run)
+        return
+    with _serving_pods(members, settings):
+        run_async(run)
+
+
+@contextlib.contextmanager
+def _serving_pods(members: list[Member], settings: Settings) -> Iterator[None]:
+    """The local fleet's pod network and the model-server emulator for every running pod, while inside."""
+    from llm_operator.fleet import DEFAULT_FLEET, cache_dir, default_kubeconfig, podnet
+    from llm_operator.fleet.emulator import EmulatorError, running
+
+    net = podnet.PodNetwork(ranges=podnet.pod_ranges([c.pod_cidr for c in DEFAULT_FLEET]))
+    try:
+        with (
+            podnet.shared(net, lock_dir=cache_dir()),
+            running(
+                netns=net.name,
+                ranges=net.ranges,
+                kubeconfig=settings.kubeconfig or default_kubeconfig(),
+                clusters={m.name: m.context or m.name for m in members},
+                namespaces=settings.namespaces or (),
+                workdir=settings.data_dir / "emulator",
+            ) as emulator,
+        ):
+            logger.info(
+                "serving pods: %s reachable from this machine, emulator log %s; agents scrape every %g s",
+                ", ".join(net.ranges),
+                emulator.log,
+                settings.load_interval_seconds,
+            )
+            yield
+    except (podnet.PodNetError, EmulatorError) as exc:
+        fail(f"--serve-pods: {exc}")
+
+
+@app.command()
+def load(
+    deployment: Annotated[str, typer.Argument(help="The LLMDeployment's name.")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Its namespace.")] = "default",
+    concurrency: Annotated[int, typer.Option(help="Requests in flight (closed loop), 1 to 1024.", min=1)] = 16,
+    duration: Annotated[float, typer.Option(help="Seconds to run; 0: until Ctrl-C.", min=0)] = 0,
+    cluster: Annotated[
+        list[str] | None,
+        typer.Option("--cluster", "-c", help="Member cluster as NAME=CONTEXT (repeat). Default: the local kwok fleet."),
+    ] = None,
+    kubeconfig: Kubeconfig = None,
+) -> None:
+    """Send completions to an LLMDeployment's ready replicas in every cluster (round robin, `concurrency`
+    requests in flight) and print, every 5 s, the replicas per cluster, requests/s and latency. On the local
+    fleet the pods answer under `up --serve-pods` (or `fleet serve`)."""
+    from llm_operator.loadgen import LoadGenerator, kube_replicas
+    from llm_operator.runtime import connect_kube
+
+    members = _members(cluster, None)
+    if not members:
+        from llm_operator.fleet import DEFAULT_FLEET, default_kubeconfig
+
+        members = [Member(name=c.name, context=c.context) for c in DEFAULT_FLEET]
+        kubeconfig = kubeconfig or default_kubeconfig()
+
+    async def run() -> None:
+        kubes = {m.name: await connect_kube(m, kubeconfig=kubeconfig) for m in members}
+        generator = LoadGenerator(
+            resolve=lambda: kube_replicas(kubes, namespace=namespace, name=deployment), concurrency=concurrency
+        )
+        started = time.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(generator.run)
+                while not duration or time.monotonic() - started < duration:
+                    await anyio.sleep(5)
+                    s = generator.summary(5)
+                    where: dict[str, int] = {}
+                    for r in generator.replicas:
+                        where[r.cluster] = where.get(r.cluster, 0) + 1
+                    p50 = f"{s.latency_p50_s * 1000:.0f} ms" if s.latency_p50_s is not None else "-"
+                    p90 = f"{s.latency_p90_s * 1000:.0f} ms" if s.latency_p90_s is not None else "-"
+                    out.print(
+                        f"{time.strftime('%H:%M:%S')}  replicas "
+                        + (", ".join(f"{c}={n}" for c, n in sorted(where.items())) or "none")
+                        + f"  {s.requests_per_second:.1f} req/s  latency p50 {p50} p90 {p90}  errors {s.errors}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                tg.cancel_scope.cancel()
+        finally:
+            for kube in kubes.values():
+                await kube.close()
 
     run_async(run)
 

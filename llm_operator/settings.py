@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     """Full relist period of every watch."""
     load_interval_seconds: float = Field(default=10.0, ge=0, le=60)
     """How often each member cluster's agent reads its model replicas' inference metrics and publishes a load
-    observation per LLMDeployment (5 to 60 s; 0: off, and the fleet autoscaler sees no load)."""
+    observation per LLMDeployment (1 to 60 s; 0: off, and the fleet autoscaler sees no load)."""
     prometheus_url: str | None = None
     """A Prometheus-compatible query API (Prometheus, Thanos, Mimir, VictoriaMetrics) the agent asks for the
     replicas' metrics instead of scraping the pods, e.g. http://prometheus.monitoring:9090."""

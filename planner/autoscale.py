@@ -4,11 +4,12 @@ with the semantics platform engineers know from the HorizontalPodAutoscaler.
 Guarantees (each has a table test in tests/unit/test_autoscale.py):
 - Per metric, ratio = observed / target and proposal = ceil(replicas × ratio); nothing changes while
   |ratio − 1| <= `TOLERANCE` (10 %). Several targets: the largest proposal wins.
-- Missing metrics never scale down: a target metric nobody reported (or reported from too few requests) blocks a
-  scale-down the others propose; replicas that did not report count as 0 % of the target for a scale-up and as
-  100 % for a scale-down, as the HPA does with pods missing metrics. Nothing reported at all: no change. Whenever
-  anything is missing (a target's metric, a replica's problems, a cluster gone quiet) the decision says so
-  (`metrics_available` False: the ScalingActive condition turns False).
+- Missing metrics never scale down: a target metric nobody reported (or reported from too few requests), a
+  replica whose metrics could not be read (nonsense, non-200, a scrape timing out: its `problems`) or a cluster
+  gone quiet blocks any scale-down the others propose. Replicas that did not report without a problem (still
+  starting) count as 0 % of the target for a scale-up and as 100 % for a scale-down, as the HPA does with pods
+  missing metrics. Nothing reported at all: no change. Whenever anything is missing the decision says so
+  (`metrics_available` False: the ScalingActive condition turns False, naming what is missing).
 - The fleet's p90 time to first token is computed from the sum of every cluster's bucket deltas, never from
   averaged quantiles.
 - Stabilisation: the result is held between the lowest recommendation of the scale-up window and the highest of
@@ -130,6 +131,12 @@ def decide(
     if hold_scale_down and recommendation < current:
         held.append(f"scale-down held: {hold_scale_down}")
         recommendation = current
+    elif missing and recommendation < current:
+        # A replica answering nonsense or timing out, or a cluster gone quiet, may be the busiest one: the
+        # figures of the others are no reason to give GPUs back (stricter than the HPA, which counts such pods
+        # at 100 % of target and may still scale down).
+        held.append("scale-down held: metrics missing")
+        recommendation = current
     stabilized, limits, recommendations = _stabilize(autoscaling, current, recommendation, history, now)
     desired, rate_limits, scale_events = _limit(autoscaling, current, stabilized, history, now)
     limits = held + limits + rate_limits
@@ -234,7 +241,8 @@ def _ttft(
     if count < MIN_TTFT_SAMPLES:
         if not any(o.ttft_buckets for o in loads):
             return "time to first token: no replica reported a time-to-first-token histogram"
-        return f"time to first token: {count:.0f} first token(s) in the window, fewer than {MIN_TTFT_SAMPLES}"
+        # No count in the text: it ends up in the ScalingActive condition, rewritten whenever its message changes.
+        return f"time to first token: fewer than {MIN_TTFT_SAMPLES} first tokens in the window"
     p90 = histogram.bucket_quantile(0.9, buckets)
     if p90 is None:
         return "time to first token: no quantile"

@@ -6,7 +6,8 @@ Guarantees:
   the count written is `planner.autoscale.decide`'s, from the latest observation of every cluster.
 - Every change is a `ScaleDecided` event with its inputs, in the deployment's stream, plus a `ScalePlan` with the
   next plan sequence of the deployment (a `PlanIssued`, so `history` shows it and the applier orders it).
-- The ScalingActive condition is written when it changes (status or reason), and once after a planner starts:
+- The ScalingActive condition is written when it changes (status, reason, or what its message says is missing),
+  and once after a planner starts:
   True/ValidMetricsFound, or False/MetricsUnavailable when a target's metric is missing (scale-down is then held).
 - `AutoscalerMemory` keeps, per deployment, the latest observation per cluster and the HPA-style history
   (recommendations, recent scale events). It lives in the planner process, like a HorizontalPodAutoscaler's; a
@@ -117,9 +118,12 @@ async def scale(
             continue
         condition = _condition(decision, row.generation, memory.condition.get(key), now)
         previous = memory.condition.get(key)
-        condition_changed = previous is None or (previous.status, previous.reason) != (
+        # The message too: it names what is missing (which replica, which scrape), and that may change while
+        # the status does not. Its text carries no counts, so an unchanged situation writes nothing.
+        condition_changed = previous is None or (previous.status, previous.reason, previous.message) != (
             condition.status,
             condition.reason,
+            condition.message,
         )
         if not decision.changed and not condition_changed:
             continue

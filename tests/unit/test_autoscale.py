@@ -146,11 +146,31 @@ def test_a_missing_metric_does_not_block_scale_up() -> None:
 
 
 def test_replicas_not_reporting_count_as_at_target_for_scale_down() -> None:
-    # 4 replicas, 2 report an empty queue, 2 time out: HPA counts the silent ones at 100 % of target.
-    loads = [load(replicas=4, reporting=2, waiting=0, problems=["pod-c: TimeoutError", "pod-d: HTTP 500"])]
-    got = decide(spec(queue=8), 4, loads, settled(4), T0)
+    # 4 replicas, 2 report an empty queue, 2 are still starting: HPA counts the silent ones at 100 % of target.
+    got = decide(spec(queue=8), 4, [load(replicas=4, reporting=2, waiting=0)], settled(4), T0)
     assert got.desired == 2  # (0 + 2 × 8) / (4 × 8) = 0.5 → 2, never 1
-    assert "pod-c: TimeoutError" in got.missing
+
+
+@pytest.mark.parametrize(
+    "problems",
+    [
+        ["pod-c: TimeoutError reading http://10.244.0.7:8080/metrics"],
+        ["pod-d: unparsable metrics text: ValueError: ..."],
+        ["pod-c: TimeoutError", "pod-d: HTTP 500"],
+    ],
+)
+def test_a_replica_whose_metrics_cannot_be_read_blocks_any_scale_down(problems: list[str]) -> None:
+    # The others are idle, but the one that times out or answers nonsense may be the busiest: hold, and say so.
+    loads = [load(replicas=4, reporting=4 - len(problems), waiting=0, problems=problems)]
+    got = decide(spec(queue=8), 4, loads, settled(4), T0)
+    assert got.desired == 4 and not got.metrics_available
+    assert set(problems) <= set(got.missing)
+    assert "scale-down held: metrics missing" in got.limits
+
+
+def test_a_replica_whose_metrics_cannot_be_read_does_not_block_scale_up() -> None:
+    loads = [load(replicas=2, reporting=1, waiting=40, problems=["pod-b: HTTP 503"])]
+    assert decide(spec(queue=8), 2, loads, settled(2), T0).desired == 5
 
 
 def test_replicas_not_reporting_count_as_zero_for_scale_up() -> None:
