@@ -16,6 +16,7 @@ from api.events import (
     ClusterHealthChanged,
     ClusterJoined,
     ClusterLabelsChanged,
+    ClusterNetworkChanged,
     ObservationRefused,
     PlacementDecided,
     PlanIssued,
@@ -166,6 +167,9 @@ def timeline(events: Iterable[StoredEvent]) -> list[Line]:
                 summary = f"joined with labels {event.labels}"
             case ClusterLabelsChanged():
                 summary = f"labels now {event.labels}"
+            case ClusterNetworkChanged():
+                network = event.network
+                summary = f"network now {network.mode} {network.pod_cidrs}" if network else "network undeclared"
         if summary:
             lines.append(Line(stored.recorded_at, stored.position, event.cluster, kind, summary))
     return lines
