@@ -2,9 +2,9 @@
 
 Guarantees: every deployment whose inputs an event may have changed is in the set (its own observations and apply
 reports, the workloads it owns, its pods (their readiness and addresses are its endpoints), the models it
-references; on any capacity change, every deployment waiting for
-room or holding replicas that may move; on a cluster's health or network change, every deployment placed there or applied there; on any
-removal, every orphan). Over-approximating is safe (reconciling is level-based and quiet when nothing changed);
+references; on any capacity change, every deployment waiting for room or holding replicas that may move; on a
+cluster's health or network change, every deployment placed there or applied there; on any removal, every
+orphan). Over-approximating is safe (reconciling is level-based and quiet when nothing changed);
 missing one is not. The result is sorted, so decisions run in a deterministic order.
 """
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from api.models import Endpoint
 from api.network import ClusterNetwork, NetworkMode, ServingEndpoints
 from api.plans import DeploymentRef, EndpointsPlan, plan_id
 from planner.endpoints import ClusterReplicas, admitted_cidrs, follow, traffic_summary
@@ -148,13 +147,13 @@ def traffic(inputs: TrafficInputs) -> Traffic:
     wanted: list[_Want] = []
 
     origin_plan = _Want(cluster=origin, role="origin", port=port, local_replicas=local, serving=tuple(serving))
-    if not (local and not serving and (prior is None or prior.remove)):
-        # The origin's Service, whatever runs where (only a purely local deployment needs nothing of ours).
-        if not _same(prior, origin_plan):
-            wanted.append(origin_plan)
+    # The origin's Service, whatever runs where (only a purely local deployment needs nothing of ours).
+    purely_local = local and not serving and (prior is None or prior.remove)
+    if not purely_local and not _same(prior, origin_plan):
+        wanted.append(origin_plan)
 
     admit = tuple(admitted_cidrs(origin, {c: v.network for c, v in inputs.clusters.items() if v.network}))
-    serving_clusters = ({c for c in inputs.placed} | {s.cluster for s in serving}) - {origin}
+    serving_clusters = (set(inputs.placed) | {s.cluster for s in serving}) - {origin}
     for cluster in sorted(serving_clusters):
         want = _Want(
             cluster=cluster,
@@ -170,18 +169,6 @@ def traffic(inputs: TrafficInputs) -> Traffic:
             continue
         wanted.append(_Want(cluster=cluster, role=plan.role, port=plan.port, remove=True))
     return Traffic(origin=origin, serving=tuple(serving), local_ready=local_ready, wanted=tuple(wanted))
-
-
-def endpoints_status(
-    *, origin: str, name: str, namespace: str, port: int, clusters: Sequence[str]
-) -> list[Endpoint]:
-    """``status.endpoints``: the origin's Service first (the one address clients need), then the Service in each
-    other cluster that runs replicas."""
-    out = [Endpoint(cluster=origin, url=f"http://{name}.{namespace}:{port}")]
-    out += [
-        Endpoint(cluster=c, url=f"http://{name}.{namespace}.svc.cluster.local:{port}") for c in clusters if c != origin
-    ]
-    return out
 
 
 def _by_cluster(inputs: TrafficInputs) -> dict[str, list[Replica]]:

@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -213,7 +212,7 @@ async def test_the_origins_service_reaches_the_model_wherever_it_runs_before_and
 
     print(f"\nfailover through the origin's Service, {rounds} round(s): {json.dumps(figures)}")
     if path := os.environ.get("LLMOP_TRAFFIC_RESULT"):
-        Path(path).write_text(json.dumps({"rounds": figures}, indent=2))
+        await anyio.Path(path).write_text(json.dumps({"rounds": figures}, indent=2))
     assert mixed in {ok for _, _, ok in stream.results}
 
 

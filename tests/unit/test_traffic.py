@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -57,7 +57,7 @@ def _by(plans: Sequence[EndpointsPlan]) -> dict[str, EndpointsPlan]:
     return {p.cluster: p for p in plans}
 
 
-def _newest(*rounds: Sequence[EndpointsPlan]) -> list[EndpointsPlan]:
+def _newest(*rounds: Iterable[EndpointsPlan]) -> list[EndpointsPlan]:
     out: dict[str, EndpointsPlan] = {}
     for plans in rounds:
         out.update({p.cluster: p for p in plans})
