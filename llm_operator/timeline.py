@@ -24,7 +24,7 @@ from api.events import (
     ResourceObserved,
     ScaleDecided,
 )
-from api.plans import ScalePlan, StatusPlan, WorkloadPlan
+from api.plans import EndpointsPlan, ScalePlan, StatusPlan, WorkloadPlan
 from store.reader import StoredEvent
 
 
@@ -152,6 +152,18 @@ def timeline(events: Iterable[StoredEvent]) -> list[Line]:
                         parts.append(f"{plan.condition.type}={plan.condition.status} {plan.condition.reason}")
                     summary = f"plan #{plan.sequence} to {plan.cluster}: {'; '.join(parts)} (epoch {plan.epoch})"
                     kind = "ScalePlan"
+                elif isinstance(plan, EndpointsPlan):
+                    if plan.remove:
+                        what = f"remove the {plan.role} endpoints"
+                    elif plan.role == "origin":
+                        where = ", ".join(f"{s.cluster} ({s.mode}: {len(s.addresses)})" for s in plan.serving)
+                        what = f"origin Service :{plan.port} → {where or 'no endpoints yet'}" + (
+                            " and local replicas" if plan.local_replicas else ""
+                        )
+                    else:
+                        what = f"serving ({plan.mode}), admitting {', '.join(plan.admit_cidrs) or 'no declared range'}"
+                    summary = f"plan #{plan.sequence} to {plan.cluster}: {what} (epoch {plan.epoch})"
+                    kind = "EndpointsPlan"
             case ScaleDecided():
                 summary = event.reason
                 kind = "Scaled"
