@@ -210,6 +210,16 @@ async def test_the_origins_service_reaches_the_model_wherever_it_runs_before_and
             lost_role, new_role = new_role, lost_role
         stream.stopped = True
 
+    # Deleted: the origin's Service and its slices go with the deployment, and so does everything in the serving
+    # clusters.
+    await kubectl("cpu", "delete", "llmdeployment", NAME, "-n", ns, "--wait=false")
+
+    async def endpoints_gone() -> bool:
+        slices = await kubectl.json("cpu", "get", "endpointslices", "-n", ns, "-l", f"{LABEL_SERVICE_NAME}={NAME}")
+        return not slices["items"] and await kubectl.get("cpu", "service", NAME, "-n", ns) is None
+
+    await eventually(endpoints_gone, timeout=60, what="the origin's Service and slices removed with the deployment")
+
     print(f"\nfailover through the origin's Service, {rounds} round(s): {json.dumps(figures)}")
     if path := os.environ.get("LLMOP_TRAFFIC_RESULT"):
         await anyio.Path(path).write_text(json.dumps({"rounds": figures}, indent=2))
