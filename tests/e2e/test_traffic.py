@@ -7,6 +7,8 @@ the detection time and then reach the replacement in the other GPU cluster throu
 Nothing here hands the operator a plan: the planner issues the endpoints plans from the watchers' observations
 (planner.traffic), the appliers write them.
 
+A split deployment (one replica in each GPU cluster) is reached in both through the one Service.
+
 ``LLMOP_TRAFFIC_ROUNDS`` (default 1) repeats the failover, alternating clusters; the figures are printed and, with
 ``LLMOP_TRAFFIC_RESULT=<path>``, written as JSON (bench/endpoints.py runs it that way).
 """
@@ -17,8 +19,9 @@ import ipaddress
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -29,7 +32,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from applier.endpoints import LABEL_SERVICE_NAME, resolve
 from kubeapi import RESOURCES, KubeError
+from llm_operator.fleet import NodeSpec
 from llm_operator.fleet.emulator import SERVED_BY_HEADER
+from llm_operator.fleet.spec import node_pod_cidr
 from llm_operator.runtime import connect_kube
 from tests.e2e.test_placement import deployment, model
 from tests.fixtures.operator import Kubectl, RunningOperator, eventually
@@ -231,3 +236,42 @@ def _gone(kubectl: Kubectl, role: str, ns: str) -> Callable[[], Awaitable[bool]]
         return await kubectl.get(role, "deployment", NAME, "-n", ns) is None
 
     return check
+
+
+@pytest.fixture
+async def split_gpus(operator: RunningOperator) -> AsyncIterator[str]:
+    """One 8-GPU node of a GPU product nobody else uses in each GPU cluster: a 2-replica deployment of an 8-GPU
+    model must split across them."""
+    token = uuid.uuid4().hex[:6]
+    product = f"TEST-GPU-{token}"
+    fleet = operator.kubectl.fleet
+    # Pods take their IPs from their node's range: one /24 of the cluster's range (which the pod network serves)
+    # that the fleet's own nodes do not use.
+    subnet = 100 + int(token, 16) % 100
+    node = NodeSpec(name=f"split-{token}", cpu="64", memory="512Gi", gpus=8, gpu_product=product, gpu_memory_mib=81920)
+    for role in ("a100", "mixed"):
+        cluster_range = ipaddress.IPv4Network(fleet.specs[role].pod_cidr or "")
+        fleet.apply_nodes(role, [replace(node, pod_cidr=node_pod_cidr(cluster_range, subnet))])
+    yield product
+    for role in ("a100", "mixed"):
+        fleet.delete_nodes(role, [node.name])
+
+
+async def test_a_split_deployments_requests_through_the_origins_service_reach_both_clusters(
+    operator: RunningOperator, kubectl: Kubectl, emulator: StartEmulator, split_gpus: str
+) -> None:
+    ns = operator.namespace
+    emulator(namespaces=[ns], clusters=["a100", "mixed"])
+    await kubectl("cpu", "apply", "-n", ns, "-f", "-", input=model("split", gpus=8, types=[split_gpus]))
+    await kubectl("cpu", "apply", "-n", ns, "-f", "-", input=deployment(NAME, "split", 2))
+    a100, mixed = operator.cluster("a100"), operator.cluster("mixed")
+    stream = Stream(operator)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stream.run)
+        await stream.answers(a100, after=0, count=3, what="requests through the origin's Service answered in a100")
+        await stream.answers(mixed, after=0, count=3, what="requests through the origin's Service answered in mixed")
+        stream.stopped = True
+    slices = await kubectl.json("cpu", "get", "endpointslices", "-n", ns, "-l", f"{LABEL_SERVICE_NAME}={NAME}")
+    assert sorted(s["metadata"]["name"] for s in slices["items"]) == sorted([f"{NAME}-{a100}", f"{NAME}-{mixed}"])
+    llmd = await kubectl.json("cpu", "get", "llmdeployment", NAME, "-n", ns)
+    assert [e["cluster"] for e in llmd["status"]["endpoints"]] == [operator.cluster("cpu"), a100, mixed]
