@@ -50,10 +50,12 @@ async def affected(conn: Connection, events: Sequence[Event]) -> list[Deployment
                 removals = removals or isinstance(event, ResourceDeleted)
             case ResourceObserved() | ResourceDeleted() if event.kind == "Pod":
                 capacity_changed = True
-                # A replica's readiness and address are inputs of its deployment's endpoints (planner.traffic).
-                identity = deployment_identity(event.object.get("labels", {}), event.namespace)
-                if identity is not None:
-                    keys.add(DeploymentKey(*identity))
+                # A replica's readiness and address are inputs of its deployment's endpoints (planner.traffic); a
+                # pod with no address yet is not one (its workload's status tells its deployment the rest).
+                if "podIP" in event.object or isinstance(event, ResourceDeleted):
+                    identity = deployment_identity(event.object.get("labels", {}), event.namespace)
+                    if identity is not None:
+                        keys.add(DeploymentKey(*identity))
             case ResourceObserved() | ResourceDeleted():
                 capacity_changed = True
             case ResyncCompleted():
