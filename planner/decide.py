@@ -2,8 +2,9 @@
 
 Guarantees: one query per table for all affected deployments (a step may reconcile thousands); deployments are
 reconciled first come, first served (oldest first), with the fleet's capacity carried from one decision to the
-next so two deployments never receive the same GPUs; the decisions' events, projections and outbox rows are
-written in the caller's transaction.
+next so two deployments never receive the same GPUs; each deployment's endpoints plans (planner.traffic: the
+origin's Service pointing at the replicas wherever they run) follow its decision's plans, in sequence; the
+decisions' events, projections and outbox rows are written in the caller's transaction.
 """
 
 from __future__ import annotations
