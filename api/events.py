@@ -149,7 +149,7 @@ class ObservationRefused(_Event):
 
 class ClusterHeartbeat(_Event):
     """A watcher is alive. Heartbeats refresh cluster health; they are not kept in the log themselves
-    (ClusterJoined / ClusterLabelsChanged / ClusterHealthChanged record what they mean)."""
+    (ClusterJoined / ClusterLabelsChanged / ClusterNetworkChanged / ClusterHealthChanged record what they mean)."""
 
     type: Literal["ClusterHeartbeat"] = "ClusterHeartbeat"
     labels: dict[str, str] = Field(default_factory=dict)
@@ -230,11 +230,21 @@ class ClusterJoined(_Event):
     type: Literal["ClusterJoined"] = "ClusterJoined"
     labels: dict[str, str] = Field(default_factory=dict)
     at: datetime
+    network: ClusterNetwork | None = None
+    """The network the cluster declared in the heartbeat that made it join (None: undeclared)."""
 
 
 class ClusterLabelsChanged(_Event):
     type: Literal["ClusterLabelsChanged"] = "ClusterLabelsChanged"
     labels: dict[str, str]
+    at: datetime
+
+
+class ClusterNetworkChanged(_Event):
+    """A cluster's heartbeats declare another network than the one recorded (api.network)."""
+
+    type: Literal["ClusterNetworkChanged"] = "ClusterNetworkChanged"
+    network: ClusterNetwork | None
     at: datetime
 
 
@@ -389,6 +399,7 @@ Event = Annotated[
     | ApplyReported
     | ClusterJoined
     | ClusterLabelsChanged
+    | ClusterNetworkChanged
     | ClusterHealthChanged
     | PlacementDecided
     | PlanIssued

@@ -16,6 +16,7 @@ from api.events import (
     ClusterHealthChanged,
     ClusterJoined,
     ClusterLabelsChanged,
+    ClusterNetworkChanged,
     ObservationRefused,
     PlacementDecided,
     PlanIssued,
@@ -23,7 +24,7 @@ from api.events import (
     ResourceObserved,
     ScaleDecided,
 )
-from api.plans import ModelStatusPlan, ScalePlan, StatusPlan, WorkloadPlan
+from api.plans import EndpointsPlan, ModelStatusPlan, ScalePlan, StatusPlan, WorkloadPlan
 from store.reader import StoredEvent
 
 
@@ -155,6 +156,18 @@ def timeline(events: Iterable[StoredEvent]) -> list[Line]:
                     conditions = ", ".join(f"{c.type}={c.status} {c.reason}" for c in plan.status.conditions)
                     summary = f"LLMModel {plan.model} status: {conditions} (plan #{plan.sequence}, epoch {plan.epoch})"
                     kind = "Status"
+                elif isinstance(plan, EndpointsPlan):
+                    if plan.remove:
+                        what = f"remove the {plan.role} endpoints"
+                    elif plan.role == "origin":
+                        where = ", ".join(f"{s.cluster} ({s.mode}: {len(s.addresses)})" for s in plan.serving)
+                        what = f"origin Service :{plan.port} → {where or 'no endpoints yet'}" + (
+                            " and local replicas" if plan.local_replicas else ""
+                        )
+                    else:
+                        what = f"serving ({plan.mode}), admitting {', '.join(plan.admit_cidrs) or 'no declared range'}"
+                    summary = f"plan #{plan.sequence} to {plan.cluster}: {what} (epoch {plan.epoch})"
+                    kind = "EndpointsPlan"
             case ScaleDecided():
                 summary = event.reason
                 kind = "Scaled"
@@ -170,6 +183,9 @@ def timeline(events: Iterable[StoredEvent]) -> list[Line]:
                 summary = f"joined with labels {event.labels}"
             case ClusterLabelsChanged():
                 summary = f"labels now {event.labels}"
+            case ClusterNetworkChanged():
+                network = event.network
+                summary = f"network now {network.mode} {network.pod_cidrs}" if network else "network undeclared"
         if summary:
             lines.append(Line(stored.recorded_at, stored.position, event.cluster, kind, summary))
     return lines

@@ -1,9 +1,10 @@
 """The affected set: which deployments a step's recorded events call to be reconciled again.
 
 Guarantees: every deployment whose inputs an event may have changed is in the set (its own observations and apply
-reports, the workloads it owns, the models it references; on any capacity change, every deployment waiting for
-room or holding replicas that may move; on a cluster's health change, every deployment placed there; on any
-removal, every orphan). Over-approximating is safe (reconciling is level-based and quiet when nothing changed);
+reports, the workloads it owns, its pods (their readiness and addresses are its endpoints), the models it
+references; on any capacity change, every deployment waiting for room or holding replicas that may move; on a
+cluster's health or network change, every deployment placed there or applied there; on any removal, every
+orphan). Over-approximating is safe (reconciling is level-based and quiet when nothing changed);
 missing one is not. The result is sorted, so decisions run in a deterministic order.
 """
 
@@ -16,13 +17,14 @@ from api.events import (
     ClusterHealthChanged,
     ClusterJoined,
     ClusterLabelsChanged,
+    ClusterNetworkChanged,
     Event,
     ResourceDeleted,
     ResourceObserved,
     ResyncCompleted,
 )
 from api.keys import DeploymentKey
-from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN
+from api.labels import LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN, deployment_identity
 from api.plans import is_model_lane
 from store import queries
 from store.engine import Connection
@@ -47,6 +49,14 @@ async def affected(conn: Connection, events: Sequence[Event]) -> list[Deployment
                 if origin:
                     keys.add(DeploymentKey(origin, labels.get(LABEL_NAMESPACE, ""), labels.get(LABEL_DEPLOYMENT, "")))
                 removals = removals or isinstance(event, ResourceDeleted)
+            case ResourceObserved() | ResourceDeleted() if event.kind == "Pod":
+                capacity_changed = True
+                # A replica's readiness and address are inputs of its deployment's endpoints (planner.traffic); a
+                # pod with no address yet is not one (its workload's status tells its deployment the rest).
+                if "podIP" in event.object or isinstance(event, ResourceDeleted):
+                    identity = deployment_identity(event.object.get("labels", {}), event.namespace)
+                    if identity is not None:
+                        keys.add(DeploymentKey(*identity))
             case ResourceObserved() | ResourceDeleted():
                 capacity_changed = True
             case ResyncCompleted():
@@ -57,6 +67,9 @@ async def affected(conn: Connection, events: Sequence[Event]) -> list[Deployment
             case ClusterHealthChanged():
                 health_changed.append(event.cluster)
                 capacity_changed = True
+            case ClusterNetworkChanged():
+                # How the origin reaches the cluster's replicas, or what its serving clusters admit, changed.
+                health_changed.append(event.cluster)
             case ClusterJoined() | ClusterLabelsChanged():
                 capacity_changed = True
     keys.update(await queries.deployment_keys_using_models(conn, models))

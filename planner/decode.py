@@ -28,6 +28,7 @@ from api.events import (
     ClusterHeartbeat,
     ClusterJoined,
     ClusterLabelsChanged,
+    ClusterNetworkChanged,
     Event,
     MalformedEvent,
     PlacementDecided,
@@ -40,7 +41,15 @@ from store import limits
 from store.projections import Op, fold
 
 _PLANNER_ONLY: frozenset[type[Event]] = frozenset(
-    {ClusterJoined, ClusterLabelsChanged, ClusterHealthChanged, PlacementDecided, PlanIssued, ScaleDecided}
+    {
+        ClusterJoined,
+        ClusterLabelsChanged,
+        ClusterNetworkChanged,
+        ClusterHealthChanged,
+        PlacementDecided,
+        PlanIssued,
+        ScaleDecided,
+    }
 )
 # JSON escapes of what Postgres refuses (NUL, surrogates); raw control bytes are not valid JSON and never decode.
 # Matching the bytes first keeps the walk over the decoded event off the path of ordinary messages.

@@ -1,7 +1,8 @@
 """Cluster health rules: which cluster events a step's heartbeats and silences call for. Pure.
 
 Guarantees:
-- A heartbeat from a cluster the planner does not know makes it join; changed labels are recorded; a cluster
+- A heartbeat from a cluster the planner does not know makes it join; changed labels and a changed declared network
+  (api.network) are recorded; a cluster
   that went unhealthy is trusted again only `recovery_hold` after it went (hysteresis against flapping).
 - A healthy cluster becomes unhealthy when nothing was heard from it for longer than `heartbeat_timeout`, judged on
   the stream's clock (`read_up_to`), and never within one timeout of a new leader's start (`grace_until`).
@@ -18,6 +19,7 @@ from api.events import (
     ClusterHeartbeat,
     ClusterJoined,
     ClusterLabelsChanged,
+    ClusterNetworkChanged,
     Event,
     deterministic_id,
 )
@@ -41,6 +43,7 @@ def cluster_events(
                     cluster=hb.cluster,
                     labels=hb.labels,
                     at=now,
+                    network=hb.network,
                 )
             )
             continue
@@ -50,6 +53,16 @@ def cluster_events(
                     event_id=deterministic_id("labels", hb.cluster, hb.watcher_id, str(hb.sequence)),
                     cluster=hb.cluster,
                     labels=hb.labels,
+                    at=now,
+                )
+            )
+        declared = hb.network.model_dump(mode="json") if hb.network is not None else None
+        if declared != row.network:
+            out.append(
+                ClusterNetworkChanged(
+                    event_id=deterministic_id("network", hb.cluster, hb.watcher_id, str(hb.sequence)),
+                    cluster=hb.cluster,
+                    network=hb.network,
                     at=now,
                 )
             )

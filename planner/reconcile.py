@@ -109,6 +109,8 @@ class Inputs:
     """Workload plans the watchers saw on the workloads, by plan id, where that is not the latest plan."""
     tenant_policy: TenantPolicy = DEFAULT_POLICY
     """Which clusters the deployment may place into (planner.tenancy)."""
+    traffic: str | None = None
+    """Where requests to the origin's Service go (planner.traffic), for the status."""
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,7 @@ def _hold(inputs: Inputs, outcome_name: str, message: str) -> Outcome:
             clusters=_progress(inputs, shares),
             previous=_previous_conditions(dep),
             now=inputs.now,
+            traffic=inputs.traffic,
         )
     )
     events = []
@@ -655,6 +658,7 @@ def _status(
             clusters=_progress(inputs, shares),
             previous=_previous_conditions(dep),
             now=inputs.now,
+            traffic=inputs.traffic,
         )
     )
 

@@ -5,6 +5,8 @@ Guarantees:
   reasons and the observed generation; `lastTransitionTime` moves only when a condition's status flips (the
   previous status is passed in).
 - Replica counts come only from what watchers observed in the target clusters, never from what was planned.
+- ``endpoints`` lists the origin's Service URL first (``http://<name>.<namespace>:<port>``), then each other
+  cluster's that runs replicas.
 - The same inputs give the same status, so the planner can compare it with the last one it sent and stay quiet
   when nothing changed.
 """
@@ -52,6 +54,8 @@ class StatusInputs:
     clusters: Sequence[ClusterProgress]
     previous: Sequence[Condition]
     now: datetime
+    traffic: str | None = None
+    """Where requests to the origin's Service go (planner.traffic), for the TRAFFIC column."""
 
 
 _READY_REASONS = {
@@ -157,9 +161,13 @@ def compute_status(inputs: StatusInputs) -> LLMDeploymentStatus:
         )
         for c in serving
     ]
-    endpoints = [
+    # The origin's Service first: the one address clients need wherever the replicas run (planner.traffic keeps
+    # it pointing at them); then the Service in each other cluster that runs replicas.
+    endpoints = [Endpoint(cluster=inputs.origin, url=f"http://{inputs.name}.{inputs.namespace}:{inputs.port}")]
+    endpoints += [
         Endpoint(cluster=c.cluster, url=f"http://{inputs.name}.{inputs.namespace}.svc.cluster.local:{inputs.port}")
         for c in active
+        if c.cluster != inputs.origin
     ]
     return LLMDeploymentStatus(
         observed_generation=inputs.generation,
@@ -170,6 +178,7 @@ def compute_status(inputs: StatusInputs) -> LLMDeploymentStatus:
         placements=placements,
         clusters=",".join(c.cluster for c in active) or None,
         endpoints=endpoints,
+        traffic=inputs.traffic,
         ready=ready_condition.reason,
     )
 

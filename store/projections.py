@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from api.events import (
     ApplyReported,
     ClusterHealthChanged,
     ClusterJoined,
     ClusterLabelsChanged,
+    ClusterNetworkChanged,
     Event,
     PlacementDecided,
     PlanIssued,
@@ -37,6 +40,7 @@ from api.labels import (
     GPU_RESOURCE,
     deployment_identity,
 )
+from api.network import ClusterNetwork, EndpointIP
 from api.plans import ModelStatusPlan, StatusPlan, WorkloadPlan
 from api.quantity import bytes_of, gpu_memory_label_bytes, millicores, whole_count
 
@@ -119,11 +123,14 @@ def fold(event: Event) -> list[Op]:
                         "health_reason": "Joined",
                         "joined_at": event.at,
                         "health_changed_at": event.at,
+                        "network": _network(event.network),
                     },
                 )
             ]
         case ClusterLabelsChanged():
             return [Update("clusters", {"name": event.cluster}, {"labels": event.labels})]
+        case ClusterNetworkChanged():
+            return [Update("clusters", {"name": event.cluster}, {"network": _network(event.network)})]
         case ClusterHealthChanged():
             return [
                 Update(
@@ -215,6 +222,9 @@ def pod_row(uid: str, obj: dict[str, Any], at: datetime, *, namespace: str | Non
         "memory_request_bytes": bytes_of(requests.get("memory")),
         "deployment_key": deployment_key,
         "updated_at": at,
+        # The replica's address (watcher.translate reports it for the operator's own pods only); a value that is
+        # not an endpoint address is kept out, so it can never reach an EndpointSlice.
+        "pod_ip": _pod_ip(obj.get("podIP")),
     }
 
 
@@ -331,6 +341,22 @@ def _apply_reported(event: ApplyReported) -> list[Op]:
         # The workload is gone from that cluster; a share with no replicas left has nothing more to track.
         ops.append(Delete("placements", {**key, "cluster": event.cluster, "plan_id": event.plan_id, "replicas": 0}))
     return ops
+
+
+def _network(network: ClusterNetwork | None) -> dict[str, Any] | None:
+    return network.model_dump(mode="json") if network is not None else None
+
+
+def _pod_ip(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(_ENDPOINT_IP.validate_python(value))
+    except ValueError:
+        return None
+
+
+_ENDPOINT_IP: TypeAdapter[str] = TypeAdapter(EndpointIP)
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -16,7 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.keys import DeploymentKey
 from store import sql
-from store.rows import BoundPodRow, ClusterRow, DeploymentRow, ModelRow, NodeRow, PlacementRow, PlanRow, WorkloadRow
+from store.rows import (
+    BoundPodRow,
+    ClusterRow,
+    DeploymentRow,
+    ModelRow,
+    NodeRow,
+    PlacementRow,
+    PlanRow,
+    ReplicaRow,
+    WorkloadRow,
+)
 
 _KEYS = "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
 """The deployment keys passed as the first three parameters, as a row set for `(a, b, c) IN ...`."""
@@ -106,10 +116,13 @@ async def pending_deployment_keys(conn: AsyncConnection) -> list[DeploymentKey]:
 
 
 async def deployment_keys_on_clusters(conn: AsyncConnection, clusters_: Sequence[str]) -> list[DeploymentKey]:
+    """Deployments placed in one of the clusters, or applied there (their origin's Service and the ranges their
+    serving clusters admit depend on it)."""
     return _keys(
         await sql.records(
             conn,
-            "SELECT DISTINCT origin_cluster, namespace, name FROM placements WHERE cluster = ANY($1::text[])",
+            "SELECT origin_cluster, namespace, name FROM placements WHERE cluster = ANY($1::text[]) "
+            "UNION SELECT origin_cluster, namespace, name FROM placements WHERE origin_cluster = ANY($1::text[])",
             list(clusters_),
         )
     )
@@ -246,6 +259,40 @@ async def last_workload_plans_many(
         *sql.key_arrays(keys),
     )
     return _by_deployment((PlanRow.of(r) for r in found), _placement_key)
+
+
+async def last_endpoints_plans_many(
+    conn: AsyncConnection, keys: Sequence[DeploymentKey]
+) -> dict[DeploymentKey, list[PlanRow]]:
+    """The newest endpoints plan per (deployment, cluster): what the origin's Service was last told (the
+    `previous` of planner.endpoints.follow) and which serving clusters admit the origin."""
+    if not keys:
+        return {}
+    found = await sql.records(
+        conn,
+        f"SELECT DISTINCT ON (origin_cluster, namespace, name, cluster) {PlanRow.select()} FROM plans "
+        f"WHERE (origin_cluster, namespace, name) IN {_KEYS} AND kind = 'Endpoints' "
+        "ORDER BY origin_cluster, namespace, name, cluster, epoch DESC, sequence DESC",
+        *sql.key_arrays(keys),
+    )
+    return _by_deployment((PlanRow.of(r) for r in found), _placement_key)
+
+
+async def replicas_many(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -> dict[DeploymentKey, list[ReplicaRow]]:
+    """The live pods of many deployments, with their addresses and readiness."""
+    wanted = {str(key): DeploymentKey(*key) for key in keys}
+    if not wanted:
+        return {}
+    found = await sql.records(
+        conn,
+        f"SELECT {ReplicaRow.select()} FROM pods WHERE deployment_key = ANY($1::text[]) AND {_LIVE} "
+        "ORDER BY cluster, name",
+        list(wanted),
+    )
+    out: dict[DeploymentKey, list[ReplicaRow]] = {}
+    for row in (ReplicaRow.of(r) for r in found):
+        out.setdefault(wanted[row.deployment_key], []).append(row)
+    return out
 
 
 async def models_many(

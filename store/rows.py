@@ -49,6 +49,8 @@ class ClusterRow(_Row):
     joined_at: datetime
     health_changed_at: datetime
     last_heartbeat_at: datetime | None
+    network: dict[str, Any] | None = None
+    """The declared network (api.network.ClusterNetwork as JSON); None: undeclared."""
 
 
 @_columns
@@ -145,6 +147,18 @@ class PlanRow(_Row):
     name: str
     cluster: str
     payload: dict[str, Any]
+
+
+@_columns
+@dataclass(frozen=True, slots=True)
+class ReplicaRow(_Row):
+    """One live pod of a deployment (not Succeeded or Failed), with its address: what the endpoints follow."""
+
+    deployment_key: str
+    cluster: str
+    name: str
+    pod_ip: str | None
+    ready: bool
 
 
 @_columns

@@ -81,6 +81,8 @@ clusters = Table(
     Column("joined_at", TZ, nullable=False),
     Column("health_changed_at", TZ, nullable=False),
     Column("last_heartbeat_at", TZ),
+    # The network the cluster declared (api.network.ClusterNetwork as JSON); NULL: undeclared (flat, no ranges).
+    Column("network", JSONB),
 )
 
 nodes = Table(
@@ -117,6 +119,7 @@ pods = Table(
     Column("memory_request_bytes", BigInteger, nullable=False),
     Column("deployment_key", Text),
     Column("updated_at", TZ, nullable=False),
+    Column("pod_ip", Text),
     PrimaryKeyConstraint("cluster", "namespace", "name"),
     Index("ix_pods_deployment_key", "deployment_key"),
 )
