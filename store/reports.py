@@ -198,24 +198,12 @@ class Reports:
         ]
 
     async def cluster_networks(self) -> dict[str, ClusterNetwork]:
-        """Each cluster's declared network (api.network), from the newest cluster event that carries one.
-
-        Read from the log (the latest `Cluster*` event whose payload has a `network` object, e.g. a ClusterJoined
-        recorded from a heartbeat that declared it), so it works whether or not a projection holds it. Only the
-        `Cluster*` types are read (a range on the indexed `type` column: no scan of the whole log). A payload
-        that is not a valid ClusterNetwork is left out, as undeclared."""
+        """Each cluster's declared network (api.network), as the clusters projection holds it (folded from the
+        heartbeats' ClusterJoined / ClusterNetworkChanged). A cluster that declared none, or whose stored value is
+        not a valid ClusterNetwork, is left out, as undeclared."""
         with translated("read cluster networks"):
             async with self._engine.connect() as conn:
-                found = (
-                    await conn.execute(
-                        text(
-                            "SELECT DISTINCT ON (cluster) cluster, payload->'network' AS network FROM events "
-                            "WHERE type >= 'Cluster' AND type < 'Clustes' "
-                            "AND jsonb_typeof(payload->'network') = 'object' "
-                            "ORDER BY cluster, position DESC"
-                        )
-                    )
-                ).all()
+                found = (await conn.execute(text("SELECT name, network FROM clusters WHERE network IS NOT NULL"))).all()
         networks: dict[str, ClusterNetwork] = {}
         for cluster, network in found:
             try:

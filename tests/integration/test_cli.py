@@ -13,9 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.events import ApplyReported, ClusterJoined
+from api.network import ClusterNetwork
 from llm_operator.embedded import _free_port
 from store import projections, recorder
 from tests import builders
@@ -281,16 +283,19 @@ def test_keys_generate_and_public(tmp_path: Path) -> None:
 
 
 async def _join(hub: Hub, cluster: str, *, at: datetime, network: dict[str, Any] | None) -> None:
-    """A ClusterJoined as the planner records it from a heartbeat, its payload carrying the declared network."""
+    """A ClusterJoined as the planner records it from a heartbeat that declared `network` (or none)."""
     joined = ClusterJoined(
-        event_id=f"joined-{cluster}-{at.timestamp()}", cluster=cluster, labels={"gpu": "a100"}, at=at
+        event_id=f"joined-{cluster}-{at.timestamp()}",
+        cluster=cluster,
+        labels={"gpu": "a100"},
+        at=at,
+        network=ClusterNetwork.model_validate(network) if network is not None else None,
     )
-    payload = joined.model_dump(mode="json") | ({"network": network} if network is not None else {})
     engine = create_async_engine(hub.database_url)
     try:
         async with engine.begin() as conn:
             await recorder.lock_writers(conn)
-            await recorder.append(conn, [(joined, {})], raw=[json.dumps(payload).encode()])
+            await recorder.append(conn, [(joined, {})])
             await recorder.apply_ops(conn, projections.fold(joined))
     finally:
         await engine.dispose()
@@ -298,13 +303,21 @@ async def _join(hub: Hub, cluster: str, *, at: datetime, network: dict[str, Any]
 
 @pytest.mark.anyio
 async def test_status_shows_each_clusters_declared_network(hub: Hub) -> None:
-    """`status` lists how each cluster is reached (mode, pod ranges) from its newest cluster event declaring it;
-    a cluster that declared nothing, or something invalid, is "undeclared"."""
+    """`status` lists how each cluster is reached (mode, pod ranges) as last declared; a cluster that declared
+    nothing, or whose stored declaration is not valid (written by hand, an older shape), is "undeclared"."""
     t0 = builders.T0
     await _join(hub, "east", at=t0, network={"mode": "flat", "pod_cidrs": ["10.1.0.0/16"]})
     await _join(hub, "east", at=t0 + timedelta(seconds=5), network={"mode": "mcs", "pod_cidrs": ["10.2.0.0/16"]})
     await _join(hub, "west", at=t0, network=None)
-    await _join(hub, "north", at=t0, network={"mode": "[bold]mesh[/bold]", "pod_cidrs": []})
+    await _join(hub, "north", at=t0, network={"mode": "flat", "pod_cidrs": []})
+    engine = create_async_engine(hub.database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE clusters SET network = '{\"mode\": \"[bold]mesh[/bold]\"}' WHERE name = 'north'")
+            )
+    finally:
+        await engine.dispose()
     result = await anyio.to_thread.run_sync(lambda: run("status", "--json", "--database-url", hub.database_url))
     assert result.returncode == 0, result.stderr
     clusters = {c["name"]: c["network"] for c in json.loads(result.stdout)["clusters"]}
