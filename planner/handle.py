@@ -37,7 +37,7 @@ from planner.decide import decide
 from planner.decode import Decoded, Delivery, decode_delivery, prepare
 from planner.memory import CapacityMemory
 from planner.reconcile import DEFAULT_POLICY
-from planner.rejected import report_refused
+from planner.rejected import report_models, report_refused
 from store import queries, recorder
 from store.engine import Connection
 from store.projections import Op, fold
@@ -218,6 +218,11 @@ async def step(
     metrics.export_cluster_health(clusters.values())
     memory.note(r.event for r in recorded)
     loads = [r.event for r in recorded if type(r.event) is LoadObserved]
+    # Models' own verdicts, also while catching up: each needs only its event and the model lane's last status
+    # (a model fixed while no planner ran is told so by the next leader).
+    result.plans += await report_models(
+        conn, [r.event for r in recorded], epoch=epoch, now=now, subjects=config.subjects
+    )
     if mode == "catch-up":
         if autoscaler is not None:
             for load in loads:

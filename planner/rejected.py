@@ -18,18 +18,25 @@ Guarantees:
   valid version is decided as usual and replaces this status.
 - A deployment the planner never accepted gets no finalizer from this report (nothing to clean up), so deleting
   it is never blocked by the planner.
+- An LLMModel version the planner records gets its verdict too (`report_models`): `Accepted` True (reason
+  `Valid`) once a valid version follows a refusal, or False (`InvalidSpec`, the first schema error) when the
+  recorded spec is not a model the planner can use. A model that never had a status and is valid gets none
+  (no write, and no re-observation, for every model of the fleet).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from api.conditions import set_condition
-from api.events import PlanIssued, deterministic_id
+from api.events import Event, PlanIssued, ResourceObserved, deterministic_id
 from api.keys import DeploymentKey
-from api.models import LLMDeploymentStatus, LLMModelStatus
+from api.models import LLMDeploymentStatus, LLMModelSpec, LLMModelStatus
 from api.plans import DeploymentRef, KubeEvent, ModelStatusPlan, StatusPlan, model_ref, plan_id
 from bus.subjects import Subjects
 from store import queries, recorder
@@ -73,7 +80,8 @@ async def report_refused(
     if target is None:
         return False
     if target["kind"] == "LLMModel":
-        await _tell_model(conn, target, reason, epoch=epoch, now=now, subjects=subjects)
+        verdict = ("False", "InvalidSpec", f"this version of the LLMModel was refused and is not used: {reason}")
+        await _tell_model(conn, target, verdict, epoch=epoch, now=now, subjects=subjects)
         model = (target["cluster"], target["namespace"], target["name"])
         users = await queries.deployment_keys_using_models(conn, [model])
         found = await queries.deployments(conn, users)
@@ -100,26 +108,66 @@ async def report_refused(
     return True
 
 
+async def report_models(
+    conn: Connection, events: Iterable[Event], *, epoch: int, now: datetime, subjects: Subjects
+) -> int:
+    """The verdict on each LLMModel version recorded in this step (module docstring); the number of plans issued."""
+    issued = 0
+    for event in events:
+        if not isinstance(event, ResourceObserved) or event.kind != "LLMModel" or not event.namespace:
+            continue
+        try:
+            LLMModelSpec.model_validate(event.object.get("spec") or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            problem = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+            verdict = ("False", "InvalidSpec", f"this version of the LLMModel is not usable: {problem}")
+        else:
+            verdict = ("True", "Valid", "the planner uses this version of the LLMModel")
+        target = {
+            "cluster": event.cluster,
+            "namespace": event.namespace,
+            "name": event.name,
+            "uid": event.uid,
+            "generation": event.generation or 0,
+        }
+        issued += await _tell_model(
+            conn, target, verdict, only_if_stated=verdict[0] == "True", epoch=epoch, now=now, subjects=subjects
+        )
+    return issued
+
+
 async def _tell_model(
-    conn: Connection, target: dict[str, Any], reason: str, *, epoch: int, now: datetime, subjects: Subjects
-) -> None:
-    """The model status plan: sequenced in the model's own lane (`api.plans.model_ref`), like a deployment's."""
+    conn: Connection,
+    target: dict[str, Any],
+    verdict: tuple[str, str, str],
+    *,
+    only_if_stated: bool = False,
+    epoch: int,
+    now: datetime,
+    subjects: Subjects,
+) -> int:
+    """The model status plan: sequenced in the model's own lane (`api.plans.model_ref`), like a deployment's.
+    `only_if_stated`: only where the model already has a status of ours (a valid model is not written to)."""
     ref = model_ref(target["cluster"], target["namespace"], target["name"], target["uid"])
     sequence, last = await queries.last_plan(conn, ref.key)
+    if last is None and only_if_stated:
+        return 0
     previous = LLMModelStatus.model_validate(last) if last else LLMModelStatus()
-    message = f"this version of the LLMModel was refused and is not used: {reason}"[:1024]
+    status_, reason, message = verdict
+    message = message[:1024]
     conditions = set_condition(
         previous.conditions,
         type="Accepted",
-        status="False",
-        reason="InvalidSpec",
+        status=status_,  # type: ignore[arg-type]
+        reason=reason,
         message=message,
         observed_generation=target["generation"],
         now=now,
     )
     status = LLMModelStatus(observed_generation=target["generation"], conditions=list(conditions))
     if last == status.wire():
-        return  # the model says so already (the message is its re-observation after that status was written)
+        return 0  # the model says so already (the message is its re-observation after that status was written)
     plan = ModelStatusPlan(
         plan_id=plan_id(ref, ref.origin_cluster, "ModelStatus", epoch, sequence + 1),
         epoch=epoch,
@@ -130,9 +178,14 @@ async def _tell_model(
         issued_at=now,
         model=target["name"],
         status=status,
-        events=[KubeEvent(type="Warning", reason="Refused", message=message)],
+        events=[
+            KubeEvent(type="Warning", reason="Refused", message=message)
+            if status_ == "False"
+            else KubeEvent(type="Normal", reason="Accepted", message=message)
+        ],
     )
     await _record(conn, plan, epoch=epoch, now=now, subjects=subjects)
+    return 1
 
 
 async def _record(

@@ -183,10 +183,27 @@ async def test_a_nul_character_is_dead_lettered_and_the_planner_goes_on(
     assert [e["reason"] for e in plan["events"]] == ["Refused"]
     # A restart reads on from the committed position: no crash loop.
     before = await position(engine)
-    await send(js, hub, deployment("after-restart", "gpt-small"))
+    fixed = builders.observed("a100", "LLMModel", builders.llm_model("nul", "team", MODEL, generation=2))
+    await send(js, hub, deployment("after-restart", "gpt-small"), fixed)
     async with planner(engine, js, hub, holder="p2"):
         await eventually(lambda: planned(engine, "after-restart"), timeout=30, what="placement after a restart")
+
+        # The owner fixes the model: the next version is accepted, and the model's status says so.
+        async def model_statuses() -> list[dict[str, Any]] | None:
+            async with engine.connect() as conn:
+                found = await conn.execute(
+                    select(tables.plans.c.payload)
+                    .where(tables.plans.c.kind == "ModelStatus")
+                    .order_by(tables.plans.c.payload["sequence"].as_integer())
+                )
+                payloads = list(found.scalars())
+            return payloads if len(payloads) == 2 else None
+
+        second = (await eventually(model_statuses, timeout=30, what="the fixed model's status"))[1]
     assert await position(engine) > before
+    accepted = next(c for c in second["status"]["conditions"] if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"], second["status"]["observed_generation"]) == ("True", "Valid", 2)
+    assert (second["sequence"], [e["reason"] for e in second["events"]]) == (2, ["Accepted"])
 
 
 async def test_other_control_characters_round_trip_through_the_store(engine: AsyncEngine, hub: Hub) -> None:
@@ -211,7 +228,9 @@ async def test_other_control_characters_round_trip_through_the_store(engine: Asy
     assert result.dead_letters == 0 and result.recorded == 1
     async with engine.connect() as conn:
         spec = (await conn.execute(select(tables.models.c.spec).where(tables.models.c.name == "odd"))).scalar_one()
-        payload = (await conn.execute(select(tables.events.c.payload))).scalar_one()
+        payload = (
+            await conn.execute(select(tables.events.c.payload).where(tables.events.c.type == "ResourceObserved"))
+        ).scalar_one()
     assert spec["modelName"] == odd
     assert payload["object"]["spec"]["modelName"] == odd
 
