@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import jinja2
 from starlette.applications import Starlette
@@ -75,7 +75,6 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["ago"] = _ago
     env.filters["ts"] = _ts
-    env.filters["seg"] = lambda v: quote(str(v), safe="")  # one path segment: "/" quoted too
     env.filters["json"] = lambda v: json.dumps(v, sort_keys=True, default=str)
     return env
 
@@ -218,8 +217,9 @@ def create_app(
         )
 
     async def deployment(request: Request) -> Response:
-        p = request.path_params
-        origin, namespace, name = p["origin"], p["namespace"], p["name"]
+        # Query parameters, not path segments: a stored name may hold any character ("/" included).
+        p = request.query_params
+        origin, namespace, name = p.get("origin", ""), p.get("namespace", ""), p.get("name", "")
         head = await browse.head()
         detail = await browse.deployment(origin, namespace, name)
         events = await browse.history(
@@ -328,7 +328,7 @@ def create_app(
         Route("/", home),
         Route("/fleet", fleet),
         Route("/deployments", deployments),
-        Route("/deployments/{origin}/{namespace}/{name}", deployment),
+        Route("/deployment", deployment),
         Route("/audit", audit),
         Route("/audit/report/{view}.csv", report_csv),
         Route("/api/head", api_head),

@@ -232,17 +232,17 @@ class Browse(Reports):
             "ON b.origin_cluster = d.origin_cluster AND b.namespace = d.namespace AND b.name = d.name "
             f"WHERE {condition}"
         )
-        order = 'ORDER BY namespace COLLATE "C", name COLLATE "C", origin_cluster COLLATE "C"'
+        order = 'ORDER BY {t}.namespace COLLATE "C", {t}.name COLLATE "C", {t}.origin_cluster COLLATE "C"'
         # The page first, then its placements: the aggregate runs for the rows shown, not for every match.
         query = (
             "WITH page AS (SELECT d.origin_cluster, d.namespace, d.name, d.spec->>'replicas' AS replicas, "
             "coalesce(b.last_status->>'readyReplicas', '0') AS ready, b.last_outcome, d.spec->>'modelRef' AS model "
-            f"{source} {order} LIMIT :limit OFFSET :offset) "
+            f"{source} {order.format(t='d')} LIMIT :limit OFFSET :offset) "
             "SELECT page.*, coalesce(p.clusters, '{}'), coalesce(p.gpu_types, '{}') FROM page "
             "LEFT JOIN LATERAL (SELECT array_agg(DISTINCT q.cluster) AS clusters, "
             "array_agg(DISTINCT q.gpu_type) FILTER (WHERE q.gpu_type IS NOT NULL) AS gpu_types FROM placements q "
             "WHERE q.origin_cluster = page.origin_cluster AND q.namespace = page.namespace "
-            f"AND q.name = page.name AND q.replicas > 0) p ON TRUE {order}"
+            f"AND q.name = page.name AND q.replicas > 0) p ON TRUE {order.format(t='page')}"
         )
         with translated("read deployments"):
             async with self.engine.connect() as conn:
