@@ -98,10 +98,16 @@ def _time(value: str | None) -> datetime | None:
     """An ISO 8601 time from a form (`datetime-local` gives no zone: UTC), or None when empty or malformed."""
     if not value:
         return None
+    value = value.strip().replace("Z", "+00:00")
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)
     except ValueError:
-        return None
+        # A "+hh:mm" offset typed into an address arrives as " hh:mm" (a "+" in a query is a space).
+        head, _, offset = value.rpartition(" ")
+        try:
+            parsed = datetime.fromisoformat(f"{head}+{offset}")
+        except ValueError:
+            return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

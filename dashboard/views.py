@@ -119,7 +119,14 @@ def timeline(events: Iterable[StoredEvent]) -> list[TimelineItem]:
         e = stored.event
         match e:
             case PlacementDecided():
-                placed = ", ".join(f"{s.cluster}×{s.replicas}" for s in e.shares if s.replicas) or "nowhere"
+                placed = (
+                    ", ".join(
+                        f"{s.cluster}×{s.replicas}" + (f" ({s.role})" if s.role != "active" else "")
+                        for s in e.shares
+                        if s.replicas
+                    )
+                    or "nowhere"
+                )
                 items.append(
                     TimelineItem(
                         e.decided_at,

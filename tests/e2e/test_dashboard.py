@@ -248,8 +248,11 @@ async def test_the_dashboard_shows_the_fleet_a_placement_and_a_failover_live(
         csv_text = await page.evaluate("fetch('/audit/report/placements.csv').then(r => r.text())")
         assert csv_text.splitlines()[0].startswith("origin_cluster") or "," in csv_text.splitlines()[0]
         await page.screenshot(path=str(screenshots / "dashboard-audit.png"), full_page=True)
+        # As of now, typed as a person would (a "+00:00" offset in the address included): the fold's capacity is
+        # the view's.
         await page.goto(f"{base}/audit?as_of={datetime.now(UTC).isoformat()}")
         await pw_expect(page.locator("#as-of-capacity tbody tr").first).to_be_visible()
+        await page.screenshot(path=str(screenshots / "dashboard-audit-as-of.png"), full_page=True)
         assert dialogs == []
         await operator.start_agent("a100")
 
