@@ -218,7 +218,7 @@ async def test_the_dashboard_shows_the_fleet_a_placement_and_a_failover_live(
         await kubectl("cpu", "apply", "-n", ns, "-f", "-", input=deployment("ha-chat", "ha", 1))
         a100 = operator.cluster("a100")
         row = page.locator(f'#deployments tr[data-name="ha-chat"][data-namespace="{ns}"]')
-        await pw_expect(row.locator("td.clusters")).to_have_text(a100, timeout=30_000)
+        await pw_expect(row.locator("td.clusters")).to_have_text(a100, timeout=60_000)
         assert await page.evaluate("window.__notReloaded") is True
         await page.screenshot(path=str(screenshots / "dashboard-deployments.png"), full_page=True)
 
