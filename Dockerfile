@@ -23,6 +23,7 @@ COPY planner/ planner/
 COPY applier/ applier/
 COPY kubeapi/ kubeapi/
 COPY migrations/ migrations/
+COPY dashboard/ dashboard/
 RUN pip wheel --wheel-dir /wheels .
 
 # ---- runtime: the slim Python image, the installed wheels, and a non-root user --------------------------------

@@ -232,6 +232,12 @@ def _capacity(state: replay.MemoryTables, cluster: str | None) -> list[dict[str,
     ]
 
 
+def fleet_capacity(state: replay.MemoryTables) -> list[dict[str, Any]]:
+    """The fleet's GPU capacity rows at the moment `state` was folded to (what `history fleet --as-of` shows);
+    the dashboard's "as of" view is given this function."""
+    return _capacity(state, None)
+
+
 _CAPACITY_COLUMNS = ["CLUSTER", "GPU", "MEMORY GiB", "NODES", "TOTAL", "ALLOCATED", "RESERVED", "FREE", "NOT USABLE"]
 
 

@@ -615,5 +615,14 @@ def _register_audit() -> None:
 _register_audit()
 
 
+def _register_dashboard() -> None:
+    from llm_operator import dashboard_cli
+
+    dashboard_cli.register(app, settings_for=settings_from, fail=fail)
+
+
+_register_dashboard()
+
+
 def main() -> None:
     app()

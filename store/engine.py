@@ -2,7 +2,8 @@
 
 Guarantees: `Engine` and `Connection` are the types the rest of the code names, so that no package but the store
 imports SQLAlchemy; `open_engine` builds the pool the same way everywhere (with TLS when given a `DatabaseTls`:
-the server's certificate and host name are verified); `describe` never shows a password.
+the server's certificate and host name are verified; with `read_only`, the server refuses every write on its
+connections); `describe` never shows a password.
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ class DatabaseTls:
         return context
 
 
-def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5, tls: DatabaseTls | None = None) -> Engine:
-    connect_args = {"ssl": tls.context()} if tls is not None else {}
+def open_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 5, tls: DatabaseTls | None = None, read_only: bool = False
+) -> Engine:
+    connect_args: dict[str, object] = {"ssl": tls.context()} if tls is not None else {}
+    if read_only:
+        # Every transaction on these connections is READ ONLY (the server refuses writes), whatever the role may
+        # do: a second wall behind the dashboard's read-only role.
+        connect_args["server_settings"] = {"default_transaction_read_only": "on"}
     return create_async_engine(
         url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, connect_args=connect_args
     )

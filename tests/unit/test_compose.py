@@ -19,7 +19,7 @@ from typer.main import get_command
 from llm_operator.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_SERVICES = ("bus-init", "migrate", "planner", "agent-a", "agent-b")
+OPERATOR_SERVICES = ("bus-init", "migrate", "planner", "dashboard-grant", "dashboard", "agent-a", "agent-b")
 AGENTS = ("agent-a", "agent-b")
 
 
@@ -216,3 +216,16 @@ def test_dockerfile_copies_every_package_and_dockerignore_admits_them() -> None:
     assert ignore[0] == "*"  # deny by default: .venv, .git, kubeconfigs (credentials) stay out of the context
     admitted = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     assert packages | {"pyproject.toml"} <= admitted
+
+
+def test_the_dashboard_reads_as_its_read_only_role_and_is_published_on_loopback_only(
+    compose: dict[str, Any],
+) -> None:
+    dashboard = compose["services"]["dashboard"]
+    assert dashboard["ports"] == ["127.0.0.1:8080:8080"]
+    assert env(dashboard)["LLMOP_DASHBOARD_DATABASE_URL"].startswith("postgresql://llmop_dashboard:")
+    assert env(dashboard)["LLMOP_DASHBOARD_TOKEN"].startswith("${LLMOP_DASHBOARD_TOKEN:?")  # no default token
+    assert "LLMOP_NATS_URL" not in env(dashboard)  # Postgres only
+    grant = compose["services"]["dashboard-grant"]
+    assert grant["command"] == ["dashboard", "--grant", "llmop_dashboard"]
+    assert dashboard["depends_on"]["dashboard-grant"]["condition"] == "service_completed_successfully"

@@ -1,6 +1,6 @@
 """what the planner needs to point the origin's Service at the replicas: pod addresses and declared networks
 
-Revision ID: 0007_h18
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-02
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0007_h18"
+revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | None = None
 depends_on: str | None = None
