@@ -189,6 +189,7 @@ def create_app(
     async def fleet(request: Request) -> Response:
         head = await browse.head()
         clusters = await browse.clusters()
+        networks = await browse.cluster_networks()
         capacity = await browse.gpu_capacity()
         nodes = await browse.node_gpus()
         return page(
@@ -196,6 +197,7 @@ def create_app(
             "fleet.html",
             head=head,
             clusters=clusters,
+            networks=networks,
             capacity=capacity,
             totals=views.totals_by_type(capacity),
             grid=views.node_grid(nodes),

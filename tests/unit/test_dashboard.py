@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from api.events import ClusterShare, LoadObserved, PlacementDecided, ScaleDecided
+from api.network import ClusterNetwork
 from dashboard import views
 from dashboard.app import SECURITY_HEADERS, create_app
 from store.browse import DeploymentListRow, DeploymentPage, NodeGpus
@@ -133,6 +134,9 @@ class StubBrowse:
     async def clusters(self) -> list[ClusterRow]:
         return [ClusterRow(HOSTILE, {"team": HOSTILE}, False, HOSTILE, T0, T0, T0)]
 
+    async def cluster_networks(self) -> dict[str, ClusterNetwork]:
+        return {HOSTILE: ClusterNetwork(mode="exposed", pod_cidrs=["10.244.0.0/16"])}
+
     async def gpu_capacity(self) -> list[GpuCapacityRow]:
         return [cap(HOSTILE, "A100", 8, 0, 0, 8)]
 
@@ -197,6 +201,11 @@ def test_every_page_escapes_tenant_strings_and_sends_the_security_headers(path: 
         assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in response.text
     assert response.headers["content-security-policy"] == SECURITY_HEADERS["Content-Security-Policy"]
     assert "script-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_the_fleet_page_says_how_each_cluster_is_reached() -> None:
+    text = client().get("/fleet").text
+    assert '<td class="network">exposed (10.244.0.0/16)</td>' in text
 
 
 def test_csv_is_every_row_of_the_view() -> None:
