@@ -298,3 +298,45 @@ async def test_a_planner_step_sets_cluster_health_and_deployments_by_outcome(eng
         await steps(heartbeat("east"))
     assert gauge("llmop_fleet_cluster_healthy", cluster="west") == 0
     assert gauge("llmop_fleet_cluster_healthy", cluster="east") == 1
+
+
+# ----------------------------------------------------------------------------------------- the web dashboard
+
+WEB_DASHBOARD = ("--set", "dashboard.enabled=true", "--set", "dashboard.database.existingSecret=dashboard-db")
+
+
+def test_the_hub_release_serves_the_web_dashboard_behind_a_token_when_enabled() -> None:
+    assert not [key for key in template() if key[1].endswith("-dashboard")]
+    objects = template(*WEB_DASHBOARD, "--set", "dashboard.token.existingSecret=dashboard-token")
+    deployment = objects[("Deployment", "hub-llm-operator-dashboard")]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "hub-llm-operator-dashboard"
+    assert pod["automountServiceAccountToken"] is False  # it calls no Kubernetes API
+    (container,) = pod["containers"]
+    assert container["args"] == ["dashboard", "--host", "0.0.0.0", "--port", "8080"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LLMOP_DASHBOARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "dashboard-db", "key": "url"}
+    assert env["LLMOP_DASHBOARD_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "dashboard-token", "key": "token"}
+    # Postgres only: no NATS address, no credentials of the planner's.
+    assert not [name for name in env if "NATS" in name] and "LLMOP_DATABASE_URL" not in env
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = objects[("Service", "hub-llm-operator-dashboard")]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    behind_proxy = template(*WEB_DASHBOARD, "--set", "dashboard.trustedHeader=X-Forwarded-User")
+    (proxied,) = behind_proxy[("Deployment", "hub-llm-operator-dashboard")]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "LLMOP_DASHBOARD_TRUSTED_HEADER", "value": "X-Forwarded-User"} in proxied["env"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (WEB_DASHBOARD, "dashboard.token.existingSecret"),  # never served without access control
+        (("--set", "dashboard.enabled=true", "--set", "dashboard.token.existingSecret=t"), "read-only role"),
+        (("--set", "dashboard.trustedHeader=X-User: admin"), "trustedHeader"),
+    ],
+)
+def test_a_dashboard_without_access_control_or_database_is_refused(args: tuple[str, ...], says: str) -> None:
+    done = run(helm_binary(), "template", "hub", CHART, "-f", CHART / "ci" / "hub-values.yaml", *args)
+    assert done.returncode != 0
+    assert says in done.stderr, done.stderr
