@@ -26,7 +26,7 @@ from api.network import ClusterNetwork
 from api.plans import Plan
 from api.snapshots import check_snapshot
 
-ObservedKind = Literal["LLMModel", "LLMDeployment", "Node", "Pod", "Deployment"]
+ObservedKind = Literal["LLMModel", "LLMDeployment", "Node", "Pod", "Deployment", "Service"]
 _ID_NAMESPACE = uuid.UUID("5b0c7a4e-8d2f-4f61-9a43-2f0d1c3e9b71")
 
 

@@ -27,6 +27,9 @@ from pydantic import (
 
 from api.quantity import INT4_MAX, INT8_MAX, parse_quantity
 
+MAX_INGRESS = 16
+"""Ingress addresses kept per Service (a load balancer has one or a few; more is noise or hostile)."""
+
 
 def _quantity(value: str | int) -> str | int:
     parse_quantity(value)  # QuantityError is a ValueError: pydantic reports it with the field's location
@@ -115,12 +118,22 @@ class WorkloadSnapshot(_Snapshot):
     conditions: list[WorkloadCondition] = Field(default_factory=list)
 
 
+class ServiceSnapshot(_Snapshot):
+    """One of the operator's Services: how it is exposed (the ``exposed`` network mode points the origin at it)."""
+
+    type: StrictStr = "ClusterIP"
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    nodePort: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None  # noqa: N815 - the Kubernetes field name
+    ingress: list[StrictStr] = Field(default_factory=list, max_length=MAX_INGRESS)
+
+
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "LLMModel": TypeAdapter(CustomResourceSnapshot),
     "LLMDeployment": TypeAdapter(CustomResourceSnapshot),
     "Node": TypeAdapter(NodeSnapshot),
     "Pod": TypeAdapter(PodSnapshot),
     "Deployment": TypeAdapter(WorkloadSnapshot),
+    "Service": TypeAdapter(ServiceSnapshot),
 }
 
 

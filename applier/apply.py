@@ -183,7 +183,7 @@ async def _all(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
 
 
 async def execute_workload(
-    kube: Kube, plan: WorkloadPlan, guard: EpochGuard, *, policy: TenantPolicy = DEFAULT_POLICY
+    kube: Kube, plan: WorkloadPlan, guard: EpochGuard, *, policy: TenantPolicy = DEFAULT_POLICY, exposed: bool = False
 ) -> ApplyResult:
     """Look, then write: every object the plan would overwrite is checked first (a plan that would overwrite
     someone else's object writes nothing); then everything but the Deployment is applied while what the plan no
@@ -192,7 +192,10 @@ async def execute_workload(
 
     Round trips: a deployment this process has not applied before (new, or first since a restart) is looked up
     in one round (its Deployment, every object, the namespace), then written in two. A known one reads its
-    Deployment first, whose record names the objects that need no lookup."""
+    Deployment first, whose record names the objects that need no lookup.
+
+    `exposed`: the cluster declares the ``exposed`` network (applier.render: the model's Service is a
+    LoadBalancer where it serves another origin)."""
     namespace = plan.deployment.namespace
     verdict = allows(
         policy,
@@ -203,7 +206,7 @@ async def execute_workload(
     )
     if not verdict.allowed:
         return ApplyResult("Failed", message=f"refused by this cluster's tenant policy: {verdict.reason}")
-    manifests = render(plan)
+    manifests = render(plan, exposed=exposed)
     others = [m for m in manifests if m["kind"] != "Deployment"]
     first_time = bool(manifests) and guard.executed_for(plan) is None
     found: dict[str, dict[str, Any] | None] = {}

@@ -98,8 +98,10 @@ def _meta(plan: WorkloadPlan, name: str, *, record: bool = False) -> dict[str, A
     return {"name": name, "namespace": plan.deployment.namespace, "labels": labels(plan), "annotations": annotations}
 
 
-def render(plan: WorkloadPlan) -> list[Manifest]:
-    """The objects this plan wants in its cluster, in apply order."""
+def render(plan: WorkloadPlan, *, exposed: bool = False) -> list[Manifest]:
+    """The objects this plan wants in its cluster, in apply order. `exposed`: this cluster declares the
+    ``exposed`` network (api.network), so a Service serving another cluster's origin is a LoadBalancer, whose
+    ingress addresses the origin's EndpointSlices point at."""
     if plan.spec is None or plan.model is None:
         return []
     spec, model = plan.spec, plan.model
@@ -108,7 +110,7 @@ def render(plan: WorkloadPlan) -> list[Manifest]:
         claim = weights_claim(plan, model)
         if claim is not None:
             out.append(claim)
-        out.append(service(plan, spec))
+        out.append(service(plan, spec, exposed=exposed))
         if spec.network_policy.enabled:
             out.append(network_policy(plan, spec))
         if plan.replicas > 1:
@@ -466,13 +468,16 @@ def weights_loader(plan: WorkloadPlan, spec: LLMDeploymentSpec, model: LLMModelS
 # ------------------------------------------------------------------------------------------- the surroundings
 
 
-def service(plan: WorkloadPlan, spec: LLMDeploymentSpec) -> Manifest:
+def service(plan: WorkloadPlan, spec: LLMDeploymentSpec, *, exposed: bool = False) -> Manifest:
+    # This render is the one writer of the Service's fields (the endpoints plans of a serving cluster never touch
+    # it): in an exposed cluster, replicas serving another origin are reached from there through a load balancer.
+    service_type = "LoadBalancer" if exposed and not plan.is_origin else spec.service_type
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(plan, plan.deployment.name),
         "spec": {
-            "type": spec.service_type,
+            "type": service_type,
             "selector": identity_labels(plan),
             "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
         },

@@ -70,6 +70,9 @@ class ApplierSettings:
     max_epoch_jump: int = DEFAULT_MAX_EPOCH_JUMP
     policy: TenantPolicy = field(default_factory=TenantPolicy)
     """Which origins may place workloads into which namespaces of this cluster (the last line of defence)."""
+    exposed: bool = False
+    """The cluster declares the ``exposed`` network (api.network): model Services serving other origins are
+    LoadBalancers."""
 
 
 @dataclass
@@ -335,7 +338,9 @@ async def _execute(plan: AnyPlan, app: _Applier, limiter: anyio.CapacityLimiter)
         try:
             async with limiter:
                 if isinstance(plan, WorkloadPlan):
-                    return await execute_workload(app.kube, plan, app.guard, policy=settings.policy)
+                    return await execute_workload(
+                        app.kube, plan, app.guard, policy=settings.policy, exposed=settings.exposed
+                    )
                 if isinstance(plan, EndpointsPlan):
                     return await execute_endpoints(app.kube, plan, policy=settings.policy)
                 if isinstance(plan, ScalePlan):

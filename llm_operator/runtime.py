@@ -332,6 +332,7 @@ async def run_components(
                         trusted_keys=keys,
                         max_epoch_jump=settings.plan_max_epoch_jump,
                         policy=policy,
+                        exposed=member.network is not None and member.network.mode == "exposed",
                     )
                     tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=subjects, settings=applier_settings))
             if started is not None:

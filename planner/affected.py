@@ -1,11 +1,12 @@
 """The affected set: which deployments a step's recorded events call to be reconciled again.
 
 Guarantees: every deployment whose inputs an event may have changed is in the set (its own observations and apply
-reports, the workloads it owns, its pods (their readiness and addresses are its endpoints), the models it
-references; on any capacity change, every deployment waiting for room or holding replicas that may move; on a
-cluster's health or network change, every deployment placed there or applied there; on any removal, every
-orphan). Over-approximating is safe (reconciling is level-based and quiet when nothing changed);
-missing one is not. The result is sorted, so decisions run in a deterministic order.
+reports, the workloads it owns, its pods (their readiness and addresses are its endpoints), its Services (their
+ingress addresses, in the ``exposed`` network mode), the models it references; on any capacity change, every
+deployment waiting for room or holding replicas that may move; on a cluster's health or network change, every
+deployment placed there or applied there; on any removal, every orphan). Over-approximating is safe (reconciling
+is level-based and quiet when nothing changed); missing one is not. The result is sorted, so decisions run in a
+deterministic order.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ async def affected(conn: Connection, events: Sequence[Event]) -> list[Deployment
                     identity = deployment_identity(event.object.get("labels", {}), event.namespace)
                     if identity is not None:
                         keys.add(DeploymentKey(*identity))
+            case ResourceObserved() | ResourceDeleted() if event.kind == "Service":
+                # A Service's ingress addresses are its deployment's endpoints in the ``exposed`` network mode.
+                identity = deployment_identity(event.object.get("labels", {}), event.namespace)
+                if identity is not None:
+                    keys.add(DeploymentKey(*identity))
             case ResourceObserved() | ResourceDeleted():
                 capacity_changed = True
             case ResyncCompleted():

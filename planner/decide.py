@@ -25,11 +25,11 @@ from planner.inputs import Rows, inputs
 from planner.memory import CapacityMemory
 from planner.placement import ClusterInfo, Clusters
 from planner.reconcile import DEFAULT_POLICY, Inputs, reconcile
-from planner.traffic import ClusterView, Replica, TrafficInputs, traffic
+from planner.traffic import ClusterView, Exposed, Replica, TrafficInputs, traffic
 from store import queries, recorder
 from store.engine import Connection
 from store.projections import fold
-from store.rows import ClusterRow, DeploymentRow, PlanRow, ReplicaRow
+from store.rows import ClusterRow, DeploymentRow, PlanRow, ReplicaRow, ServiceRow
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ async def decide(
     sequences = await queries.plan_sequences(conn, [k for k in keys if k not in rows])
     endpoints_plans = await queries.last_endpoints_plans_many(conn, keys)
     replicas = await queries.replicas_many(conn, keys)
+    services = await queries.services_many(conn, keys)
     views = {c.name: ClusterView(bool(c.healthy), _declared(c.network)) for c in cluster_rows}
     # The plans workloads were last seen running, where that is not the latest plan (status compares their pods).
     latest_ids = {p.plan_id for plans_ in last_plans.values() for p in plans_}
@@ -116,7 +117,9 @@ async def decide(
             continue
         if tenant_policy != DEFAULT_POLICY:
             state = replace(state, tenant_policy=tenant_policy)
-        routed_inputs = _traffic_inputs(state, row, views, replicas.get(key, []), endpoints_plans.get(key, []))
+        routed_inputs = _traffic_inputs(
+            state, row, views, replicas.get(key, []), endpoints_plans.get(key, []), services.get(key, [])
+        )
         # Where traffic goes depends on observations only; the status says so.
         state = replace(state, traffic=traffic(routed_inputs).summary)
         outcome = reconcile(state)
@@ -196,6 +199,7 @@ def _traffic_inputs(
     views: dict[str, ClusterView],
     pods: list[ReplicaRow],
     last: list[PlanRow],
+    services: list[ServiceRow],
 ) -> TrafficInputs:
     port: int | None = None
     if row is not None and not row.deleting:
@@ -210,4 +214,7 @@ def _traffic_inputs(
         replicas=[Replica(cluster=p.cluster, ip=p.pod_ip, ready=bool(p.ready)) for p in pods],
         placed={p.cluster for p in state.placements if p.role != "removing" and p.replicas > 0},
         last={p.cluster: EndpointsPlan.model_validate(p.payload) for p in last},
+        # The deployment's own Service in each cluster (named after it; the origin's copy is ours too, but the
+        # origin is never one of its serving clusters).
+        exposed={s.cluster: Exposed(addresses=tuple(s.ingress), port=s.port) for s in services if s.name == ref.name},
     )

@@ -2,7 +2,8 @@
 
 The origin cluster (where the LLMDeployment was applied) keeps a Service named after it; the replicas in other
 clusters are reached through the endpoints `planner.endpoints.follow` chooses from what the watchers observed
-(ready and live pod addresses, each cluster's declared network and health). This module decides which
+(ready and live pod addresses, the load balancer addresses of the deployment's Service where a cluster is
+``exposed``, each cluster's declared network and health). This module decides which
 `EndpointsPlan`s that calls for:
 
 - ``origin`` (role "origin"): while the deployment exists, a Service on its port in the origin, pointing at the
@@ -60,6 +61,18 @@ class TrafficInputs:
     """Clusters holding a share of replicas (active or retiring, not being removed)."""
     last: Mapping[str, EndpointsPlan] = field(default_factory=dict)
     """The newest endpoints plan sent to each cluster."""
+    exposed: Mapping[str, Exposed] = field(default_factory=dict)
+    """The deployment's Service in each cluster, as its watcher last saw it (used where the cluster declares the
+    ``exposed`` network)."""
+
+
+@dataclass(frozen=True)
+class Exposed:
+    """How a cluster's Service for the deployment is reachable from outside: its load balancer's addresses and the
+    Service port there."""
+
+    addresses: tuple[str, ...]
+    port: int | None
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,8 @@ def traffic(inputs: TrafficInputs) -> Traffic:
             ready=frozenset(r.ip for r in pods if r.ready and r.ip),
             live=frozenset(r.ip for r in pods if r.ip),
             pod_port=port,
+            exposed=exposed.addresses if (exposed := inputs.exposed.get(cluster)) is not None else (),
+            exposed_port=exposed.port if exposed is not None else None,
         )
         for cluster, pods in _by_cluster(inputs).items()
     ]

@@ -43,6 +43,7 @@ from api.labels import (
 from api.network import ClusterNetwork, EndpointIP
 from api.plans import ModelStatusPlan, StatusPlan, WorkloadPlan
 from api.quantity import bytes_of, gpu_memory_label_bytes, millicores, whole_count
+from api.snapshots import MAX_INGRESS
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ KIND_TABLES = {
     "Node": "nodes",
     "Pod": "pods",
     "Deployment": "workloads",
+    "Service": "services",
 }
 
 
@@ -184,6 +186,9 @@ def _observed(event: ResourceObserved) -> list[Op]:
         case "Deployment":
             key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
             return [Upsert("workloads", key, workload_row(event.uid, obj, at, namespace=event.namespace))]
+        case "Service":
+            key = {"cluster": event.cluster, "namespace": event.namespace, "name": event.name}
+            return [Upsert("services", key, service_row(event.uid, obj, at, namespace=event.namespace))]
     return []
 
 
@@ -225,6 +230,25 @@ def pod_row(uid: str, obj: dict[str, Any], at: datetime, *, namespace: str | Non
         # The replica's address (watcher.translate reports it for the operator's own pods only); a value that is
         # not an endpoint address is kept out, so it can never reach an EndpointSlice.
         "pod_ip": _pod_ip(obj.get("podIP")),
+    }
+
+
+def service_row(uid: str, obj: dict[str, Any], at: datetime, *, namespace: str | None) -> dict[str, Any]:
+    """Projection row of a compact Service snapshot (see watcher.translate): it counts for the LLMDeployment its
+    identity labels name only in that namespace; only addresses that can be endpoints are kept (at most
+    api.snapshots.MAX_INGRESS), so a hostile observation cannot put another into an EndpointSlice."""
+    identity = deployment_identity(obj.get("labels", {}), namespace)
+    raw = obj.get("ingress", [])
+    ingress = [ip for ip in (_pod_ip(v) for v in (raw if isinstance(raw, list) else [])[:MAX_INGRESS]) if ip]
+    kind = obj.get("type")
+    return {
+        "uid": uid,
+        "deployment_key": str(DeploymentKey(*identity)) if identity is not None else None,
+        "service_type": kind if isinstance(kind, str) else "ClusterIP",
+        "port": _port(obj.get("port")),
+        "node_port": _port(obj.get("nodePort")),
+        "ingress": sorted(set(ingress)),
+        "updated_at": at,
     }
 
 
@@ -345,6 +369,10 @@ def _apply_reported(event: ApplyReported) -> list[Op]:
 
 def _network(network: ClusterNetwork | None) -> dict[str, Any] | None:
     return network.model_dump(mode="json") if network is not None else None
+
+
+def _port(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535 else None
 
 
 def _pod_ip(value: Any) -> str | None:

@@ -25,6 +25,7 @@ from store.rows import (
     PlacementRow,
     PlanRow,
     ReplicaRow,
+    ServiceRow,
     WorkloadRow,
 )
 
@@ -291,6 +292,22 @@ async def replicas_many(conn: AsyncConnection, keys: Sequence[DeploymentKey]) ->
     )
     out: dict[DeploymentKey, list[ReplicaRow]] = {}
     for row in (ReplicaRow.of(r) for r in found):
+        out.setdefault(wanted[row.deployment_key], []).append(row)
+    return out
+
+
+async def services_many(conn: AsyncConnection, keys: Sequence[DeploymentKey]) -> dict[DeploymentKey, list[ServiceRow]]:
+    """The Services of many deployments in every cluster, with their ingress addresses."""
+    wanted = {str(key): DeploymentKey(*key) for key in keys}
+    if not wanted:
+        return {}
+    found = await sql.records(
+        conn,
+        f"SELECT {ServiceRow.select()} FROM services WHERE deployment_key = ANY($1::text[]) ORDER BY cluster, name",
+        list(wanted),
+    )
+    out: dict[DeploymentKey, list[ServiceRow]] = {}
+    for row in (ServiceRow.of(r) for r in found):
         out.setdefault(wanted[row.deployment_key], []).append(row)
     return out
 

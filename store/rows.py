@@ -163,6 +163,21 @@ class ReplicaRow(_Row):
 
 @_columns
 @dataclass(frozen=True, slots=True)
+class ServiceRow(_Row):
+    """One of a deployment's Services as its cluster's watcher last saw it: how the origin reaches it there in
+    the ``exposed`` network mode."""
+
+    deployment_key: str
+    cluster: str
+    name: str
+    service_type: str
+    port: int | None
+    node_port: int | None
+    ingress: list[str]
+
+
+@_columns
+@dataclass(frozen=True, slots=True)
 class ModelRow(_Row):
     cluster: str
     namespace: str

@@ -124,6 +124,23 @@ pods = Table(
     Index("ix_pods_deployment_key", "deployment_key"),
 )
 
+services = Table(
+    "services",
+    metadata,
+    Column("cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("uid", Text, nullable=False),
+    Column("deployment_key", Text),
+    Column("service_type", Text, nullable=False),
+    Column("port", Integer),
+    Column("node_port", Integer),
+    Column("ingress", JSONB, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    PrimaryKeyConstraint("cluster", "namespace", "name"),
+    Index("ix_services_deployment_key", "deployment_key"),
+)
+
 models = Table(
     "models",
     metadata,
@@ -308,6 +325,7 @@ PROJECTION_TABLES = (
     clusters,
     nodes,
     pods,
+    services,
     models,
     deployments,
     deployment_plans,

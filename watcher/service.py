@@ -67,6 +67,8 @@ async def run_watcher(*, kube: Kube, js: JetStream, subjects: Subjects, settings
             ("LLMModel", namespace, None, None),
             ("LLMDeployment", namespace, None, None),
             ("Deployment", namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}", None),
+            # Our Services: in the ``exposed`` network mode their ingress addresses are where the origin points.
+            ("Service", namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}", None),
         ]
     logger.info(
         "watcher for cluster %s starting (%s)",

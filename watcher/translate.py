@@ -17,6 +17,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from api.events import ObservedKind, ResourceDeleted, ResourceObserved
 from api.labels import (
     ANNOTATION_EPOCH,
@@ -28,10 +30,13 @@ from api.labels import (
     LABEL_ORIGIN,
     MANAGED_BY,
 )
+from api.network import EndpointIP
 from api.quantity import add_quantities, format_quantity, parse_quantity
+from api.snapshots import MAX_INGRESS
 
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 _KEPT_POD_LABELS = (LABEL_MANAGED_BY, LABEL_DEPLOYMENT, LABEL_NAMESPACE, LABEL_ORIGIN)
+_ENDPOINT_IP: TypeAdapter[str] = TypeAdapter(EndpointIP)
 
 
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:
@@ -147,12 +152,44 @@ def workload_snapshot(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def service_snapshot(obj: dict[str, Any]) -> dict[str, Any]:
+    """One of our Services: its type, its ``http`` port (and node port) and its load balancer's addresses, which
+    are the origin's endpoints in the ``exposed`` network mode. Addresses that could not be endpoints (not IPv4,
+    loopback, link-local; api.network) are left out, and at most `MAX_INGRESS` are kept."""
+    spec = obj.get("spec", {}) or {}
+    status = obj.get("status", {}) or {}
+    labels = _meta(obj).get("labels", {}) or {}
+    out: dict[str, Any] = {
+        "labels": {k: v for k, v in labels.items() if k in _KEPT_POD_LABELS},
+        "type": spec.get("type") if isinstance(spec.get("type"), str) else "ClusterIP",
+    }
+    ports = [p for p in spec.get("ports", []) or [] if isinstance(p, dict)]
+    port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else None)
+    if port is not None:
+        for key in ("port", "nodePort"):
+            value = port.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+                out[key] = value
+    ingress: list[str] = []
+    for entry in (status.get("loadBalancer", {}) or {}).get("ingress", []) or []:
+        ip = entry.get("ip") if isinstance(entry, dict) else None
+        if not isinstance(ip, str) or len(ingress) >= MAX_INGRESS:
+            continue
+        try:
+            ingress.append(_ENDPOINT_IP.validate_python(ip))
+        except ValueError:
+            continue
+    out["ingress"] = sorted(set(ingress))
+    return out
+
+
 SNAPSHOTS = {
     "LLMModel": custom_resource_snapshot,
     "LLMDeployment": custom_resource_snapshot,
     "Node": node_snapshot,
     "Pod": pod_snapshot,
     "Deployment": workload_snapshot,
+    "Service": service_snapshot,
 }
 
 

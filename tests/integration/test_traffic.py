@@ -146,3 +146,67 @@ async def test_a_deployment_running_outside_its_origin_gets_endpoints_plans_that
         rebuilt = await replay.snapshot(conn)
     assert rebuilt["pods"] == live["pods"]
     assert [c["network"] for c in rebuilt["clusters"]] == [c["network"] for c in live["clusters"]]
+
+
+def service(ingress: list[str]) -> dict[str, Any]:
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_DEPLOYMENT: "chat", LABEL_ORIGIN: "cpu", LABEL_NAMESPACE: "team"}
+    return {
+        "metadata": builders.meta("chat", "team", labels=labels),
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 8080, "nodePort": 31000}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ingress]}},
+    }
+
+
+async def test_an_exposed_clusters_load_balancer_address_becomes_the_origins_endpoint(
+    engine: AsyncEngine, hub: Hub
+) -> None:
+    lease = await campaign(engine, holder="test")
+    await lease.release()
+    epoch = lease.epoch
+    feed = Feed(hub.subjects)
+    networks = {**NETWORKS, "a100": ClusterNetwork(mode="exposed", pod_cidrs=["10.244.0.0/16"])}
+    await run(engine, hub, feed, epoch, *(beat(c, 0, feed, n) for c, n in networks.items()))
+    await run(
+        engine,
+        hub,
+        feed,
+        epoch,
+        builders.observed("a100", "Node", builders.gpu_node("gpu-1")),
+        builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
+        builders.observed(
+            "cpu", "LLMDeployment", builders.llm_deployment("chat", "team", {"modelRef": "llama", "replicas": 1})
+        ),
+    )
+    assert next(p for p in await endpoints_plans(engine) if p.cluster == "a100").mode == "exposed"
+
+    # The replica is ready, its Service has no load balancer address yet: its pod address is not reachable from
+    # the origin in this mode, so nothing is pointed at.
+    feed.tick()
+    await run(
+        engine,
+        hub,
+        feed,
+        epoch,
+        builders.observed("a100", "Pod", pod("chat-1", "10.244.3.7", ready=True)),
+        builders.observed("a100", "Service", service([])),
+    )
+    assert all(p.serving == [] for p in await endpoints_plans(engine) if p.cluster == "cpu")
+
+    # The cloud controller answers (a hostile extra address is left out): the origin points at the load balancer.
+    feed.tick()
+    await run(engine, hub, feed, epoch, builders.observed("a100", "Service", service(["10.244.255.9", "127.0.0.1"])))
+    key = DeploymentKey("cpu", "team", "chat")
+    async with engine.connect() as conn:
+        (row,) = (await queries.services_many(conn, [key]))[key]
+        live = await replay.snapshot(conn)
+    assert (row.cluster, row.ingress, row.port, row.service_type) == ("a100", ["10.244.255.9"], 8080, "LoadBalancer")
+    latest = (await endpoints_plans(engine))[-1]
+    assert latest.cluster == "cpu"
+    assert [(s.cluster, s.mode, s.addresses, s.port) for s in latest.serving] == [
+        ("a100", "exposed", ["10.244.255.9"], 8080)
+    ]
+    async with engine.begin() as conn:
+        await replay.rebuild(conn)
+    async with engine.connect() as conn:
+        rebuilt = await replay.snapshot(conn)
+    assert rebuilt["services"] == live["services"] and live["services"]

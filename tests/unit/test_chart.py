@@ -369,7 +369,7 @@ def test_chart_roles_are_the_reference_roles() -> None:
 
 def test_watcher_role_reads_what_the_watcher_observes_and_writes_nothing() -> None:
     watcher = grants(cluster_roles()["watcher"])
-    observed = ("LLMModel", "LLMDeployment", "Node", "Pod", "Deployment")  # watcher/service.py
+    observed = ("LLMModel", "LLMDeployment", "Node", "Pod", "Deployment", "Service")  # watcher/service.py
     assert set(watcher) == {key(kind) for kind in observed}
     assert all(verbs == {"list", "watch"} for verbs in watcher.values()), watcher
 

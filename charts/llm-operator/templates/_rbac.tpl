@@ -17,6 +17,10 @@
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch"]
+# The Services the applier manages (same label): in the "exposed" network mode, their load balancer's addresses.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{- define "llm-operator.rules.applier.namespaced" -}}
