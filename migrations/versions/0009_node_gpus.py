@@ -1,7 +1,7 @@
 """report_node_gpus: the GPU capacity rule per node (the per-node grid of the dashboard)
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02
 
 `report_gpu_capacity` (0005) sums, per cluster and GPU product, what the planner's capacity rule says of each node.
@@ -18,7 +18,7 @@ import importlib
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | None = None
 depends_on: str | None = None
 

@@ -1,7 +1,7 @@
 """the operator's Services as the watchers see them: the load balancer addresses of the exposed network mode
 
-Revision ID: 0008_h18x
-Revises: 0007_h18
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02
 
 `services`: one row per Service the operator manages (label-selected by the watcher), with the LLMDeployment its
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0008_h18x"
-down_revision: str | None = "0007_h18"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | None = None
 depends_on: str | None = None
 
