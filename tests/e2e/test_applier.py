@@ -918,6 +918,8 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
         "llmdeployments",
         "llmdeployments/status",
         "llmdeployments/scale",
+        "llmmodels",  # model status plans (applier/status.py execute_model_status)
+        "llmmodels/status",
         "events",
     }
 
