@@ -401,7 +401,16 @@ async def test_migrations_upgrade_downgrade_upgrade_and_match_the_models(hub: Hu
         await schema.upgrade(engine)
 
         def diff(connection: Connection) -> list[Any]:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            # Partitions of the event log are made and dropped at run time (store.retention): not in the models.
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "compare_type": True,
+                    "include_name": lambda name, kind, _: not (
+                        kind == "table" and str(name).startswith(tables.PARTITION_PREFIX)
+                    ),
+                },
+            )
             return list(compare_metadata(context, tables.metadata))
 
         async with engine.connect() as conn:
