@@ -118,6 +118,7 @@ def retention_of(event: Event) -> str:
         return "observation"
     return "audit"
 
+
 # What a batch needs to know before it is written, in one round trip: which of its event ids are stored already,
 # and each of its streams' current version.
 _LOOKUP = """
@@ -144,6 +145,8 @@ SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)
 
 class StreamVersionConflict(DataRefused):
     """A stream's version moved between the look-up and the write: a writer did not take the writers' lock."""
+
+
 # Positions for the new events, taken in batch order (nextval is evaluated row by row in series order; they are
 # sorted again in Python, so the guarantee does not rest on that).
 _RESERVE = "SELECT nextval(pg_get_serial_sequence('events', 'position')) FROM generate_series(1, $1::integer)"
@@ -244,9 +247,7 @@ async def append(
     await driver.copy_records_to_table("events", columns=EVENT_COLUMNS, records=rows)
     await driver.copy_records_to_table("event_ids", columns=("event_id",), records=[(row[1],) for row in rows])
     touched = [s for s in distinct_streams if version[s] != seen[s]]
-    advanced = await sql.value(
-        conn, _ADVANCE, touched, [seen[s] for s in touched], [version[s] for s in touched]
-    )
+    advanced = await sql.value(conn, _ADVANCE, touched, [seen[s] for s in touched], [version[s] for s in touched])
     if advanced != len(touched):
         # The same failure the old unique constraint gave (a DataRefused once translated): never a silent skip.
         raise StreamVersionConflict(

@@ -55,9 +55,7 @@ def wanted(now: datetime, *, days_ahead: int) -> list[Partition]:
     """The partitions that should exist around `now`: this month and the next for audit; today and
     `days_ahead` days after it for observations."""
     month = _month(now)
-    out = [
-        Partition(f"events_audit_{m:%Y%m}", "audit", m, _next_month(m)) for m in (month, _next_month(month))
-    ]
+    out = [Partition(f"events_audit_{m:%Y%m}", "audit", m, _next_month(m)) for m in (month, _next_month(month))]
     for offset in range(days_ahead + 1):
         day = _day(now) + timedelta(days=offset)
         out.append(Partition(f"events_observation_{day:%Y%m%d}", "observation", day, day + timedelta(days=1)))
@@ -121,9 +119,7 @@ class Pruned:
     kept_from: datetime
 
 
-async def prune(
-    conn: AsyncConnection, *, now: datetime, keep: timedelta, max_partitions: int = 1
-) -> list[Pruned]:
+async def prune(conn: AsyncConnection, *, now: datetime, keep: timedelta, max_partitions: int = 1) -> list[Pruned]:
     """Drop observation partitions that end at or before `now - keep` (whole UTC days), oldest first.
 
     Runs in the caller's transaction; takes the writers' lock. Returns what was dropped.

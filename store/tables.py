@@ -2,9 +2,9 @@
 
 Guarantees: these tables mirror exactly what the alembic migrations create (a test compares them); nothing here
 creates or alters the schema at runtime (partitions of ``events`` are added and dropped by `store.retention`, and
-are left out of the comparison: `PARTITION_PREFIX`). Projections are disposable: every row in them can be rebuilt by folding
-``events`` in position order (`store.replay`), except ``clusters.last_heartbeat_at``, which heartbeats refresh
-without logging (their meaning is logged as ClusterJoined/ClusterHealthChanged).
+are left out of the comparison: `PARTITION_PREFIX`). Projections are disposable: every row in them can be rebuilt
+by folding ``events`` in position order (`store.replay`), except ``clusters.last_heartbeat_at``, which heartbeats
+refresh without logging (their meaning is logged as ClusterJoined/ClusterHealthChanged).
 """
 
 from __future__ import annotations

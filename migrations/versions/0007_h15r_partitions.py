@@ -69,7 +69,8 @@ def _views(bind: sa.Connection, table: str) -> dict[str, str]:
     found = bind.execute(
         sa.text(
             "SELECT DISTINCT v.relname, pg_get_viewdef(v.oid) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
-            "JOIN pg_class v ON v.oid = r.ev_class WHERE d.refobjid = CAST(:t AS regclass) AND v.oid <> CAST(:t AS regclass)"
+            "JOIN pg_class v ON v.oid = r.ev_class "
+            "WHERE d.refobjid = CAST(:t AS regclass) AND v.oid <> CAST(:t AS regclass)"
         ),
         {"t": table},
     ).all()
@@ -106,7 +107,9 @@ def upgrade() -> None:
     op.execute("ALTER TABLE events RENAME TO events_unpartitioned")
     views = _views(bind, "events_unpartitioned")
     last = bind.execute(
-        sa.text("SELECT coalesce(max(position), 0), (SELECT last_value FROM events_position_seq) FROM events_unpartitioned")
+        sa.text(
+            "SELECT coalesce(max(position), 0), (SELECT last_value FROM events_position_seq) FROM events_unpartitioned"
+        )
     ).one()
     start = max(int(last[0]), int(last[1])) + 1
     op.execute("ALTER TABLE events_unpartitioned DROP CONSTRAINT pk_events")
@@ -139,14 +142,17 @@ def upgrade() -> None:
     """)
     op.execute("ALTER SEQUENCE events_position_seq OWNED BY events.position")
     op.execute("CREATE TABLE events_default PARTITION OF events DEFAULT")
-    op.execute("CREATE TABLE events_snapshot PARTITION OF events FOR VALUES FROM ('snapshot', MINVALUE) TO ('snapshot', MAXVALUE)")
+    op.execute(
+        "CREATE TABLE events_snapshot PARTITION OF events "
+        "FOR VALUES FROM ('snapshot', MINVALUE) TO ('snapshot', MAXVALUE)"
+    )
 
     now = datetime.now(UTC)
-    spans = dict(
+    spans: dict[str, datetime] = dict(
         bind.execute(
             sa.text(
-                f"SELECT r, min(recorded_at) FROM (SELECT {RETENTION_SQL} AS r, recorded_at FROM events_unpartitioned) s "
-                "GROUP BY r"
+                f"SELECT r, min(recorded_at) FROM (SELECT {RETENTION_SQL} AS r, recorded_at "
+                "FROM events_unpartitioned) s GROUP BY r"
             )
         ).all()
     )
@@ -161,9 +167,7 @@ def upgrade() -> None:
         _partition("observation", f"events_observation_{day:%Y%m%d}", day, day + timedelta(days=1))
         day += timedelta(days=1)
 
-    op.execute(
-        f"INSERT INTO events ({COLUMNS}, retention) SELECT {COLUMNS}, {RETENTION_SQL} FROM events_unpartitioned"
-    )
+    op.execute(f"INSERT INTO events ({COLUMNS}, retention) SELECT {COLUMNS}, {RETENTION_SQL} FROM events_unpartitioned")
     for statement in INDEXES:
         op.execute(statement)
 

@@ -242,11 +242,15 @@ async def test_a_stream_moved_by_a_writer_without_the_lock_fails_the_compare_and
 
     monkeypatch.setattr(recorder, "_reserve_positions", reserve)
     second = builders.observed("a100", "Node", builders.gpu_node("n"))
-    with pytest.raises(PermanentStoreError, match="compare-and-set"):
+
+    async def write() -> None:
         with translated("append"):
             async with engine.begin() as conn:
                 await recorder.lock_writers(conn)
                 await recorder.append(conn, [(second, {})])
+
+    with pytest.raises(PermanentStoreError, match="compare-and-set"):
+        await write()
     assert await count(engine, tables.events) == 1
 
 
@@ -426,8 +430,8 @@ async def test_migrations_upgrade_downgrade_upgrade_and_match_the_models(hub: Hu
                 connection,
                 opts={
                     "compare_type": True,
-                    "include_name": lambda name, kind, _: not (
-                        kind == "table" and str(name).startswith(tables.PARTITION_PREFIX)
+                    "include_name": lambda name, kind, _: (
+                        not (kind == "table" and str(name).startswith(tables.PARTITION_PREFIX))
                     ),
                 },
             )
