@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -202,7 +203,17 @@ async def main(args: argparse.Namespace) -> int:
         holder["before"] = await sample(url)
 
     async def after(url: str, placed: int) -> None:
-        holder["after"] = await sample(url)
+        # What the churn caused is all recorded when the log stops growing (the planner may lag on a busy
+        # machine): bytes are what this measures, not speed.
+        last = await sample(url)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            await anyio.sleep(5)
+            now = await sample(url)
+            if now.rows == last.rows:
+                break
+            last = now
+        holder["after"] = last
         holder["placed"] = placed
         holder["load_bytes"] = await load_row_bytes(url, args.load_samples)
 
