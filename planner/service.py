@@ -135,6 +135,8 @@ async def _keep_log(engine: Engine, retention: Retention) -> None:
                         )
         except StoreError as exc:
             logger.warning("event log upkeep failed, retrying in %.0fs: %s", retention.check_seconds, exc)
+        except Exception:  # housekeeping never takes planning down with it; the next run tries again
+            logger.exception("event log upkeep failed, retrying in %.0fs", retention.check_seconds)
         await anyio.sleep(retention.check_seconds)
 
 

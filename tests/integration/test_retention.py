@@ -21,6 +21,7 @@ from api.events import ClusterHealthChanged, LoadObserved
 from store import recorder, replay, retention, schema
 from store.reader import decode_row
 from tests import builders
+from tests.fixtures.operator import eventually
 from tests.fixtures.services import Hub
 from tests.integration.test_store import realistic_history
 
@@ -269,3 +270,33 @@ async def test_history_as_of_says_when_it_reaches_past_the_retention_horizon(eng
     rebuilt = await anyio.to_thread.run_sync(lambda: _cli("replay", "--rebuild", "--database-url", hub.database_url))
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "were pruned by the retention policy" in " ".join(rebuilt.stdout.split())
+
+
+async def test_the_leading_planner_creates_partitions_ahead_and_prunes_one_day_per_run(
+    engine: AsyncEngine, hub: Hub
+) -> None:
+    from planner.service import Retention, _keep_log
+
+    await realistic_history(engine, hub)
+    base = _day(datetime.now(UTC)) - timedelta(days=10)
+    await _age(engine, base)
+    ahead = f"events_observation_{datetime.now(UTC) + timedelta(days=5):%Y%m%d}"
+    # Both aged days are older than the policy keeps.
+    keep = datetime.now(UTC) - (base + timedelta(days=2, minutes=30))
+    policy = Retention(observations=keep, check_seconds=0.05, days_ahead=5)
+
+    async def both_pruned() -> bool:
+        async with engine.connect() as conn:
+            return await retention.horizon(conn) == base + timedelta(days=2)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_keep_log, engine, policy)
+        await eventually(both_pruned, timeout=30, what="the two aged days pruned, one per run", interval=0.05)
+        tg.cancel_scope.cancel()
+    async with engine.connect() as conn:
+        names = {p.name for p in await retention.partitions(conn)}
+        kept_from = await retention.horizon(conn)
+    assert ahead in names
+    assert f"events_observation_{base:%Y%m%d}" not in names
+    assert kept_from == base + timedelta(days=2)
+    assert await _scalar(engine, "SELECT count(*) FROM events WHERE retention = 'audit'") > 0
