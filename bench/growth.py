@@ -144,7 +144,7 @@ def growth(
     total_rows = sum(added_bytes.values()) or 1
     # Indexes, page fill and the id/version tables: spread over the classes in proportion to their row bytes.
     disk_factor = disk / total_rows
-    out: dict[str, Any] = {"window_seconds": seconds, "disk_factor": disk_factor, "classes": {}}
+    out: dict[str, Any] = {"churn_seconds": seconds, "disk_factor": disk_factor, "classes": {}}
     for name in CLASSES:
         out["classes"][name] = {
             "rows_per_day_fleet": added_rows[name] * per_day,
@@ -193,7 +193,7 @@ def report(result: dict[str, Any]) -> None:
     )
     print_table(
         f"event store growth per cluster per day ({result['clusters']} clusters, steady churn for "
-        f"{g['window_seconds']:.0f}s; disk = rows × {g['disk_factor']:.2f} for indexes, pages, ids)",
+        f"{g['churn_seconds']:.0f} churn-seconds; disk = rows × {g['disk_factor']:.2f} for indexes, pages, ids)",
         rows,
     )
 
@@ -208,7 +208,7 @@ async def main(args: argparse.Namespace) -> int:
     async def before(url: str) -> None:
         holder["before"] = await sample(url)
 
-    async def after(url: str, placed: int) -> None:
+    async def after(url: str, placed: int, ticks: int) -> None:
         # What the churn caused is all recorded when the log stops growing (the planner may lag on a busy
         # machine): bytes are what this measures, not speed.
         last = await sample(url)
@@ -221,6 +221,7 @@ async def main(args: argparse.Namespace) -> int:
             last = now
         holder["after"] = last
         holder["placed"] = placed
+        holder["ticks"] = ticks
         holder["load_bytes"] = await load_row_bytes(url, args.load_samples)
 
     args.growth_hooks = (before, after)
@@ -228,7 +229,9 @@ async def main(args: argparse.Namespace) -> int:
     g = growth(
         holder["before"],
         holder["after"],
-        seconds=args.steady,
+        # Each tick of the steady phase is the fleet's churn for one second (5 scale changes and a node change),
+        # however long a busy machine took to send it: the day is 86,400 ticks.
+        seconds=float(holder["ticks"]),
         clusters=args.clusters,
         deployments=holder["placed"],
         load_bytes=holder["load_bytes"],

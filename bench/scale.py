@@ -529,7 +529,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     tick += 1
                 await anyio.sleep(5)
                 if hooks is not None:
-                    await hooks[1](db, len(stamps.placed))
+                    await hooks[1](db, len(stamps.placed), tick)
                 cpu_steady = meter.delta(cpu1, meter.sample(), time.time() - t1)
                 result = await summarise(
                     args, db, stamps, samples, t0, t_created, t_decided, t_settled, t1, rss_start, sim
