@@ -81,6 +81,19 @@ async def sample(url: str) -> Sample:
     return Sample(time.time(), rows, row_bytes, int(disk or 0))
 
 
+async def settled(url: str, *, quiet: float = 5.0, limit: float = 600.0) -> Sample:
+    """A sample once the log has stopped growing for `quiet` seconds (at most `limit`)."""
+    last = await sample(url)
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        await anyio.sleep(quiet)
+        now = await sample(url)
+        if now.rows == last.rows:
+            return now
+        last = now
+    return last
+
+
 async def load_row_bytes(url: str, count: int) -> float:
     """Stored bytes on disk per LoadObserved appended through the recorder. Two rounds on the same streams (one
     per deployment and cluster, as the agents publish): the second is measured, so a stream's first row (its
@@ -206,20 +219,13 @@ async def main(args: argparse.Namespace) -> int:
     holder: dict[str, Any] = {}
 
     async def before(url: str) -> None:
-        holder["before"] = await sample(url)
+        # The creation phase's last plans, applies and status writes are not the steady churn: wait them out.
+        holder["before"] = await settled(url)
 
     async def after(url: str, placed: int, ticks: int) -> None:
         # What the churn caused is all recorded when the log stops growing (the planner may lag on a busy
         # machine): bytes are what this measures, not speed.
-        last = await sample(url)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            await anyio.sleep(5)
-            now = await sample(url)
-            if now.rows == last.rows:
-                break
-            last = now
-        holder["after"] = last
+        holder["after"] = await settled(url)
         holder["placed"] = placed
         holder["ticks"] = ticks
         holder["load_bytes"] = await load_row_bytes(url, args.load_samples)

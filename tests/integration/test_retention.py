@@ -227,20 +227,27 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_history_as_of_says_when_it_reaches_past_the_retention_horizon(engine: AsyncEngine, hub: Hub) -> None:
+async def test_history_as_of_says_when_it_reaches_past_the_retention_horizon(
+    engine: AsyncEngine, hub: Hub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands' own code in process (a subprocess costs seconds each); `store prune` as users run it."""
+    from llm_operator import audit
+    from llm_operator.settings import Settings
+
     await realistic_history(engine, hub)
     base = _day(datetime.now(UTC)) - timedelta(days=10)
     await _age(engine, base)
+    settings = Settings(database_url=hub.database_url)
     before_horizon = (base + timedelta(hours=2)).isoformat()
     after_horizon = (base + timedelta(days=1, hours=2)).isoformat()
 
-    def as_of(when: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        return _cli("history", "fleet", "--as-of", when, "--database-url", hub.database_url, *extra)
+    async def as_of(when: str, *, as_json: bool) -> str:
+        capsys.readouterr()
+        await audit.history(settings, "fleet", cluster=None, since=None, until=None, as_json=as_json, as_of=when)
+        return capsys.readouterr().out
 
     # Nothing pruned yet: complete, and no note.
-    result = await anyio.to_thread.run_sync(lambda: as_of(before_horizon, "--json"))
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["retention"] == {
+    assert json.loads(await as_of(before_horizon, as_json=True))["retention"] == {
         "observations_kept_from": None,
         "complete": True,
         "note": None,
@@ -255,21 +262,18 @@ async def test_history_as_of_says_when_it_reaches_past_the_retention_horizon(eng
     assert f"dropped events_observation_{base:%Y%m%d}" in pruned.stdout
     assert "audit events are complete" in pruned.stdout
 
-    result = await anyio.to_thread.run_sync(lambda: as_of(before_horizon, "--json"))
-    found = json.loads(result.stdout)["retention"]
+    found = json.loads(await as_of(before_horizon, as_json=True))["retention"]
     assert found["complete"] is False
     assert found["observations_kept_from"] == (base + timedelta(days=1)).isoformat()
     assert "were pruned by the retention policy" in found["note"]
     assert "placements, decisions, plans and applies are complete" in found["note"]
+    assert "were pruned by the retention policy" in " ".join((await as_of(before_horizon, as_json=False)).split())
+    assert json.loads(await as_of(after_horizon, as_json=True))["retention"]["complete"] is True
+    assert "pruned" not in await as_of(after_horizon, as_json=False)
 
-    table = await anyio.to_thread.run_sync(lambda: as_of(before_horizon))
-    assert "were pruned by the retention policy" in " ".join(table.stdout.split())
-    later = await anyio.to_thread.run_sync(lambda: as_of(after_horizon, "--json"))
-    assert json.loads(later.stdout)["retention"]["complete"] is True
-
-    rebuilt = await anyio.to_thread.run_sync(lambda: _cli("replay", "--rebuild", "--database-url", hub.database_url))
-    assert rebuilt.returncode == 0, rebuilt.stderr
-    assert "were pruned by the retention policy" in " ".join(rebuilt.stdout.split())
+    capsys.readouterr()
+    await audit.rebuild(settings)
+    assert "were pruned by the retention policy" in " ".join(capsys.readouterr().out.split())
 
 
 async def test_the_leading_planner_creates_partitions_ahead_and_prunes_one_day_per_run(
