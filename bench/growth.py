@@ -11,8 +11,9 @@ deployment and cluster every `load_interval_seconds` (10 s by default) when they
 appending --load-samples real LoadObserved events through the recorder into the same database afterwards, and the
 daily figure is given for the fleet's placed deployments at that interval.
 
-Run: `python -m bench.growth [--deployments 1000] [--steady 120]` (other bench.scale options pass through);
-writes bench/results/growth.json.
+Run: `python -m bench.growth [--deployments 1000] [--steady 120]` (other bench.scale options pass through); the
+day is extrapolated from the ticks of churn actually sent (5 scale changes and a node change each), so a busy
+machine sending slower does not change the figures; writes bench/results/growth.json.
 """
 
 from __future__ import annotations
