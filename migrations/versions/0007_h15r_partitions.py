@@ -108,7 +108,8 @@ def upgrade() -> None:
     views = _views(bind, "events_unpartitioned")
     last = bind.execute(
         sa.text(
-            "SELECT coalesce(max(position), 0), (SELECT last_value FROM events_position_seq) FROM events_unpartitioned"
+            "SELECT coalesce(max(position), 0), (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END "
+            "FROM events_position_seq) FROM events_unpartitioned"
         )
     ).one()
     start = max(int(last[0]), int(last[1])) + 1
