@@ -127,7 +127,7 @@ def _decision_payload(index: int, epoch: int, generation: int) -> dict[str, Any]
 
 def rows(count: int, seed: int = 11) -> list[tuple[Any, ...]]:
     """(event_id, stream_id, stream_version, type, schema_version, cluster, payload, metadata, occurred_at,
-    object_key)."""
+    object_key, retention)."""
     rng = random.Random(seed)
     versions: dict[str, int] = {}
     generations: dict[int, int] = {}
@@ -169,6 +169,7 @@ def rows(count: int, seed: int = 11) -> list[tuple[Any, ...]]:
                 "{}",
                 at,
                 key,
+                "observation" if kind == "ResourceObserved" and payload["kind"] in recorder.OBSERVED_KINDS else "audit",
             )
         )
     return out

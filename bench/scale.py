@@ -509,6 +509,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"  all decided {t_decided - t0:.0f}s after the first creation; settled at {t_settled - t0:.0f}s")
 
                 say(f"steady phase: {args.steady:.0f}s of 5 scale changes/s and 1 node change/s")
+                hooks = getattr(args, "growth_hooks", None)  # bench.growth measures the log over this phase
+                if hooks is not None:
+                    await hooks[0](db)
                 cpu1, t1 = meter.sample(), time.time()
                 placed_names = sorted(stamps.placed)
                 tick = 0
@@ -525,6 +528,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await sim.flush()
                     tick += 1
                 await anyio.sleep(5)
+                if hooks is not None:
+                    await hooks[1](db, len(stamps.placed), tick)
                 cpu_steady = meter.delta(cpu1, meter.sample(), time.time() - t1)
                 result = await summarise(
                     args, db, stamps, samples, t0, t_created, t_decided, t_settled, t1, rss_start, sim
@@ -711,7 +716,7 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--nodes", type=int, default=20)
@@ -730,5 +735,9 @@ if __name__ == "__main__":
     parser.add_argument("--profile", type=Path, help="run the planner under cProfile, writing this file")
     parser.add_argument("--logs", type=Path, help="keep the planner's log in this directory")
     parser.add_argument("--result", default="scale", help="write bench/results/<this>.json")
-    arguments = parser.parse_args()
+    return parser
+
+
+if __name__ == "__main__":
+    arguments = parser().parse_args()
     run_main(lambda: main(arguments))

@@ -32,6 +32,7 @@ from planner.memory import facts_of
 from store import replay
 from store.errors import StoreError
 from store.reports import VIEWS, Reports, open_reports
+from store.retention import horizon_note
 from store.rows import BoundPodRow, NodeRow, PlacementRow
 
 out = Console()
@@ -118,10 +119,18 @@ async def history(
         namespace, name = parts
         origin = await _origin_of(reports, namespace, name, cluster)
         events = await reports.history(origin, namespace, name, since=parse_time(since), until=parse_time(until))
+        kept_from = await reports.horizon()
     lines = timeline(events)
+    start = parse_time(since)
+    # The timeline holds the workloads' observations too: say so when it reaches back past what is kept.
+    reaches_past = kept_from is not None and (start is None or start < kept_from)
     if as_json:
         sys.stdout.write(json.dumps([line.as_dict() for line in lines], indent=2) + "\n")
+        if reaches_past and kept_from is not None:
+            sys.stderr.write(f"note: {horizon_note(kept_from)}\n")
         return
+    if reaches_past and kept_from is not None:
+        out.print(Text(f"note: {horizon_note(kept_from)}", style="yellow"))
     rows = [[line.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], line.cluster, line.kind, line.summary] for line in lines]
     out.print(
         _table(f"llmdeployment {namespace}/{name} (origin {origin})", ["TIME", "CLUSTER", "WHAT", "DETAILS"], rows)
@@ -132,7 +141,17 @@ async def _as_of(
     reports: Reports, kind: str, parts: list[str], when: datetime, cluster: str | None, as_json: bool
 ) -> None:
     state = await reports.as_of(when)
-    result: dict[str, Any] = {"as_of": when.isoformat()}
+    kept_from = await reports.horizon()
+    incomplete = kept_from is not None and when < kept_from
+    result: dict[str, Any] = {
+        "as_of": when.isoformat(),
+        # complete: every fact recorded up to `as_of` is in the log; otherwise `note` says what is missing.
+        "retention": {
+            "observations_kept_from": kept_from.isoformat() if kept_from else None,
+            "complete": not incomplete,
+            "note": horizon_note(kept_from) if incomplete and kept_from is not None else None,
+        },
+    }
     if kind == "llmdeployment":
         namespace, name = parts
         deps = [
@@ -166,6 +185,8 @@ async def _as_of(
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
     out.print(f"[bold]as of {when.isoformat()}[/bold]")
+    if incomplete and kept_from is not None:
+        out.print(Text(f"note: {horizon_note(kept_from)}", style="yellow"))
     if kind == "llmdeployment":
         dep = result["deployment"]
         if dep is None:
@@ -455,6 +476,12 @@ async def rebuild(settings: Settings) -> None:
         f"rebuilt projections from {stats.events_in_log} events ({stats.events_folded} folded after "
         f"skipping superseded snapshots) in {stats.seconds:.2f}s — {stats.rate:,.0f} events/s"
     )
+    if stats.observations_kept_from is not None:
+        out.print(
+            f"observations before {stats.observations_kept_from.isoformat()} were pruned by the retention policy: "
+            "the current state is rebuilt exactly (the last observation of each object was kept); specs, "
+            "placements, decisions, plans and applies are complete"
+        )
 
 
 async def dead_letters(settings: Settings, *, limit: int, as_json: bool) -> None:

@@ -607,9 +607,10 @@ def keys_public(key: Annotated[Path, typer.Argument(help="Private key file; - fo
 
 
 def _register_audit() -> None:
-    from llm_operator import audit_cli
+    from llm_operator import audit_cli, store_cli
 
     audit_cli.register(app, settings_for=settings_from, run_async=run_async)
+    store_cli.register(app, settings_for=settings_from, run_async=run_async)
 
 
 _register_audit()

@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from llm_operator.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres,
 from llm_operator.identities import SEED_FILE, BusIdentities, IdentityError
 from llm_operator.install import install_crds
 from llm_operator.settings import Settings
-from planner.service import PlannerSettings, run_planner
+from planner.service import PlannerSettings, Retention, run_planner
 from store import schema
 from store.engine import DatabaseTls, Engine, describe
 from store.engine import open_engine as new_engine
@@ -304,6 +305,13 @@ async def run_components(
                     heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
                     recovery_hold_seconds=settings.recovery_hold_seconds,
                     unschedulable_seconds=settings.unschedulable_seconds,
+                    retention=Retention(
+                        observations=timedelta(days=settings.observation_retention_days)
+                        if settings.observation_retention_days
+                        else None,
+                        check_seconds=settings.retention_check_seconds,
+                        days_ahead=settings.partition_days_ahead,
+                    ),
                 )
                 tg.start_soon(
                     partial(run_planner, engine=engine, js=planner_js, subjects=subjects, settings=planner_settings)

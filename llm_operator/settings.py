@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     {"max_bytes": 10737418240, "max_age_days": 3}}'. The planner creates missing streams with these (defaults: 7
     days for events and plans, 30 for dead letters); on an existing stream it applies only what is set here and
     leaves limits tuned elsewhere alone."""
+    # --- Event store retention (issue 15; store/retention.py, docs/architecture.md "Retention") ---------------
+    observation_retention_days: float = Field(default=7.0, ge=0)
+    """How long raw observations (Node, Pod and Deployment snapshots, load observations) stay in the event log,
+    in days; whole days are dropped (the last observation of each object is kept, so replay still rebuilds the
+    current state). 0: keep them forever. Specs, decisions, plans, applies and cluster health are audit events:
+    they are never pruned (their monthly partitions can be detached and archived by hand)."""
+    retention_check_seconds: float = Field(default=3600.0, gt=0)
+    """How often the planner creates the coming partitions of the log and prunes (one day's partition per run
+    at most, so a backlog of days is worked off at a bounded rate)."""
+    partition_days_ahead: int = Field(default=2, ge=1, le=60)
+    """How many days of observation partitions the planner keeps created ahead (a DEFAULT partition catches
+    anything else, so an insert never fails)."""
     # ---------------------------------------------------------------------------------------------------------
     # ---- trust: signed plans and the tenant policy (issue 16)
     plan_signing_key: Path | None = None

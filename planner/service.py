@@ -45,9 +45,10 @@ from planner.outbox import relay
 from planner.readahead import Batch, ReadAhead
 from planner.scaling import AutoscalerMemory
 from store import recorder
+from store import retention as store_retention
 from store.engine import Engine
 from store.epochs import Lease, LeaseLost, campaign
-from store.errors import SchemaNotReady, TransientStoreError, translated
+from store.errors import SchemaNotReady, StoreError, TransientStoreError, translated
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,16 @@ class PlannerSettings:
     recovery_hold_seconds: float = 5.0
     unschedulable_seconds: float = 60.0
     retry_seconds: float = 1.0
+    retention: Retention | None = None
+    """Partition upkeep and pruning of the event log while leading (None: neither)."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    observations: timedelta | None
+    """How long raw observations are kept (None: forever)."""
+    check_seconds: float = 3600.0
+    days_ahead: int = 2
 
 
 def _now() -> datetime:
@@ -87,12 +98,46 @@ async def run_planner(*, engine: Engine, js: JetStream, subjects: Subjects, sett
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_guard_lease, lease, settings.retry_seconds)
+                if settings.retention is not None:
+                    tg.start_soon(_keep_log, engine, settings.retention)
                 await _lead(engine=engine, js=js, subjects=subjects, settings=settings, epoch=lease.epoch)
         except* (LeaseLost, LostLeadership) as group:
             logger.warning("planner %s stopped leading: %s", settings.holder, group.exceptions[0])
         finally:
             await lease.release()
         metrics.stop_leading()
+
+
+async def _keep_log(engine: Engine, retention: Retention) -> None:
+    """While leading: create the log's coming partitions and prune one aged-out day of observations per run.
+
+    Failures are logged and tried again next time: the DEFAULT partition takes inserts meanwhile, and a prune
+    that did not run only keeps data longer.
+    """
+    while True:
+        try:
+            with translated("keep the event log's partitions"):
+                async with engine.begin() as conn:
+                    created = await store_retention.ensure_partitions(conn, now=_now(), days_ahead=retention.days_ahead)
+                if created:
+                    logger.info("event log partitions created: %s", ", ".join(created))
+                if retention.observations is not None:
+                    async with engine.begin() as conn:
+                        pruned = await store_retention.prune(conn, now=_now(), keep=retention.observations)
+                    for p in pruned:
+                        logger.info(
+                            "retention: dropped %s (%d observations, %d kept as the last of their object); "
+                            "observations are kept from %s",
+                            p.partition,
+                            p.rows,
+                            p.kept_as_snapshot,
+                            p.kept_from.isoformat(),
+                        )
+        except StoreError as exc:
+            logger.warning("event log upkeep failed, retrying in %.0fs: %s", retention.check_seconds, exc)
+        except Exception:  # housekeeping never takes planning down with it; the next run tries again
+            logger.exception("event log upkeep failed, retrying in %.0fs", retention.check_seconds)
+        await anyio.sleep(retention.check_seconds)
 
 
 async def _guard_lease(lease: Lease, interval: float) -> None:

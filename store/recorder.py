@@ -10,7 +10,10 @@ Guarantees:
 - `lock_writers` takes a transaction-scoped advisory lock; every writing transaction takes it first, so event
   positions are assigned in commit order and a reader tailing by position never skips a row.
 - `append` is idempotent: events whose ``event_id`` is already stored (or repeated within the batch) are dropped
-  and consume no stream version; new events get consecutive versions per stream.
+  and consume no stream version; new events get consecutive versions per stream. Ids and versions are kept in
+  `event_ids` and `event_streams` (the partitioned log cannot hold them unique, migration 0007), written in the
+  same transaction as the events; a writer breaking the locking rule fails on them.
+- Each event is stored with its retention class (`retention_of`): only observations can ever be pruned.
 - `apply_ops` executes fold operations in order, batching consecutive upserts on one table into one statement.
 - All functions take the caller's connection: the caller owns the transaction, so events, projections, consumer
   position, outbox and dead letters commit together or not at all.
@@ -50,6 +53,7 @@ from api.events import (
     stream_of,
 )
 from store import sql, tables
+from store.errors import DataRefused
 from store.projections import Delete, DeleteMissing, Op, Update, Upsert
 
 WRITERS_LOCK = 0x4C4C4D4F50  # "LLMOP": one lock for all writers of the event log
@@ -97,15 +101,54 @@ def occurred_at(event: Event) -> datetime:
 
 _ENVELOPE = {"event_id", "type", "schema_version", "cluster"}
 
+OBSERVED_KINDS = frozenset({"Node", "Pod", "Deployment"})
+"""Kubernetes objects the watchers report as they are: their events are raw observations. The custom resources
+(LLMDeployment, LLMModel) are specs, kept for audit."""
+
+
+def retention_of(event: Event) -> str:
+    """'observation' for raw observations (Nodes, Pods, Deployments, load), which a retention policy may age out;
+    'audit' for everything else (specs, decisions, plans, applies, cluster health, resyncs, refusals), kept.
+
+    Resyncs stay audit although they are about observations: replay after a prune must still delete the objects a
+    resync found gone, whose last observation a prune keeps (store.retention). Unknown kinds are audit: a new
+    kind is never dropped by mistake. Migration 0007 spells the same rule in SQL for the rows it migrated.
+    """
+    if type(event) is ResourceObserved or type(event) is ResourceDeleted:
+        return "observation" if event.kind in OBSERVED_KINDS else "audit"
+    if type(event) is LoadObserved:
+        return "observation"
+    return "audit"
+
+
 # What a batch needs to know before it is written, in one round trip: which of its event ids are stored already,
 # and each of its streams' current version.
 _LOOKUP = """
 SELECT
     ARRAY(SELECT i.event_id FROM unnest($1::text[]) AS i(event_id)
-          WHERE EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)) AS stored,
-    ARRAY(SELECT coalesce((SELECT max(e.stream_version) FROM events e WHERE e.stream_id = s.stream_id), 0)
+          WHERE EXISTS (SELECT 1 FROM event_ids e WHERE e.event_id = i.event_id)) AS stored,
+    ARRAY(SELECT coalesce((SELECT v.version FROM event_streams v WHERE v.stream_id = s.stream_id), 0)
           FROM unnest($2::text[]) WITH ORDINALITY AS s(stream_id, ord) ORDER BY s.ord) AS versions
 """
+# Move each touched stream's version from what the look-up saw to the batch's last, by compare-and-set: a new
+# stream is inserted (a concurrent insert fails on pk_event_streams), a known one updated only if still at the
+# version seen. The count tells whether every stream moved.
+_ADVANCE = """
+WITH u AS (SELECT * FROM unnest($1::text[], $2::integer[], $3::integer[]) AS u(stream_id, seen, last)),
+moved AS (
+    UPDATE event_streams v SET version = u.last FROM u
+    WHERE v.stream_id = u.stream_id AND u.seen > 0 AND v.version = u.seen RETURNING 1
+), added AS (
+    INSERT INTO event_streams (stream_id, version) SELECT stream_id, last FROM u WHERE seen = 0 RETURNING 1
+)
+SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)
+"""
+
+
+class StreamVersionConflict(DataRefused):
+    """A stream's version moved between the look-up and the write: a writer did not take the writers' lock."""
+
+
 # Positions for the new events, taken in batch order (nextval is evaluated row by row in series order; they are
 # sorted again in Python, so the guarantee does not rest on that).
 _RESERVE = "SELECT nextval(pg_get_serial_sequence('events', 'position')) FROM generate_series(1, $1::integer)"
@@ -127,6 +170,7 @@ EVENT_COLUMNS = (  # the events table's columns, in the order the log's COPY wri
     "metadata",
     "occurred_at",
     "object_key",
+    "retention",
 )
 
 
@@ -170,6 +214,7 @@ async def append(
     looked_up = (await sql.records(conn, _LOOKUP, list(first), distinct_streams))[0]
     stored = set(looked_up["stored"])
     version = dict(zip(distinct_streams, looked_up["versions"], strict=True))
+    seen = dict(version)
     fresh = [index for index in candidates if items[index][0].event_id not in stored]
     if not fresh:
         return []
@@ -196,10 +241,21 @@ async def append(
                 to_json(metadata).decode(),  # several times faster than json.dumps, same JSON
                 occurred_at(event),
                 object_key(event),
+                retention_of(event),
             )
         )
         recorded.append(Recorded(event, position, stream, version[stream]))
-    await (await sql.driver(conn)).copy_records_to_table("events", columns=EVENT_COLUMNS, records=rows)
+    driver = await sql.driver(conn)
+    await driver.copy_records_to_table("events", columns=EVENT_COLUMNS, records=rows)
+    await driver.copy_records_to_table("event_ids", columns=("event_id",), records=[(row[1],) for row in rows])
+    touched = [s for s in distinct_streams if version[s] != seen[s]]
+    advanced = await sql.value(conn, _ADVANCE, touched, [seen[s] for s in touched], [version[s] for s in touched])
+    if advanced != len(touched):
+        # The same failure the old unique constraint gave (a DataRefused once translated): never a silent skip.
+        raise StreamVersionConflict(
+            f"{len(touched) - int(advanced or 0)} stream version(s) moved under this writer "
+            "(event_streams compare-and-set failed): a writer broke the writers' lock"
+        )
     return recorded
 
 

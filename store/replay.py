@@ -10,6 +10,10 @@ Guarantees:
   a rebuild of a long log fast; it relies on the `object_key` the recorder stores (`store.recorder.object_key`).
 - `as_of` folds the log recorded up to a time into `MemoryTables` (no database writes): the state the operator
   knew at that moment.
+- After a prune (store.retention) both still hold for what the log keeps: the last observation of every object
+  as of the retention horizon is kept, so a rebuild equals the live projections and `as_of(t)` is exact for t at
+  or after the horizon. Before it, nodes, pods and workloads are incomplete: `ReplayStats.observations_kept_from`
+  and `store.retention.horizon` say from when observations are complete, for the callers to tell their users.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import recorder, tables
+from store import recorder, retention, tables
 from store.projections import Delete, DeleteMissing, Op, Update, Upsert, fold
 from store.reader import decode_row
 
@@ -59,6 +63,8 @@ class ReplayStats:
     events_in_log: int = 0
     events_folded: int = 0
     seconds: float = 0.0
+    observations_kept_from: datetime | None = None
+    """Observations recorded before this were pruned (the rebuild used the last one of each object kept)."""
 
     @property
     def rate(self) -> float:
@@ -83,7 +89,10 @@ async def rebuild(conn: AsyncConnection, *, chunk: int = 5000) -> ReplayStats:
     """Drop and refold every projection, inside the caller's transaction."""
     started = time.perf_counter()
     await recorder.lock_writers(conn)
-    stats = ReplayStats(events_in_log=int(await conn.scalar(select(func.count()).select_from(tables.events)) or 0))
+    stats = ReplayStats(
+        events_in_log=int(await conn.scalar(select(func.count()).select_from(tables.events)) or 0),
+        observations_kept_from=await retention.horizon(conn),
+    )
     # Heartbeat times are not in the log: keep them, or a running planner would see every cluster as silent
     # right after the rebuild and fail them over.
     heartbeats = (await conn.execute(select(tables.clusters.c.name, tables.clusters.c.last_heartbeat_at))).all()

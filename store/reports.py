@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy import select, text
 
 from api.events import deployment_stream
 from api.network import ClusterNetwork
-from store import reader, replay, schema, tables
+from store import reader, replay, retention, schema, tables
 from store.engine import Engine, open_engine
 from store.errors import translated
 from store.reader import StoredEvent
@@ -91,6 +91,19 @@ class DeadLetter:
     stream_sequence: int | None
     reason: str
     raw: bytes
+
+
+@dataclass(frozen=True)
+class PartitionSize:
+    """A partition of the event log: its class, time range (None for the snapshot and default ones), rows and
+    bytes on disk (table, TOAST and indexes)."""
+
+    name: str
+    retention: str
+    start: datetime | None
+    end: datetime | None
+    rows: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -178,6 +191,58 @@ class Reports:
         with translated("fold the log up to a time"):
             async with self._engine.connect() as conn:
                 return await replay.as_of(conn, when)
+
+    async def horizon(self) -> datetime | None:
+        """Observations recorded before this time were pruned (None: none ever were)."""
+        with translated("read the retention horizon"):
+            async with self._engine.connect() as conn:
+                return await retention.horizon(conn)
+
+    async def prune(
+        self, *, now: datetime, keep: timedelta, max_partitions: int, days_ahead: int
+    ) -> tuple[list[str], list[retention.Pruned]]:
+        """Create the coming partitions, then drop aged-out observation partitions (store.retention)."""
+        pruned: list[retention.Pruned] = []
+        with translated("prune the event log"):
+            async with self._engine.begin() as conn:
+                created = await retention.ensure_partitions(conn, now=now, days_ahead=days_ahead)
+            # One partition per transaction: writers wait from a DROP to its commit, never through the next one.
+            while len(pruned) < max_partitions:
+                async with self._engine.begin() as conn:
+                    done = await retention.prune(conn, now=now, keep=keep, max_partitions=1)
+                if not done:
+                    break
+                pruned.extend(done)
+        return created, pruned
+
+    async def log_partitions(self) -> list[PartitionSize]:
+        """Every partition of the event log with its size, oldest first."""
+        with translated("read the event log's partitions"):
+            async with self._engine.connect() as conn:
+                bounded = {p.name: p for p in await retention.partitions(conn)}
+                found = (
+                    await conn.execute(
+                        text(
+                            "SELECT c.relname, pg_total_relation_size(c.oid), c.reltuples FROM pg_inherits i "
+                            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass"
+                        )
+                    )
+                ).all()
+        out = []
+        for name, size, tuples in found:
+            part = bounded.get(name)
+            kind = part.retention if part else ("snapshot" if name == "events_snapshot" else "default")
+            out.append(
+                PartitionSize(
+                    name=name,
+                    retention=kind,
+                    start=part.start if part else None,
+                    end=part.end if part else None,
+                    rows=max(int(tuples), 0),
+                    bytes=int(size),
+                )
+            )
+        return sorted(out, key=lambda p: (p.start is None, p.start or datetime.min, p.name))
 
     async def clusters(self) -> list[ClusterRow]:
         c = tables.clusters

@@ -1,9 +1,10 @@
 """SQLAlchemy table definitions: the event log, projections, the outbox and bookkeeping.
 
 Guarantees: these tables mirror exactly what the alembic migrations create (a test compares them); nothing here
-creates or alters the schema at runtime. Projections are disposable: every row in them can be rebuilt by folding
-``events`` in position order (`store.replay`), except ``clusters.last_heartbeat_at``, which heartbeats refresh
-without logging (their meaning is logged as ClusterJoined/ClusterHealthChanged).
+creates or alters the schema at runtime (partitions of ``events`` are added and dropped by `store.retention`, and
+are left out of the comparison: `PARTITION_PREFIX`). Projections are disposable: every row in them can be rebuilt
+by folding ``events`` in position order (`store.replay`), except ``clusters.last_heartbeat_at``, which heartbeats
+refresh without logging (their meaning is logged as ClusterJoined/ClusterHealthChanged).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Identity,
@@ -46,8 +48,9 @@ events = Table(
     metadata,
     # Position is assigned inside a transaction that holds the writers' advisory lock, so position order is
     # commit order and a reader tailing `position > last` never skips a row committed later with a smaller one.
-    Column("position", BigInteger, Identity(always=False), primary_key=True),
-    Column("event_id", Text, nullable=False, unique=True),
+    # It takes its default from a sequence (no identity: PostgreSQL 16 has none on partitioned tables).
+    Column("position", BigInteger, nullable=False, server_default=text("nextval('events_position_seq'::regclass)")),
+    Column("event_id", Text, nullable=False),
     Column("stream_id", Text, nullable=False),
     Column("stream_version", Integer, nullable=False),
     Column("type", Text, nullable=False),
@@ -60,12 +63,45 @@ events = Table(
     # cluster/kind/uid of the object an observation is about (NULL for other events): a later observation of the
     # same object supersedes an earlier one, and replay finds the last of each with one index walk.
     Column("object_key", Text),
-    UniqueConstraint("stream_id", "stream_version"),
+    # audit | observation | snapshot (store.recorder.retention_of): with recorded_at, the partition key. The
+    # table is partitioned by RANGE (retention, recorded_at) (migration 0007): audit by month, observations by
+    # day, so a prune drops whole partitions of observations and never touches audit events.
+    Column("retention", Text, nullable=False),
+    # Unique keys must hold the partition key: event ids and stream versions are kept unique in `event_ids` and
+    # `event_streams` instead.
+    PrimaryKeyConstraint("position", "retention", "recorded_at"),
+    CheckConstraint("retention IN ('audit', 'observation', 'snapshot')", name="ck_events_retention"),
     Index("ix_events_type_occurred_at", "type", "occurred_at"),
     Index("ix_events_occurred_at", "occurred_at"),
     Index("ix_events_object_key_position", "object_key", "position", postgresql_where=text("object_key IS NOT NULL")),
     Index("ix_events_unkeyed_position", "position", postgresql_where=text("object_key IS NULL")),
+    Index("ix_events_stream_id_stream_version", "stream_id", "stream_version"),
 )
+
+# Every stored event's id, one index probe away: what keeps appends idempotent (store.recorder.append).
+event_ids = Table("event_ids", metadata, Column("event_id", Text, primary_key=True))
+
+# Each stream's last version, moved by compare-and-set under the writers' lock.
+event_streams = Table(
+    "event_streams",
+    metadata,
+    Column("stream_id", Text, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+# Per retention class, the time before which its events were dropped by a prune (store.retention).
+event_horizons = Table(
+    "event_horizons",
+    metadata,
+    Column("retention", Text, primary_key=True),
+    Column("kept_from", TZ, nullable=False),
+    Column("pruned_at", TZ, nullable=False, server_default=func.now()),
+)
+
+PARTITION_PREFIX = "events_"
+"""Partitions of `events` are named events_<class>[_<time>] (events_default, events_snapshot): tables the
+models do not describe."""
+
 
 # -------------------------------------------------------------------------------------------------- projections
 # The projections the fold rewrites in place keep free room on each page (fillfactor 70, migration 0004), so an
