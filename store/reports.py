@@ -202,18 +202,11 @@ class Reports:
         self, *, now: datetime, keep: timedelta, max_partitions: int, days_ahead: int
     ) -> tuple[list[str], list[retention.Pruned]]:
         """Create the coming partitions, then drop aged-out observation partitions (store.retention)."""
-        pruned: list[retention.Pruned] = []
         with translated("prune the event log"):
             async with self._engine.begin() as conn:
                 created = await retention.ensure_partitions(conn, now=now, days_ahead=days_ahead)
-            # One partition per transaction: writers wait from a DROP to its commit, never through the next one.
-            while len(pruned) < max_partitions:
-                async with self._engine.begin() as conn:
-                    done = await retention.prune(conn, now=now, keep=keep, max_partitions=1)
-                if not done:
-                    break
-                pruned.extend(done)
-        return created, pruned
+            async with self._engine.begin() as conn:
+                return created, await retention.prune(conn, now=now, keep=keep, max_partitions=max_partitions)
 
     async def log_partitions(self) -> list[PartitionSize]:
         """Every partition of the event log with its size, oldest first."""

@@ -8,9 +8,8 @@ Guarantees:
   partition for that range are moved into the new partition in the same transaction (so an insert never fails
   for want of a partition, and creating one later never fails on rows already there).
 - `prune` drops whole observation partitions older than the policy keeps, oldest first, at most `max_partitions`
-  per call, in the caller's transaction; writers are blocked only from a partition's DROP to the commit (so drop
-  one per transaction). It never touches an audit partition: it only lists partitions whose bounds say
-  'observation'.
+  per call, each in one transaction under the writers' lock. It never touches an audit partition: it only lists
+  partitions whose bounds say 'observation'.
 - What replay needs survives a prune: before a partition is dropped, the last observation of each object as of
   the partition's end is copied, unchanged (position, times, id), into `events_snapshot`, and snapshot rows it
   supersedes are deleted. Folding the log after a prune therefore gives the same projections as before it, and
@@ -29,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import recorder, sql
 
-PRUNE_LOCK = 0x4C4C4D4F51  # one prune at a time (the planner's run and `llm-operator store prune`)
 _BOUND = re.compile(r"FROM \('(\w+)', '([^']+)'\) TO \('\w+', '([^']+)'\)")
 
 
@@ -124,12 +122,9 @@ class Pruned:
 async def prune(conn: AsyncConnection, *, now: datetime, keep: timedelta, max_partitions: int = 1) -> list[Pruned]:
     """Drop observation partitions that end at or before `now - keep` (whole UTC days), oldest first.
 
-    Runs in the caller's transaction. Returns what was dropped. It does not take the writers' lock: a past day's
-    partition gets no new rows, so its survivors and ids are worked out while the planner goes on appending, and
-    only the final DROP blocks writers (it needs the log's ACCESS EXCLUSIVE lock until the commit). Prunes take
-    turns on a lock of their own (`PRUNE_LOCK`).
+    Runs in the caller's transaction; takes the writers' lock. Returns what was dropped.
     """
-    await sql.execute(conn, "SELECT pg_advisory_xact_lock($1)", PRUNE_LOCK)
+    await recorder.lock_writers(conn)
     cutoff = now - keep
     due = [p for p in await partitions(conn) if p.retention == "observation" and p.end <= cutoff][:max_partitions]
     done: list[Pruned] = []
@@ -168,13 +163,13 @@ async def _drop(conn: AsyncConnection, part: Partition) -> Pruned:
         f"DELETE FROM event_ids i USING {name} p WHERE i.event_id = p.event_id "
         "AND NOT EXISTS (SELECT 1 FROM events_snapshot s WHERE s.position = p.position)",
     )
+    await sql.execute(conn, f"DROP TABLE {name}")
     await sql.execute(
         conn,
         "INSERT INTO event_horizons (retention, kept_from) VALUES ('observation', $1) ON CONFLICT (retention) "
         "DO UPDATE SET kept_from = greatest(event_horizons.kept_from, EXCLUDED.kept_from), pruned_at = now()",
         part.end,
     )
-    await sql.execute(conn, f"DROP TABLE {name}")  # last: from here to the commit, writers wait
     return Pruned(name, rows, kept, part.end)
 
 
