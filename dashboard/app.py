@@ -61,6 +61,9 @@ SECURITY_HEADERS = {
 }
 
 CapacityAsOf = Callable[[MemoryTables], list[dict[str, Any]]]
+AS_OF_TABLES = ("clusters", "nodes", "pods", "placements", "deployments")
+"""The projections the "as of" view reads: clusters, the capacity rule's inputs (`capacity_as_of`), placements, and
+the deployments (counted)."""
 """The GPU capacity rows (as `report_gpu_capacity` gives them) of projections folded in memory; the composition
 root passes the planner's rule (`llm_operator.audit`), the one `history --as-of` uses."""
 
@@ -282,7 +285,8 @@ def create_app(
         when = _time(as_of_text)
         as_of: dict[str, Any] | None = None
         if when is not None:
-            state = await browse.as_of(when)
+            # Only what the view shows: the fold then starts from a projection snapshot's few tables.
+            state = await browse.as_of(when, names=AS_OF_TABLES)
             placements = state.rows("placements")
             as_of = {
                 "when": when,

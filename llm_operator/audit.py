@@ -140,7 +140,7 @@ async def history(
 async def _as_of(
     reports: Reports, kind: str, parts: list[str], when: datetime, cluster: str | None, as_json: bool
 ) -> None:
-    state = await reports.as_of(when)
+    state = await reports.as_of(when, names=DEPLOYMENT_TABLES if kind == "llmdeployment" else CAPACITY_TABLES)
     kept_from = await reports.horizon()
     incomplete = kept_from is not None and when < kept_from
     result: dict[str, Any] = {
@@ -217,6 +217,12 @@ async def _as_of(
         )
     )
     out.print(_table("GPU capacity", _CAPACITY_COLUMNS, _capacity_rows(result["capacity"])))
+
+
+CAPACITY_TABLES = ("clusters", "nodes", "pods", "placements")
+"""The projections the capacity rule and a fleet's or cluster's look at a past moment read."""
+DEPLOYMENT_TABLES = ("deployments", "deployment_plans", "placements", "workloads")
+"""The projections a deployment's look at a past moment reads."""
 
 
 def _capacity(state: replay.MemoryTables, cluster: str | None) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ from llm_operator.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres,
 from llm_operator.identities import SEED_FILE, BusIdentities, IdentityError
 from llm_operator.install import install_crds
 from llm_operator.settings import Settings
-from planner.service import PlannerSettings, Retention, run_planner
+from planner.service import PlannerSettings, Retention, SnapshotPolicy, run_planner
 from store import schema
 from store.engine import DatabaseTls, Engine, describe
 from store.engine import open_engine as new_engine
@@ -312,6 +312,12 @@ async def run_components(
                         check_seconds=settings.retention_check_seconds,
                         days_ahead=settings.partition_days_ahead,
                     ),
+                    snapshots=SnapshotPolicy(
+                        every_events=settings.projection_snapshot_events,
+                        every_seconds=settings.projection_snapshot_seconds,
+                    )
+                    if settings.projection_snapshot_seconds
+                    else None,
                 )
                 tg.start_soon(
                     partial(run_planner, engine=engine, js=planner_js, subjects=subjects, settings=planner_settings)

@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     retention_check_seconds: float = Field(default=3600.0, gt=0)
     """How often the planner creates the coming partitions of the log and prunes (one day's partition per run
     at most, so a backlog of days is worked off at a bounded rate)."""
+    projection_snapshot_events: int = Field(default=5000, ge=0)
+    """The leading planner copies the projections into a projection snapshot (store.snapshots) once this many
+    events were recorded since the last one (0: by time only), so `history --as-of` and the dashboard's "as of"
+    fold only the log after the nearest snapshot (at most ~5,000 events: well under a second)."""
+    projection_snapshot_seconds: float = Field(default=900.0, ge=0)
+    """... and at least this often when anything was recorded. 0: no snapshots at all (every look at the past
+    folds the whole log). Kept: every snapshot of the last hour, then the first of each hour for a day, then the
+    first of each day."""
     partition_days_ahead: int = Field(default=2, ge=1, le=60)
     """How many days of observation partitions the planner keeps created ahead (a DEFAULT partition catches
     anything else, so an insert never fails)."""

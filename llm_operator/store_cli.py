@@ -1,8 +1,10 @@
-"""`llm-operator store`: the event log's partitions and its retention policy (prune, partitions).
+"""`llm-operator store`: the event log's partitions, its retention policy and projection snapshots (prune,
+partitions, snapshot, snapshots).
 
 Guarantees: `prune` only ever drops observation partitions (store.retention), never audit events, and prints what
-it dropped and from when observations are now kept; `partitions` is read-only. The planner does the same upkeep
-while it leads (planner/service.py); this command is for running it by hand or from a cron job.
+it dropped and from when observations are now kept; `snapshot` adds a projection snapshot (store.snapshots) and
+thins old ones, never touching the log; `partitions` and `snapshots` are read-only. The planner does the same
+upkeep while it leads (planner/service.py); these commands are for running it by hand or from a cron job.
 """
 
 from __future__ import annotations
@@ -83,8 +85,44 @@ async def partitions(settings: Settings) -> None:
     out.print(f"observations kept from {kept_from.isoformat()}" if kept_from else "nothing pruned: the log is complete")
 
 
+async def snapshot(settings: Settings) -> None:
+    async with database(settings) as reports:
+        taken, thinned = await reports.take_snapshot(now=datetime.now(UTC))
+    if taken is None:
+        out.print("nothing recorded since the last projection snapshot: none taken")
+    else:
+        out.print(
+            f"projection snapshot at position {taken.position}: {taken.rows} rows, {_size(taken.bytes)}, "
+            f"{taken.seconds:.2f}s; looks at {taken.recorded_until.isoformat()} or later start from it"
+        )
+    if thinned:
+        out.print(f"removed {thinned} older snapshot(s) (the last day's are kept, then the first of each hour)")
+
+
+async def list_snapshots(settings: Settings) -> None:
+    async with database(settings) as reports:
+        found = await reports.snapshots()
+    table = Table(title=Text("projection snapshots"), header_style="bold", title_justify="left")
+    for column in ("POSITION", "TAKEN", "USED FROM", "ROWS", "SIZE"):
+        table.add_column(column)
+    for s in found:
+        table.add_row(
+            *(
+                Text(v)
+                for v in (
+                    str(s.position),
+                    s.taken_at.isoformat(),
+                    s.recorded_until.isoformat(),
+                    str(s.rows),
+                    _size(s.bytes),
+                )
+            )
+        )
+    out.print(table)
+
+
 def register(app: typer.Typer, *, settings_for: Any, run_async: Any) -> None:
-    """Add `store prune` and `store partitions` to the main CLI."""
+    """Add `store prune`, `partitions`, `snapshot` and `snapshots` to the main CLI."""
 
     @store_app.command("prune")
     def prune_command(
@@ -104,5 +142,17 @@ def register(app: typer.Typer, *, settings_for: Any, run_async: Any) -> None:
         """The event log's partitions: class, time range, rows and size."""
         settings = settings_for(database_url=database_url)
         run_async(lambda: partitions(settings))
+
+    @store_app.command("snapshot")
+    def snapshot_command(database_url: DatabaseUrl = None) -> None:
+        """Copy the projections into a projection snapshot now, so looks at the past start from it."""
+        settings = settings_for(database_url=database_url)
+        run_async(lambda: snapshot(settings))
+
+    @store_app.command("snapshots")
+    def snapshots_command(database_url: DatabaseUrl = None) -> None:
+        """The projection snapshots: position, when taken, from when they are used, rows and size."""
+        settings = settings_for(database_url=database_url)
+        run_async(lambda: list_snapshots(settings))
 
     app.add_typer(store_app, name="store")

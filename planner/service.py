@@ -46,6 +46,7 @@ from planner.readahead import Batch, ReadAhead
 from planner.scaling import AutoscalerMemory
 from store import recorder
 from store import retention as store_retention
+from store import snapshots as store_snapshots
 from store.engine import Engine
 from store.epochs import Lease, LeaseLost, campaign
 from store.errors import SchemaNotReady, StoreError, TransientStoreError, translated
@@ -77,6 +78,8 @@ class PlannerSettings:
     retry_seconds: float = 1.0
     retention: Retention | None = None
     """Partition upkeep and pruning of the event log while leading (None: neither)."""
+    snapshots: SnapshotPolicy | None = None
+    """While leading, copy the projections into projection snapshots by this policy (store.snapshots; None: never)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,16 @@ class Retention:
     """How long raw observations are kept (None: forever)."""
     check_seconds: float = 3600.0
     days_ahead: int = 2
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    every_events: int = 5000
+    """A snapshot once this many events were recorded since the last (0: by time only)."""
+    every_seconds: float = 900.0
+    """... or once this long passed, if anything was recorded."""
+    check_seconds: float = 10.0
+    """How often the policy is looked at (the shortest time between two snapshots)."""
 
 
 def _now() -> datetime:
@@ -100,6 +113,8 @@ async def run_planner(*, engine: Engine, js: JetStream, subjects: Subjects, sett
                 tg.start_soon(_guard_lease, lease, settings.retry_seconds)
                 if settings.retention is not None:
                     tg.start_soon(_keep_log, engine, settings.retention)
+                if settings.snapshots is not None:
+                    tg.start_soon(_keep_snapshots, engine, settings.snapshots)
                 await _lead(engine=engine, js=js, subjects=subjects, settings=settings, epoch=lease.epoch)
         except* (LeaseLost, LostLeadership) as group:
             logger.warning("planner %s stopped leading: %s", settings.holder, group.exceptions[0])
@@ -138,6 +153,44 @@ async def _keep_log(engine: Engine, retention: Retention) -> None:
         except Exception:  # housekeeping never takes planning down with it; the next run tries again
             logger.exception("event log upkeep failed, retrying in %.0fs", retention.check_seconds)
         await anyio.sleep(retention.check_seconds)
+
+
+async def _keep_snapshots(engine: Engine, policy: SnapshotPolicy) -> None:
+    """While leading: a projection snapshot when the policy says one is due (store.snapshots.due), and the old
+    ones thinned.
+
+    Like the log's upkeep, a failure is logged and tried again: without a new snapshot a look at the past only
+    folds more of the log.
+    """
+    while True:
+        await anyio.sleep(policy.check_seconds)
+        try:
+            with translated("take a projection snapshot"):
+                async with engine.connect() as conn:
+                    position, last, taken_at = await store_snapshots.head(conn)
+                if not store_snapshots.due(
+                    events_since=position - (last or 0),
+                    seconds_since=(_now() - taken_at).total_seconds() if taken_at is not None else None,
+                    every_events=policy.every_events,
+                    every_seconds=policy.every_seconds,
+                ):
+                    continue
+                taken = await store_snapshots.take(engine)
+                async with engine.begin() as conn:
+                    thinned = await store_snapshots.thin(conn, now=_now())
+            if taken is not None:
+                logger.info(
+                    "projection snapshot at position %d: %d rows, %d bytes stored, %.2fs (%d old ones removed)",
+                    taken.position,
+                    taken.rows,
+                    taken.bytes,
+                    taken.seconds,
+                    thinned,
+                )
+        except StoreError as exc:
+            logger.warning("projection snapshot failed, retrying in %.0fs: %s", policy.check_seconds, exc)
+        except Exception:  # housekeeping never takes planning down with it
+            logger.exception("projection snapshot failed, retrying in %.0fs", policy.check_seconds)
 
 
 async def _guard_lease(lease: Lease, interval: float) -> None:

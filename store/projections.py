@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,6 +85,11 @@ class DeleteMissing:
 
 Op = Upsert | Update | Delete | DeleteMissing
 
+UNFOLDED_FIELDS: dict[str, tuple[str, ...]] = {"PlacementDecided": ("verdicts", "inputs")}
+"""Payload fields `fold` never reads, per event type: a decision's audit record (every cluster's verdict, the
+inputs it saw), most of its bytes (~40 KB of JSON each at 100 clusters). A reader that only folds may leave them
+out where it reads the log (store.replay does, in SQL); tests/unit/test_projection_snapshots.py holds `fold` to it."""
+
 KIND_TABLES = {
     "LLMModel": "models",
     "LLMDeployment": "deployments",
@@ -94,7 +100,10 @@ KIND_TABLES = {
 }
 
 
-def fold(event: Event) -> list[Op]:
+def fold(event: Event, *, tables: Collection[str] | None = None) -> list[Op]:
+    """The projection changes one event makes. With `tables`, the changes to other tables may be left out: a fold
+    into a few tables (store.memory) then skips rendering a plan's payload for the `plans` table, most of what
+    folding a plan costs."""
     # Observations are nearly every event: test for them by exact class first. `match` on a class pattern (an
     # isinstance check through pydantic's ABCMeta, in Python) costs more than folding a snapshot.
     if type(event) is ResourceObserved:
@@ -144,7 +153,7 @@ def fold(event: Event) -> list[Op]:
         case PlacementDecided():
             return _decided(event)
         case PlanIssued():
-            return _plan_issued(event)
+            return _plan_issued(event, with_payload=tables is None or "plans" in tables)
         case ApplyReported():
             return _apply_reported(event)
         case _:
@@ -300,24 +309,23 @@ def _decided(event: PlacementDecided) -> list[Op]:
     return ops
 
 
-def _plan_issued(event: PlanIssued) -> list[Op]:
+def _plan_issued(event: PlanIssued, *, with_payload: bool) -> list[Op]:
     plan = event.plan
     ref = plan.deployment
     key = ref.key.columns()
-    row = {
-        "kind": plan.kind,
-        "cluster": plan.cluster,
-        **key,
-        "epoch": plan.epoch,
-        "sequence": plan.sequence,
-        "replicas": plan.replicas if isinstance(plan, WorkloadPlan) else None,
-        "payload": plan.model_dump(mode="json"),
-        "issued_at": plan.issued_at,
-    }
-    ops: list[Op] = [
-        Upsert("plans", {"plan_id": plan.plan_id}, row),
-        Upsert("deployment_plans", key, {"plan_sequence": plan.sequence}),
-    ]
+    ops: list[Op] = [Upsert("deployment_plans", key, {"plan_sequence": plan.sequence})]
+    if with_payload:
+        row = {
+            "kind": plan.kind,
+            "cluster": plan.cluster,
+            **key,
+            "epoch": plan.epoch,
+            "sequence": plan.sequence,
+            "replicas": plan.replicas if isinstance(plan, WorkloadPlan) else None,
+            "payload": plan.model_dump(mode="json"),
+            "issued_at": plan.issued_at,
+        }
+        ops.insert(0, Upsert("plans", {"plan_id": plan.plan_id}, row))
     if isinstance(plan, WorkloadPlan):
         ops.append(
             Update(

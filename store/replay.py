@@ -19,28 +19,48 @@ Guarantees:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import recorder, retention, tables
-from store.projections import Delete, DeleteMissing, Op, Update, Upsert, fold
+from store import recorder, retention, snapshots, tables
+from store.memory import MemoryTables, Row
+from store.projections import UNFOLDED_FIELDS, Op, fold
 from store.reader import decode_row
 
 _SUPERSEDABLE = ("ResourceObserved", "ResourceDeleted")
 
 
-def _latest_per_object(until: datetime | None) -> Any:
-    """Events in position order, keeping for each object only its last observation or deletion.
+def _folded_columns() -> str:
+    """The events' columns the fold reads, with the payload fields it never reads left out (decoding them was
+    most of a replay's time: store.projections.UNFOLDED_FIELDS)."""
+    stripped = " ".join(
+        f"WHEN '{kind}' THEN payload" + "".join(f" - '{f}'" for f in fields) for kind, fields in UNFOLDED_FIELDS.items()
+    )
+    return ", ".join(
+        f"CASE type {stripped} ELSE payload END AS payload" if c.name == "payload" else c.name
+        for c in tables.events.columns
+        if c.name != "metadata"  # who sent an event is not folded either
+    )
+
+
+_FOLDED_COLUMNS = _folded_columns()
+
+
+def _latest_per_object(until: datetime | None, after: int | None = None) -> Any:
+    """Events in position order (after position `after`, recorded up to `until`, when given), keeping for each
+    object only its last observation or deletion.
 
     The last event per object comes from one walk of the (object_key, position) index (DISTINCT ON); every other
     event (decisions, plans, cluster health, resyncs) is kept.
     """
     window = "AND recorded_at <= :until" if until is not None else ""
+    if after is not None:
+        window += " AND position > :after"
     # Positions first (an index-only walk), whole rows only for the winners: most observations are superseded and
     # their payloads are never read.
     query = text(f"""
@@ -49,13 +69,14 @@ def _latest_per_object(until: datetime | None) -> Any:
             WHERE object_key IS NOT NULL {window}
             ORDER BY object_key, position DESC
         )
-        SELECT * FROM (
+        SELECT {_FOLDED_COLUMNS} FROM (
             SELECT * FROM events WHERE object_key IS NULL {window}
             UNION ALL
             SELECT events.* FROM events JOIN latest USING (position)
         ) merged ORDER BY position
     """)
-    return query.bindparams(until=until) if until is not None else query
+    params = {k: v for k, v in (("until", until), ("after", after)) if v is not None}
+    return query.bindparams(**params) if params else query
 
 
 @dataclass
@@ -72,14 +93,20 @@ class ReplayStats:
 
 
 async def _stream_ops(
-    conn: AsyncConnection, *, until: datetime | None, chunk: int, sink: Callable[[list[Op]], Any]
+    conn: AsyncConnection,
+    *,
+    until: datetime | None,
+    chunk: int,
+    sink: Callable[[list[Op]], Any],
+    after: int | None = None,
+    names: Collection[str] | None = None,
 ) -> int:
     folded = 0
-    result = await conn.stream(_latest_per_object(until).execution_options(yield_per=chunk))
+    result = await conn.stream(_latest_per_object(until, after).execution_options(yield_per=chunk))
     async for rows in result.mappings().partitions(chunk):
         ops: list[Op] = []
         for row in rows:
-            ops.extend(fold(decode_row(dict(row))))
+            ops.extend(fold(decode_row(dict(row)), tables=names))
         folded += len(rows)
         await sink(ops)
     return folded
@@ -115,80 +142,25 @@ async def rebuild(conn: AsyncConnection, *, chunk: int = 5000) -> ReplayStats:
     return stats
 
 
-# ------------------------------------------------------------------------------------------------ in memory
-
-
-Row = dict[str, Any]
-
-
-@dataclass
-class MemoryTable:
-    table: Table
-    rows: dict[tuple[Any, ...], Row] = field(default_factory=dict)
-
-    @property
-    def key_columns(self) -> list[str]:
-        return [c.name for c in self.table.primary_key.columns]
-
-    def key_of(self, values: dict[str, Any]) -> tuple[Any, ...] | None:
-        if all(k in values for k in self.key_columns):
-            return tuple(values[k] for k in self.key_columns)
-        return None
-
-    def matching(self, where: dict[str, Any]) -> list[tuple[Any, ...]]:
-        key = self.key_of(where)
-        candidates = [key] if key is not None and key in self.rows else ([] if key is not None else list(self.rows))
-        return [k for k in candidates if all(self.rows[k].get(c) == v for c, v in where.items())]
-
-    def defaults(self) -> Row:
-        out: Row = {}
-        for column in self.table.columns:
-            default = column.server_default
-            arg = getattr(default, "arg", None)
-            out[column.name] = int(arg) if isinstance(arg, str) and arg.isdigit() else None
-        return out
-
-
-class MemoryTables:
-    """The projection tables as dictionaries, updated by the same fold operations as the database."""
-
-    def __init__(self) -> None:
-        self.tables = {t.name: MemoryTable(t) for t in tables.PROJECTION_TABLES}
-
-    def apply(self, ops: Iterable[Op]) -> None:
-        for op in ops:
-            table = self.tables[op.table]
-            match op:
-                case Upsert():
-                    key = tuple(op.key[k] for k in table.key_columns)
-                    row = table.rows.get(key)
-                    if row is None:
-                        table.rows[key] = {**table.defaults(), **op.key, **op.values}
-                    else:
-                        row.update(op.values)
-                case Update():
-                    for key in table.matching(op.where):
-                        table.rows[key].update(op.values)
-                case Delete():
-                    for key in table.matching(op.where):
-                        del table.rows[key]
-                case DeleteMissing():
-                    keep = set(op.keep)
-                    for key in table.matching(op.where):
-                        if table.rows[key].get(op.column) not in keep:
-                            del table.rows[key]
-
-    def rows(self, name: str) -> list[Row]:
-        return [self.tables[name].rows[k] for k in sorted(self.tables[name].rows, key=str)]
-
-
-async def as_of(conn: AsyncConnection, until: datetime, *, chunk: int = 5000) -> MemoryTables:
-    memory = MemoryTables()
+async def as_of(
+    conn: AsyncConnection,
+    until: datetime,
+    *,
+    names: Collection[str] | None = None,
+    chunk: int = 5000,
+    from_snapshot: bool = True,
+) -> MemoryTables:
+    """The projections `names` (default: all) as the log recorded up to `until` folds them: from the newest usable
+    projection snapshot (store.snapshots) and the events after it, or from the start (`from_snapshot=False`, or
+    none usable)."""
+    start = await snapshots.usable(conn, until, names=names) if from_snapshot else None
+    memory, after = (MemoryTables(names), None) if start is None else (start[1], start[0])
 
     async def sink(ops: list[Op]) -> None:
         memory.apply(ops)
 
-    await _stream_ops(conn, until=until, chunk=chunk, sink=sink)
+    memory.events_folded = await _stream_ops(conn, until=until, chunk=chunk, sink=sink, after=after, names=names)
+    memory.snapshot_position = after
     return memory
 
 
@@ -202,4 +174,4 @@ async def snapshot(conn: AsyncConnection) -> dict[str, list[Row]]:
     return out
 
 
-__all__ = ["MemoryTables", "ReplayStats", "as_of", "rebuild", "snapshot"]
+__all__ = ["MemoryTables", "ReplayStats", "Row", "as_of", "rebuild", "snapshot"]

@@ -12,7 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +24,7 @@ from sqlalchemy import select, text
 
 from api.events import deployment_stream
 from api.network import ClusterNetwork
-from store import reader, replay, retention, schema, tables
+from store import reader, replay, retention, schema, snapshots, tables
 from store.engine import Engine, open_engine
 from store.errors import translated
 from store.reader import StoredEvent
@@ -186,11 +186,12 @@ class Reports:
                 )
         return dict(spec) if spec is not None else None
 
-    async def as_of(self, when: datetime) -> replay.MemoryTables:
-        """The projections as they were at `when`, folded in memory from the log recorded up to then."""
+    async def as_of(self, when: datetime, *, names: Collection[str] | None = None) -> replay.MemoryTables:
+        """The projections `names` (default: all) as they were at `when`, folded in memory from the log recorded
+        up to then (from the newest projection snapshot before it, when one may be used: store.snapshots)."""
         with translated("fold the log up to a time"):
             async with self._engine.connect() as conn:
-                return await replay.as_of(conn, when)
+                return await replay.as_of(conn, when, names=names)
 
     async def horizon(self) -> datetime | None:
         """Observations recorded before this time were pruned (None: none ever were)."""
@@ -207,6 +208,20 @@ class Reports:
                 created = await retention.ensure_partitions(conn, now=now, days_ahead=days_ahead)
             async with self._engine.begin() as conn:
                 return created, await retention.prune(conn, now=now, keep=keep, max_partitions=max_partitions)
+
+    async def take_snapshot(self, *, now: datetime) -> tuple[snapshots.SnapshotInfo | None, int]:
+        """Copy the projections into a projection snapshot now (None: nothing recorded since the last one), and
+        thin the old ones; returns the snapshot and how many were removed."""
+        with translated("take a projection snapshot"):
+            taken = await snapshots.take(self._engine)
+            async with self._engine.begin() as conn:
+                return taken, await snapshots.thin(conn, now=now)
+
+    async def snapshots(self) -> list[snapshots.SnapshotInfo]:
+        """Every projection snapshot, oldest first."""
+        with translated("read the projection snapshots"):
+            async with self._engine.connect() as conn:
+                return await snapshots.listed(conn)
 
     async def log_partitions(self) -> list[PartitionSize]:
         """Every partition of the event log with its size, oldest first."""

@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -96,6 +97,35 @@ event_horizons = Table(
     Column("retention", Text, primary_key=True),
     Column("kept_from", TZ, nullable=False),
     Column("pruned_at", TZ, nullable=False, server_default=func.now()),
+)
+
+# The projections copied at a log position (store.snapshots), so a fold up to a past time starts near it.
+projection_snapshots = Table(
+    "projection_snapshots",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("recorded_until", TZ, nullable=False),
+    Column("taken_at", TZ, nullable=False, server_default=func.now()),
+    Column("fingerprint", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+)
+# One row per projection table of a snapshot (its rows as a JSON array), so a look needing few tables reads only those.
+projection_snapshot_tables = Table(
+    "projection_snapshot_tables",
+    metadata,
+    Column(
+        "position",
+        BigInteger,
+        ForeignKey(
+            "projection_snapshots.position",
+            name="fk_projection_snapshot_tables_position_projection_snapshots",
+            ondelete="CASCADE",
+        ),
+        primary_key=True,
+    ),
+    Column("name", Text, primary_key=True),
+    Column("rows", Integer, nullable=False),
+    Column("state", Text, nullable=False),
 )
 
 PARTITION_PREFIX = "events_"
