@@ -6,7 +6,9 @@ servers stop, the dashboard's app (`dashboard.app.create_app` on `store.browse.o
 for each page --requests times in process through httpx's ASGI transport: the time measured is the server's
 (queries + rendering), without a network or a browser. Pages: Fleet, Deployments (first page, a search, a GPU
 filter), one deployment's page, Audit (the log, a type filter), a report as CSV, the live endpoint; and the
-"as of" view (the whole log folded in memory, as `history --as-of` does), timed on its own.
+"as of" view (`history --as-of`'s fold) now and at 20 moments spread over the log (reported apart for moments in
+the creation burst and after it), each starting from the projection snapshots the planner took during the run
+with its default policy, with the fold of the whole log as the baseline.
 
 Run: `python -m bench.dashboard [--deployments 10000] [--requests 30]` (bench.scale's options otherwise default,
 with --steady 0), or `--url postgresql+asyncpg://...` to measure a database that exists; writes
@@ -18,18 +20,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import scale
 from bench.common import print_table, write_result
 from bench.fleet import code_version, run_main
-from dashboard.app import create_app
+from dashboard.app import AS_OF_TABLES, create_app
 from llm_operator.audit import fleet_capacity
-from store.browse import open_browse
+from llm_operator.gc_tuning import tune_gc
+from store.browse import Browse, open_browse
 
 TARGET_MS = 1000.0
 
@@ -39,7 +44,94 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(url: str, *, requests: int) -> dict[str, Any]:
+BURST_RATE = 100
+"""Events per second over the 10 s before a moment above which the log is in a burst (bench.scale's creation of
+10,000 deployments records ~700/s; its steady phase a few dozen)."""
+
+
+async def _rates(url: str, moments: list[datetime]) -> dict[datetime, float]:
+    """The log's growth (events/s) over the 10 s before each moment."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            out = {}
+            for moment in moments:
+                count = await conn.scalar(
+                    text("SELECT count(*) FROM events WHERE recorded_at > :a AND recorded_at <= :b"),
+                    {"a": moment - timedelta(seconds=10), "b": moment},
+                )
+                out[moment] = int(count or 0) / 10
+            return out
+    finally:
+        await engine.dispose()
+
+
+async def _as_of_pages(
+    client: httpx.AsyncClient, browse: Browse, url: str, *, moments: int, requests: int
+) -> dict[str, dict[str, float]]:
+    """The Audit page "as of": now (`requests` times) and at `moments` moments spread evenly over the log's recorded
+    time, each fold starting from the projection snapshots the planner took while bench.scale ran; and, as the
+    baseline in the same run, the fold of the whole log up to now without snapshots (what every look cost before)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            first, last = (await conn.execute(text("SELECT min(recorded_at), max(recorded_at) FROM events"))).one()
+            snapshots_taken = int(await conn.scalar(text("SELECT count(*) FROM projection_snapshots")) or 0)
+    finally:
+        await engine.dispose()
+    span = (last - first).total_seconds()
+    past = [first + timedelta(seconds=span * (i + 1) / (moments + 1)) for i in range(moments)]
+    rates = await _rates(url, past)
+    out: dict[str, dict[str, float]] = {}
+    groups = (
+        ("audit as of now", [None] * requests),
+        (f"audit as of past moments, log growing ≥ {BURST_RATE} events/s", [m for m in past if rates[m] >= BURST_RATE]),
+        (f"audit as of past moments, log growing < {BURST_RATE} events/s", [m for m in past if rates[m] < BURST_RATE]),
+    )
+    for name, times_asked in groups:
+        if not times_asked:
+            continue
+        times, folded, from_snapshot = [], [], 0
+        for moment in times_asked:
+            when = moment or datetime.now(UTC)
+            started = time.perf_counter()
+            response = await client.get("/audit", params={"as_of": when.isoformat()})
+            times.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200 and 'id="as-of"' in response.text, response.status_code
+            # What that page folded (the same call the page makes, again, outside the timing).
+            state = await browse.as_of(when, names=AS_OF_TABLES)
+            folded.append(state.events_folded)
+            from_snapshot += state.snapshot_position is not None
+        out[name] = {
+            "p50_ms": statistics.median(times),
+            "p99_ms": _pct(times, 0.99),
+            "max_ms": max(times),
+            "bytes": len(response.content),
+            "events_folded_p50": statistics.median(folded),
+            "events_folded_max": max(folded),
+            "from_snapshot": from_snapshot,
+            "looks": len(times),
+        }
+        print(f"  {name}: {out[name]}", flush=True)
+    started = time.perf_counter()
+    whole = await browse.as_of(datetime.now(UTC), names=AS_OF_TABLES, from_snapshot=False)
+    baseline = (time.perf_counter() - started) * 1000
+    out["as of now, whole log folded (baseline, no snapshot)"] = {
+        "p50_ms": baseline,
+        "p99_ms": baseline,
+        "max_ms": baseline,
+        "bytes": 0,
+        "events_folded_p50": whole.events_folded,
+        "events_folded_max": whole.events_folded,
+        "from_snapshot": 0,
+        "looks": 1,
+        "snapshots_in_store": snapshots_taken,
+    }
+    print(f"  baseline (whole fold, no snapshot): {baseline:.0f} ms, {whole.events_folded} events", flush=True)
+    return out
+
+
+async def measure(url: str, *, requests: int, as_of_moments: int = 20) -> dict[str, Any]:
     async with open_browse(url) as browse:
         app = create_app(browse=browse, capacity_as_of=fleet_capacity)
         transport = httpx.ASGITransport(app=app)
@@ -77,18 +169,7 @@ async def measure(url: str, *, requests: int) -> dict[str, Any]:
                     "bytes": len(response.content),
                 }
                 print(f"  {name}: {rows[name]}", flush=True)
-            as_of = []
-            for _ in range(2):
-                started = time.perf_counter()
-                response = await client.get(f"/audit?as_of={datetime.now(UTC).isoformat()}")
-                as_of.append((time.perf_counter() - started) * 1000)
-                assert response.status_code == 200
-            rows["audit as of now (whole log folded)"] = {
-                "p50_ms": statistics.median(as_of),
-                "p99_ms": max(as_of),
-                "max_ms": max(as_of),
-                "bytes": len(response.content),
-            }
+            rows.update(await _as_of_pages(client, browse, url, moments=as_of_moments, requests=requests))
             events = await browse.head()
     return {"pages": rows, "events_in_log": events, "requests_per_page": requests}
 
@@ -111,6 +192,7 @@ def report(result: dict[str, Any]) -> None:
 
 async def main(args: argparse.Namespace) -> int:
     code = code_version()
+    tune_gc()  # as `llm-operator dashboard` does (every CLI command does)
     if args.url:
         # An existing database (one bench.scale left, or a copy of a real one): measure only.
         dashboard = await measure(args.url, requests=args.requests)

@@ -52,7 +52,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from api.events import ApplyReported, ClusterHeartbeat, Event, deterministic_id, encode_event
 from api.labels import ANNOTATION_EPOCH, ANNOTATION_PLAN, ANNOTATION_SEQUENCE, ANNOTATION_UID
 from api.models import API_VERSION, FINALIZER, gpu_count
-from api.plans import Plan, StatusPlan, WorkloadPlan
+from api.plans import AnyPlan, Plan, StatusPlan, WorkloadPlan
 from applier.render import labels
 from bench.common import _node, print_table, servers, write_result
 from bench.fleet import (
@@ -72,7 +72,7 @@ from watcher import translate
 PREFIX = "bench"
 NAMESPACES = 5
 MODELS = {"m1": 1, "m2": 2, "m4": 4}
-_PLAN: TypeAdapter[WorkloadPlan | StatusPlan] = TypeAdapter(Plan)
+_PLAN: TypeAdapter[AnyPlan] = TypeAdapter(Plan)
 
 
 def _now() -> datetime:
@@ -254,7 +254,7 @@ class SimFleet:
 
     # ------------------------------------------------------------------------- answering plans (the agents)
 
-    async def answer(self, plan: WorkloadPlan | StatusPlan) -> None:
+    async def answer(self, plan: AnyPlan) -> None:
         now = _now()
         ref = plan.deployment
         outcome: Literal["Applied", "Deleted"] = "Applied"
@@ -265,8 +265,9 @@ class SimFleet:
                 if plan.finalizer == "ensure" and FINALIZER not in d.finalizers:
                     d.finalizers.append(FINALIZER)
                 await self.observe_deployment(d)
-        else:
+        elif isinstance(plan, WorkloadPlan):
             outcome = await self._workload(plan, now)
+        # Endpoints and model status plans change nothing the simulation models: acknowledged as applied.
         await self.emit(
             plan.cluster,
             ApplyReported(
@@ -404,7 +405,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         js = nc.jetstream()
         sim = SimFleet(js, args.clusters, args.nodes, args.seed)
         stamps = Stamps()
-        queue: asyncio.Queue[WorkloadPlan | StatusPlan] = asyncio.Queue()
+        queue: asyncio.Queue[AnyPlan] = asyncio.Queue()
         samples: list[dict[str, float]] = []
         meter = standard_meter(None, operator, hub)
         result: dict[str, Any] = {}

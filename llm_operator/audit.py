@@ -145,6 +145,9 @@ async def _as_of(
     incomplete = kept_from is not None and when < kept_from
     result: dict[str, Any] = {
         "as_of": when.isoformat(),
+        # How the state was made: from the projection snapshot at this log position (None: from the start), and
+        # how many events were folded after it.
+        "fold": {"snapshot_position": state.snapshot_position, "events_folded": state.events_folded},
         # complete: every fact recorded up to `as_of` is in the log; otherwise `note` says what is missing.
         "retention": {
             "observations_kept_from": kept_from.isoformat() if kept_from else None,

@@ -92,7 +92,7 @@ class Retention:
 
 @dataclass(frozen=True)
 class SnapshotPolicy:
-    every_events: int = 5000
+    every_events: int = 2000
     """A snapshot once this many events were recorded since the last (0: by time only)."""
     every_seconds: float = 900.0
     """... or once this long passed, if anything was recorded."""

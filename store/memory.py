@@ -24,9 +24,18 @@ class MemoryTable:
     table: Table
     rows: dict[tuple[Any, ...], Row] = field(default_factory=dict)
     key_columns: tuple[str, ...] = ()
+    by_uid: dict[Any, set[tuple[Any, ...]]] | None = None
+    """Keys by the object's uid, for tables of Kubernetes objects: a deletion names the uid, not the key, and a scan
+    of 10,000 pods per deleted pod made a look at a busy hour take seconds."""
+    _defaults: Row = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.key_columns = tuple(c.name for c in self.table.primary_key.columns)
+        if "uid" in self.table.columns:
+            self.by_uid = {}
+        for column in self.table.columns:
+            arg = getattr(column.server_default, "arg", None)
+            self._defaults[column.name] = int(arg) if isinstance(arg, str) and arg.isdigit() else None
 
     def key_of(self, values: dict[str, Any]) -> tuple[Any, ...] | None:
         if all(k in values for k in self.key_columns):
@@ -35,16 +44,43 @@ class MemoryTable:
 
     def matching(self, where: dict[str, Any]) -> list[tuple[Any, ...]]:
         key = self.key_of(where)
-        candidates = [key] if key is not None and key in self.rows else ([] if key is not None else list(self.rows))
+        if key is not None:
+            candidates: Iterable[tuple[Any, ...]] = [key] if key in self.rows else []
+        elif self.by_uid is not None and "uid" in where:
+            candidates = list(self.by_uid.get(where["uid"], ()))
+        else:
+            candidates = list(self.rows)
         return [k for k in candidates if all(self.rows[k].get(c) == v for c, v in where.items())]
 
     def defaults(self) -> Row:
-        out: Row = {}
-        for column in self.table.columns:
-            default = column.server_default
-            arg = getattr(default, "arg", None)
-            out[column.name] = int(arg) if isinstance(arg, str) and arg.isdigit() else None
-        return out
+        """A new row's values before its first upsert: the columns' server defaults."""
+        return dict(self._defaults)
+
+    def put(self, key: tuple[Any, ...], row: Row) -> None:
+        """Add a row that is not there yet."""
+        self.rows[key] = row
+        if self.by_uid is not None:
+            self.by_uid.setdefault(row.get("uid"), set()).add(key)
+
+    def update(self, key: tuple[Any, ...], values: dict[str, Any]) -> None:
+        row = self.rows[key]
+        if self.by_uid is not None and "uid" in values and values["uid"] != row.get("uid"):
+            self._unindex(key, row)
+            row.update(values)
+            self.by_uid.setdefault(row.get("uid"), set()).add(key)
+        else:
+            row.update(values)
+
+    def remove(self, key: tuple[Any, ...]) -> None:
+        self._unindex(key, self.rows.pop(key))
+
+    def _unindex(self, key: tuple[Any, ...], row: Row) -> None:
+        if self.by_uid is not None:
+            keys = self.by_uid.get(row.get("uid"))
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_uid[row.get("uid")]
 
 
 class MemoryTables:
@@ -69,22 +105,21 @@ class MemoryTables:
             match op:
                 case Upsert():
                     key = tuple(op.key[k] for k in table.key_columns)
-                    row = table.rows.get(key)
-                    if row is None:
-                        table.rows[key] = {**table.defaults(), **op.key, **op.values}
+                    if key in table.rows:
+                        table.update(key, op.values)
                     else:
-                        row.update(op.values)
+                        table.put(key, {**table.defaults(), **op.key, **op.values})
                 case Update():
                     for key in table.matching(op.where):
-                        table.rows[key].update(op.values)
+                        table.update(key, op.values)
                 case Delete():
                     for key in table.matching(op.where):
-                        del table.rows[key]
+                        table.remove(key)
                 case DeleteMissing():
                     keep = set(op.keep)
                     for key in table.matching(op.where):
                         if table.rows[key].get(op.column) not in keep:
-                            del table.rows[key]
+                            table.remove(key)
 
     def rows(self, name: str) -> list[Row]:
         return [self.tables[name].rows[k] for k in sorted(self.tables[name].rows, key=str)]

@@ -186,12 +186,14 @@ class Reports:
                 )
         return dict(spec) if spec is not None else None
 
-    async def as_of(self, when: datetime, *, names: Collection[str] | None = None) -> replay.MemoryTables:
+    async def as_of(
+        self, when: datetime, *, names: Collection[str] | None = None, from_snapshot: bool = True
+    ) -> replay.MemoryTables:
         """The projections `names` (default: all) as they were at `when`, folded in memory from the log recorded
         up to then (from the newest projection snapshot before it, when one may be used: store.snapshots)."""
         with translated("fold the log up to a time"):
             async with self._engine.connect() as conn:
-                return await replay.as_of(conn, when, names=names)
+                return await replay.as_of(conn, when, names=names, from_snapshot=from_snapshot)
 
     async def horizon(self) -> datetime | None:
         """Observations recorded before this time were pruned (None: none ever were)."""

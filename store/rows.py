@@ -25,7 +25,7 @@ class _Row:
     def from_mapping(cls, row: Mapping[str, Any]) -> Self:
         """From a projection row as a mapping (rows folded in memory, `store.replay.MemoryTables`); a column the
         mapping lacks (one a query joins in) is None."""
-        return cls(*(row.get(c) for c in cls.COLUMNS))
+        return cls(*map(row.get, cls.COLUMNS))
 
     @classmethod
     def select(cls, alias: str = "") -> str:

@@ -116,13 +116,13 @@ def decode_into(memory: MemoryTables, name: str, state: str) -> None:
     gc.disable()
     try:
         rows: list[dict[str, Any]] = json.loads(state)
-        target = table.rows
+        put = table.put
         for row in rows:
             for column in times:
                 value = row[column]
                 if value is not None:
                     row[column] = datetime.fromisoformat(value)
-            target[tuple(row[k] for k in key_columns)] = row
+            put(tuple(row[k] for k in key_columns), row)
     finally:
         if collecting:
             gc.enable()

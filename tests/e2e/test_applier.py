@@ -44,6 +44,7 @@ from bus.consume import SequenceReader
 from bus.publish import MSG_ID, REASON
 from kubeapi import RESOURCES, Kube, KubeError
 from llm_operator.runtime import Member, connect_kube
+from tests.fixtures.fleet import install_mcs_crds
 from tests.fixtures.operator import Kubectl, RunningOperator, eventually, signing_key
 from tests.fixtures.services import Hub, repo_root
 
@@ -856,26 +857,6 @@ def reference_roles() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(block.group(1)) if doc]
 
 
-MCS_CRDS = repo_root() / "tests" / "e2e" / "manifests" / "mcs-crds.yaml"
-
-
-async def install_mcs_crds(kubectl: Kubectl, role: str) -> None:
-    """The MCS API's CRDs in that fleet cluster: idempotent (server-side apply under the tests' own field
-    manager), never removed (other sessions may use them; a CRD without objects costs nothing)."""
-    await kubectl(
-        role, "apply", "--server-side", "--force-conflicts", "--field-manager=llm-operator-tests", "-f", str(MCS_CRDS)
-    )
-    for crd in ("serviceexports.multicluster.x-k8s.io", "serviceimports.multicluster.x-k8s.io"):
-        await kubectl(role, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-
-    async def served() -> bool:
-        # Established is not yet served: a new CRD's storage answers 429 for a moment.
-        await kubectl(role, "get", "serviceexports", "-A")  # raises AssertionError (retried) until it answers
-        return True
-
-    await eventually(served, timeout=60, what="the ServiceExport API to be served")
-
-
 def endpoints_plan(
     kubectl: Kubectl,
     namespace: str,
@@ -988,7 +969,7 @@ async def test_the_documented_rbac_rules_are_enough(kubectl: Kubectl, namespace:
 
         # Endpoints: the origin's Service and EndpointSlice, a serving cluster's NetworkPolicy and ServiceExport
         # (the MCS CRDs installed here, idempotently), then their removal.
-        await install_mcs_crds(kubectl, role)
+        await anyio.to_thread.run_sync(install_mcs_crds, kubectl.fleet, role)
         remote = ServingEndpoints(
             cluster=kubectl.fleet.clusters["a100"].name, mode="flat", addresses=["10.244.0.10"], port=8000
         )

@@ -17,8 +17,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -27,9 +27,8 @@ import pytest
 import yaml
 
 from llm_operator.fleet.emulator import LatencyModel, post_json
-from llm_operator.runtime import Member
 from tests.e2e.test_applier import SEED_DIR
-from tests.fixtures.operator import Kubectl, RunningOperator, eventually, operator_settings
+from tests.fixtures.operator import Kubectl, eventually, running_operator
 from tests.fixtures.podnet import StartEmulator
 from tests.fixtures.prometheus import Prometheus, StartPrometheus
 from tests.fixtures.services import Hub
@@ -205,32 +204,6 @@ async def test_prometheus_and_direct_scrapes_give_the_same_observation(
 # ------------------------------------------------------------------------ the whole operator on Prometheus
 
 
-@asynccontextmanager
-async def _operator(hub: Hub, kubectl: Kubectl, namespace: str, **overrides: Any) -> AsyncIterator[RunningOperator]:
-    """As the ``operator`` fixture, with settings overridden (the agents' load loop on, against Prometheus)."""
-    fleet = kubectl.fleet
-    members = {
-        role: Member(name=c.name, context=c.context, labels=dict(c.labels)) for role, c in fleet.clusters.items()
-    }
-    async with anyio.create_task_group() as tg:
-        running = RunningOperator(
-            settings=operator_settings(hub, fleet, namespace, **overrides),
-            members=members,
-            namespace=namespace,
-            hub=hub,
-            kubectl=kubectl,
-            failures=[],
-            _group=tg,
-        )
-        await running.start_planner()
-        for role in members:
-            await running.start_agent(role)
-        yield running
-        tg.cancel_scope.cancel()
-    if running.failures:
-        raise running.failures[0]
-
-
 @contextmanager
 def _rotating(pick_from: Callable[[], list[str]]) -> Iterator[Callable[[int], str | None]]:
     """Spread clients over the replicas being served right now (refreshed every second)."""
@@ -259,7 +232,7 @@ async def test_load_read_through_prometheus_scales_the_llm_deployment(
     deployment["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "target": {"queueDepth": 4}}
     port = int(deployment["spec"]["port"])
 
-    async with _operator(hub, kubectl, namespace, load_interval_seconds=5, prometheus_url=prom.url) as operator:
+    async with running_operator(hub, kubectl, namespace, load_interval_seconds=5, prometheus_url=prom.url) as operator:
         ns = operator.namespace
         await kubectl("cpu", "apply", "-n", ns, "-f", str(SEED_DIR / "model.yaml"))
         await kubectl("cpu", "apply", "-n", ns, "-f", "-", input=json.dumps(deployment))

@@ -18,7 +18,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -36,6 +35,7 @@ from llm_operator.fleet.emulator import SERVED_BY_HEADER, post_json
 from llm_operator.fleet.spec import load_balancer_ip
 from llm_operator.runtime import Member, connect_kube
 from planner.endpoints import ClusterReplicas, follow
+from tests.fixtures.fleet import install_mcs_crds
 
 if TYPE_CHECKING:
     from tests.fixtures.fleet import Fleet
@@ -45,7 +45,6 @@ pytestmark = pytest.mark.fleet
 TIMEOUT_S = 60.0
 ROLES = ("cpu", "a100", "mixed")  # origin, serving, serving
 PORT = 8000
-MCS_CRDS = Path(__file__).parent / "manifests" / "mcs-crds.yaml"
 ROUNDS = 6
 
 
@@ -319,22 +318,6 @@ def test_an_endpoints_plan_the_tenant_policy_refuses_touches_nothing(fleet: Flee
             fleet.kubectl(
                 role, "delete", "services,endpointslices,networkpolicies", "-n", "kube-system", "-l", ours, check=False
             )
-
-
-def install_mcs_crds(fleet: Fleet, role: str) -> None:
-    """The MCS API's CRDs in that fleet cluster, shared-fleet safe: a server-side apply under the tests' own field
-    manager (idempotent, and concurrent sessions apply the same content), waited for until served (a new CRD's
-    storage answers 429 for a moment), and never removed (other sessions may be using them)."""
-    fleet.kubectl(
-        role, "apply", "--server-side", "--force-conflicts", "--field-manager=llm-operator-tests", "-f", str(MCS_CRDS)
-    )
-    for crd in ("serviceexports.multicluster.x-k8s.io", "serviceimports.multicluster.x-k8s.io"):
-        fleet.kubectl(role, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-    fleet.poll_until(
-        lambda: fleet.kubectl(role, "get", "serviceexports", "-A", check=False).returncode == 0 or None,
-        timeout=TIMEOUT_S,
-        what="the ServiceExport API to be served",
-    )
 
 
 def test_with_the_mcs_api_the_serving_cluster_exports_and_the_origin_names_the_clusterset_service(

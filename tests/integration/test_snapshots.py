@@ -4,6 +4,7 @@ waits for a step in flight and includes it; the leading planner takes them and t
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -184,3 +185,36 @@ async def test_the_leading_planner_takes_snapshots_and_thins_them(engine: AsyncE
         await eventually(caught_up_and_thinned, timeout=20, what="a snapshot of the latest step", interval=0.05)
         tg.cancel_scope.cancel()
     assert first not in [position for position, _ in await fingerprints()]
+
+
+async def test_the_store_commands_take_and_list_snapshots_and_history_as_of_starts_from_them(
+    engine: AsyncEngine, hub: Hub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llm_operator import audit
+    from llm_operator.settings import Settings
+    from tests.integration.test_retention import _cli
+
+    await realistic_history(engine, hub)
+    settings = Settings(database_url=hub.database_url)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+
+    async def fleet_as_of() -> dict[str, Any]:
+        capsys.readouterr()
+        await audit.history(settings, "fleet", cluster=None, since=None, until=None, as_json=True, as_of=tomorrow)
+        return dict(json.loads(capsys.readouterr().out))
+
+    before = await fleet_as_of()
+    taken = await anyio.to_thread.run_sync(lambda: _cli("store", "snapshot", "--database-url", hub.database_url))
+    again = await anyio.to_thread.run_sync(lambda: _cli("store", "snapshot", "--database-url", hub.database_url))
+    listed = await anyio.to_thread.run_sync(lambda: _cli("store", "snapshots", "--database-url", hub.database_url))
+    async with engine.connect() as conn:
+        last = await conn.scalar(text("SELECT max(position) FROM events"))
+    assert taken.returncode == 0, taken.stderr
+    assert f"projection snapshot at position {last}:" in taken.stdout
+    assert "none taken" in again.stdout
+    assert str(last) in listed.stdout
+
+    after = await fleet_as_of()
+    assert before["fold"] == {"snapshot_position": None, "events_folded": before["fold"]["events_folded"]}
+    assert after["fold"] == {"snapshot_position": last, "events_folded": 0}
+    assert {k: v for k, v in after.items() if k != "fold"} == {k: v for k, v in before.items() if k != "fold"}

@@ -12,7 +12,7 @@ import pytest
 from api.events import ClusterShare, ClusterVerdict, PlacementDecided
 from store import snapshots
 from store.memory import MemoryTables
-from store.projections import UNFOLDED_FIELDS, Update, Upsert, fold
+from store.projections import UNFOLDED_FIELDS, Delete, Update, Upsert, fold
 
 NOW = datetime(2026, 12, 2, 12, 30, tzinfo=UTC)
 
@@ -133,3 +133,17 @@ def test_the_payload_fields_replay_leaves_out_are_never_read_by_the_fold() -> No
     # And the fold does read what it keeps: a different share gives different ops.
     other = _decision(shares=[ClusterShare(cluster="b", replicas=2)])
     assert fold(other) != fold(full)
+
+
+def test_a_deletion_by_uid_finds_its_row_through_the_index_also_after_the_name_was_reused() -> None:
+    memory = MemoryTables(["pods"])
+    pod = {"cluster": "a", "namespace": "n", "name": "p"}
+    memory.apply([Upsert("pods", pod, {"uid": "u1", "phase": "Running"})])
+    memory.apply([Upsert("pods", pod, {"uid": "u2", "phase": "Pending"})])  # deleted and recreated, same name
+    memory.apply([Delete("pods", {"uid": "u1", "cluster": "a"})])  # the old pod's deletion, late: nothing to do
+    assert [r["uid"] for r in memory.rows("pods")] == ["u2"]
+    memory.apply([Delete("pods", {"uid": "u2", "cluster": "b"})])  # same uid, another cluster: not this row
+    assert len(memory.rows("pods")) == 1
+    memory.apply([Delete("pods", {"uid": "u2", "cluster": "a"})])
+    assert memory.rows("pods") == []
+    assert memory.tables["pods"].by_uid == {}
