@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -232,8 +232,10 @@ def _capacity(state: replay.MemoryTables, cluster: str | None) -> list[dict[str,
     """The rows the report_gpu_capacity view gives, by the same rule (planner/capacity.py `gpu_capacity`), over
     folded-in-memory projections."""
 
-    def of_cluster(table: str) -> list[dict[str, Any]]:
-        return [r for r in state.rows(table) if cluster in (None, r["cluster"])]
+    def of_cluster(table: str) -> Iterable[dict[str, Any]]:
+        # In no order: the rule sums per node and sorts what it returns.
+        rows = state.tables[table].rows.values()
+        return rows if cluster is None else [r for r in rows if r["cluster"] == cluster]
 
     nodes = [NodeRow.from_mapping(n) for n in of_cluster("nodes")]
     # What the planner's query selects: pods bound to a node and not terminated.

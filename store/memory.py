@@ -7,7 +7,9 @@ columns a first upsert leaves out. Pure: no I/O; `store.replay.as_of` and `store
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import gc
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,4 +127,38 @@ class MemoryTables:
         return [self.tables[name].rows[k] for k in sorted(self.tables[name].rows, key=str)]
 
 
-__all__ = ["MemoryTable", "MemoryTables", "Row"]
+class _Collector:
+    """Pauses of Python's cyclic garbage collector that nest (concurrent requests of one process)."""
+
+    def __init__(self) -> None:
+        self.pauses = 0
+        self.resume = False
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.pauses == 0:
+            self.resume = gc.isenabled()
+            gc.disable()
+        self.pauses += 1
+        try:
+            yield
+        finally:
+            self.pauses -= 1
+            if self.pauses == 0 and self.resume:
+                gc.enable()
+
+
+_COLLECTOR = _Collector()
+
+
+def collection_paused() -> Any:
+    """A context in which the cyclic garbage collector does not run (nesting allowed).
+
+    A folded state of a big fleet is a million small objects (rows decoded from JSON) and holds no reference cycle:
+    reference counting frees it. While it is alive, every collection would walk all of it (each look at the past
+    paid for several such walks); hold the state inside this context and drop it before leaving.
+    """
+    return _COLLECTOR.paused()
+
+
+__all__ = ["MemoryTable", "MemoryTables", "Row", "collection_paused"]
