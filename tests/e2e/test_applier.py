@@ -1020,24 +1020,8 @@ async def test_the_applier_service_keeps_each_deployments_plans_in_order_across_
     for plan in plans:
         await publish_signed(js, hub, plan)
 
-    reports: dict[str, ApplyReported] = {}
     settings = ApplierSettings(cluster=cluster, workers=4, trusted_keys=TRUSTED)
-    reader = SequenceReader(
-        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
-    )
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
-            with anyio.fail_after(120):
-                while len(reports) < len(plans):
-                    for received in await reader.fetch(64, timeout=1.0):
-                        event = decode_event(received.data)
-                        assert isinstance(event, ApplyReported)
-                        assert event.plan_id not in reports, f"plan {event.plan_id} reported twice"
-                        reports[event.plan_id] = event
-            tg.cancel_scope.cancel()
-    finally:
-        await reader.close()
+    reports, _ = await applied_reports(kube, js, hub, settings, done=reported(len(plans)), timeout=120, each_once=True)
 
     assert {p.plan_id for p in plans} == set(reports)
     # A plan still waiting when a newer one of its deployment arrives is reported Superseded, not run; the last
@@ -1115,34 +1099,63 @@ async def test_a_plan_that_keeps_failing_is_reported_failed_and_never_holds_back
     for plan in [stuck, *others]:
         await publish_signed(js, hub, plan)
 
-    reports: dict[str, tuple[float, ApplyReported]] = {}
     settings = ApplierSettings(
         cluster=cluster, workers=2, max_attempts=5, retry_seconds=1.0, max_retry_seconds=3.0, trusted_keys=TRUSTED
     )
+    try:
+        reports, arrived = await applied_reports(kube, js, hub, settings, done=reported(1 + len(others)), timeout=120)
+    finally:
+        await kubectl("cpu", "delete", "validatingwebhookconfiguration", webhook, "--ignore-not-found", check=False)
+
+    failed_at, failed = arrived[stuck.plan_id], reports[stuck.plan_id]
+    assert failed.outcome == "Failed"
+    assert "gave up after 5 attempts" in failed.message and "webhook" in failed.message, failed.message
+    for plan in others:
+        at, report = arrived[plan.plan_id], reports[plan.plan_id]
+        assert report.outcome == "Applied", report.message
+        assert at < failed_at, f"{plan.deployment.name} waited for the stuck deployment"
+
+
+async def applied_reports(
+    kube: Kube,
+    js: JetStreamContext,
+    hub: Hub,
+    settings: ApplierSettings,
+    *,
+    done: Callable[[dict[str, ApplyReported]], Awaitable[bool]],
+    timeout: float,
+    fetch_timeout: float = 1.0,
+    each_once: bool = False,
+) -> tuple[dict[str, ApplyReported], dict[str, float]]:
+    """Run an applier on the plans already published until `done(reports)`: its ApplyReported events by plan id,
+    and when each arrived (anyio's clock). `each_once`: a plan reported twice fails the test."""
+    reports: dict[str, ApplyReported] = {}
+    arrived: dict[str, float] = {}
     reader = SequenceReader(
-        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
+        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(settings.cluster), start_sequence=1
     )
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
-            with anyio.fail_after(120):
-                while len(reports) < 1 + len(others):
-                    for received in await reader.fetch(64, timeout=1.0):
+            with anyio.fail_after(timeout):
+                while not await done(reports):
+                    for received in await reader.fetch(64, timeout=fetch_timeout):
                         event = decode_event(received.data)
                         assert isinstance(event, ApplyReported)
-                        reports[event.plan_id] = (anyio.current_time(), event)
+                        assert not (each_once and event.plan_id in reports), f"plan {event.plan_id} reported twice"
+                        reports[event.plan_id] = event
+                        arrived[event.plan_id] = anyio.current_time()
             tg.cancel_scope.cancel()
     finally:
         await reader.close()
-        await kubectl("cpu", "delete", "validatingwebhookconfiguration", webhook, "--ignore-not-found", check=False)
+    return reports, arrived
 
-    failed_at, failed = reports[stuck.plan_id]
-    assert failed.outcome == "Failed"
-    assert "gave up after 5 attempts" in failed.message and "webhook" in failed.message, failed.message
-    for plan in others:
-        at, report = reports[plan.plan_id]
-        assert report.outcome == "Applied", report.message
-        assert at < failed_at, f"{plan.deployment.name} waited for the stuck deployment"
+
+def reported(count: int) -> Callable[[dict[str, ApplyReported]], Awaitable[bool]]:
+    async def enough(reports: dict[str, ApplyReported]) -> bool:
+        return len(reports) >= count
+
+    return enough
 
 
 async def dead_letters(js: JetStreamContext, hub: Hub) -> list[tuple[str, bytes]]:
@@ -1192,23 +1205,14 @@ async def test_unsigned_forged_replayed_and_far_future_plans_are_dead_lettered_a
         return REGISTRY.get_sample_value("llmop_applier_plans_total", labels) or 0.0
 
     dead_before, applied_before = applied("DeadLetter", "unknown"), applied("Applied", "Workload")
-    reports: dict[str, ApplyReported] = {}
     settings = ApplierSettings(cluster=cluster, workers=2, trusted_keys=TRUSTED)
-    reader = SequenceReader(
-        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
+
+    async def three_reports_and_six_dead_letters(reports: dict[str, ApplyReported]) -> bool:
+        return len(reports) >= 3 and len(await dead_letters(js, hub)) >= 6
+
+    reports, _ = await applied_reports(
+        kube, js, hub, settings, done=three_reports_and_six_dead_letters, timeout=60, fetch_timeout=0.5
     )
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
-            with anyio.fail_after(60):
-                while len(reports) < 3 or len(await dead_letters(js, hub)) < 6:
-                    for received in await reader.fetch(64, timeout=0.5):
-                        event = decode_event(received.data)
-                        assert isinstance(event, ApplyReported)
-                        reports[event.plan_id] = event
-            tg.cancel_scope.cancel()
-    finally:
-        await reader.close()
 
     outcomes = {r.plan_id: r.outcome for r in reports.values()}
     assert set(outcomes) == {p.plan_id for p in (first, second, third)}
@@ -1255,23 +1259,8 @@ async def test_superseded_status_plans_hand_their_events_to_the_plan_that_runs(
     for plan in plans:
         await publish_signed(js, hub, plan)
 
-    reports: dict[str, ApplyReported] = {}
     settings = ApplierSettings(cluster=cluster, workers=3, trusted_keys=TRUSTED)
-    reader = SequenceReader(
-        js, stream=hub.subjects.events_stream, subject=hub.subjects.events(cluster), start_sequence=1
-    )
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(partial(run_applier, kube=kube, js=js, subjects=hub.subjects, settings=settings))
-            with anyio.fail_after(60):
-                while len(reports) < 3:
-                    for received in await reader.fetch(64, timeout=0.5):
-                        event = decode_event(received.data)
-                        assert isinstance(event, ApplyReported)
-                        reports[event.plan_id] = event
-            tg.cancel_scope.cancel()
-    finally:
-        await reader.close()
+    reports, _ = await applied_reports(kube, js, hub, settings, done=reported(3), timeout=60, fetch_timeout=0.5)
 
     outcomes = [reports[p.plan_id].outcome for p in plans]
     # The second may have started before the third arrived; the first waited behind the second in one batch.
