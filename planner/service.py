@@ -166,6 +166,9 @@ async def _keep_snapshots(engine: Engine, policy: SnapshotPolicy) -> None:
         await anyio.sleep(policy.check_seconds)
         try:
             with translated("take a projection snapshot"):
+                # Thinning first: a snapshot of another table shape may sit at the very position to copy.
+                async with engine.begin() as conn:
+                    thinned = await store_snapshots.thin(conn, now=_now())
                 async with engine.connect() as conn:
                     position, last, taken_at = await store_snapshots.head(conn)
                 if not store_snapshots.due(
@@ -176,8 +179,6 @@ async def _keep_snapshots(engine: Engine, policy: SnapshotPolicy) -> None:
                 ):
                     continue
                 taken = await store_snapshots.take(engine)
-                async with engine.begin() as conn:
-                    thinned = await store_snapshots.thin(conn, now=_now())
             if taken is not None:
                 logger.info(
                     "projection snapshot at position %d: %d rows, %d bytes stored, %.2fs (%d old ones removed)",

@@ -215,9 +215,10 @@ class Reports:
         """Copy the projections into a projection snapshot now (None: nothing recorded since the last one), and
         thin the old ones; returns the snapshot and how many were removed."""
         with translated("take a projection snapshot"):
-            taken = await snapshots.take(self._engine)
+            # Thinning first: a snapshot of another table shape may sit at the very position to copy.
             async with self._engine.begin() as conn:
-                return taken, await snapshots.thin(conn, now=now)
+                thinned = await snapshots.thin(conn, now=now)
+            return await snapshots.take(self._engine), thinned
 
     async def snapshots(self) -> list[snapshots.SnapshotInfo]:
         """Every projection snapshot, oldest first."""

@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import DateTime, Table, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store import recorder, tables
@@ -137,19 +138,31 @@ def _copy_statement(table: Table) -> str:
 
 
 _COPIES = [text(_copy_statement(t)) for t in SNAPSHOT_TABLES]
+_TAKEN_MEANWHILE = {"23505", "40001"}
+"""unique_violation, serialization_failure: what inserting a position another transaction inserted first raises."""
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
 
 
 async def take(engine: AsyncEngine) -> SnapshotInfo | None:
     """Copy the projections as they are now into a new snapshot; None when nothing was recorded since the last."""
     started = time.perf_counter()
     async with engine.connect() as locker, engine.connect() as copier:
+        await copier.execution_options(isolation_level="REPEATABLE READ")
         await locker.begin()
         await recorder.lock_writers(locker)
         recorded_until = (await locker.execute(text("SELECT clock_timestamp()"))).scalar_one()
-        await copier.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+        await copier.begin()
         # The first read fixes what this transaction sees: made while the lock is held, it sees whole steps.
-        position = (await copier.execute(text("SELECT max(position) FROM events"))).scalar_one()
+        position, isolation = (
+            await copier.execute(text("SELECT max(position), current_setting('transaction_isolation') FROM events"))
+        ).one()
         await locker.rollback()
+        if isolation != "repeatable read":  # every copy must read the same moment as the position
+            raise RuntimeError(f"a projection snapshot needs a repeatable-read transaction, got {isolation}")
         latest = (
             await copier.execute(
                 text("SELECT max(position) FROM projection_snapshots WHERE fingerprint = :f"), {"f": FINGERPRINT}
@@ -158,12 +171,20 @@ async def take(engine: AsyncEngine) -> SnapshotInfo | None:
         if position is None or (latest is not None and latest >= position):
             await copier.rollback()
             return None
-        await copier.execute(
-            text(
-                "INSERT INTO projection_snapshots (position, recorded_until, fingerprint, rows) VALUES (:p, :r, :f, 0)"
-            ),
-            {"p": position, "r": recorded_until, "f": FINGERPRINT},
-        )
+        try:
+            await copier.execute(
+                text(
+                    "INSERT INTO projection_snapshots (position, recorded_until, fingerprint, rows) "
+                    "VALUES (:p, :r, :f, 0)"
+                ),
+                {"p": position, "r": recorded_until, "f": FINGERPRINT},
+            )
+        except DBAPIError as exc:
+            if _sqlstate(exc) not in _TAKEN_MEANWHILE:
+                raise
+            # Another taker (the planner, or `store snapshot` by hand) copied this very position meanwhile.
+            await copier.rollback()
+            return None
         for copy in _COPIES:
             await copier.execute(copy, {"p": position})
         header = (
