@@ -160,28 +160,19 @@ async def can_write(engine: Engine) -> bool:
 class Browse(Reports):
     """`Reports` plus the dashboard's own reads (each on a connection of its own)."""
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        self.engine = engine
-
     async def head(self) -> int:
         """The position of the newest event in the log (0 when empty): it moves whenever anything is recorded."""
         with translated("read the log's head"):
-            async with self.engine.connect() as conn:
+            async with self._engine.connect() as conn:
                 return int(await conn.scalar(text("SELECT coalesce(max(position), 0) FROM events")) or 0)
 
     async def node_gpus(self) -> list[NodeGpus]:
         """The `report_node_gpus` view."""
-        with translated("read GPU nodes"):
-            async with self.engine.connect() as conn:
-                found = (
-                    await conn.execute(
-                        text(
-                            "SELECT cluster, node, gpu_product, gpu_memory_gib, allocatable, allocated, reserved, "
-                            "free, usable FROM report_node_gpus"
-                        )
-                    )
-                ).all()
+        found = await self._all(
+            "read GPU nodes",
+            "SELECT cluster, node, gpu_product, gpu_memory_gib, allocatable, allocated, reserved, free, usable "
+            "FROM report_node_gpus",
+        )
         return [
             NodeGpus(
                 cluster=c,
@@ -245,7 +236,7 @@ class Browse(Reports):
             f"AND q.name = page.name AND q.replicas > 0) p ON TRUE {order.format(t='page')}"
         )
         with translated("read deployments"):
-            async with self.engine.connect() as conn:
+            async with self._engine.connect() as conn:
                 total = int(await conn.scalar(text(f"SELECT count(*) {source}").bindparams(**params)) or 0)
                 found = (await conn.execute(text(query).bindparams(**params, limit=limit, offset=offset))).all()
         return DeploymentPage(
@@ -269,7 +260,7 @@ class Browse(Reports):
     async def deployment_origins_and_statuses(self) -> tuple[list[str], list[str]]:
         """The values the deployment filters offer: origin clusters and outcomes present."""
         with translated("read deployment filters"):
-            async with self.engine.connect() as conn:
+            async with self._engine.connect() as conn:
                 origins = (await conn.execute(text("SELECT name FROM clusters ORDER BY name"))).scalars().all()
                 statuses = (
                     (await conn.execute(text("SELECT DISTINCT last_outcome FROM deployment_plans ORDER BY 1")))
@@ -282,7 +273,7 @@ class Browse(Reports):
         """One deployment's projections: spec and status, placements, workloads, endpoints, apply results."""
         key = {"o": origin, "ns": namespace, "n": name}
         with translated("read a deployment"):
-            async with self.engine.connect() as conn:
+            async with self._engine.connect() as conn:
                 row = (
                     (
                         await conn.execute(
@@ -396,7 +387,7 @@ class Browse(Reports):
             where.append("position < :before")
             params["before"] = before
         with translated("search the event log"):
-            async with self.engine.connect() as conn:
+            async with self._engine.connect() as conn:
                 found = (
                     await conn.execute(
                         text(

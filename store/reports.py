@@ -12,7 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -129,6 +129,16 @@ class Reports:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    async def _all(self, action: str, sql: str, **params: Any) -> Sequence[Any]:
+        """Every row of one SQL statement, on a connection of its own; driver errors become StoreErrors."""
+        with translated(action):
+            async with self._engine.connect() as conn:
+                return (await conn.execute(text(sql), params)).all()
 
     async def origins(self, namespace: str, name: str) -> list[str]:
         """The clusters in which an LLMDeployment `namespace/name` has a history (usually one)."""
@@ -290,16 +300,11 @@ class Reports:
 
     async def gpu_capacity(self) -> list[GpuCapacityRow]:
         """The `report_gpu_capacity` view."""
-        with translated("read GPU capacity"):
-            async with self._engine.connect() as conn:
-                found = (
-                    await conn.execute(
-                        text(
-                            "SELECT cluster, gpu_product, gpu_memory_gib, nodes, total, allocated, reserved, free, "
-                            "unusable_nodes, unusable_gpus FROM report_gpu_capacity"
-                        )
-                    )
-                ).all()
+        found = await self._all(
+            "read GPU capacity",
+            "SELECT cluster, gpu_product, gpu_memory_gib, nodes, total, allocated, reserved, free, "
+            "unusable_nodes, unusable_gpus FROM report_gpu_capacity",
+        )
         return [
             GpuCapacityRow(
                 cluster=cluster,

@@ -79,6 +79,21 @@ async def run(engine: AsyncEngine, hub: Hub, feed: Feed, epoch: int, *events: An
         )
 
 
+async def place_chat(engine: AsyncEngine, hub: Hub, feed: Feed, epoch: int) -> None:
+    """A GPU node in a100 and an LLMDeployment `team/chat` applied in cpu: it is placed in a100."""
+    await run(
+        engine,
+        hub,
+        feed,
+        epoch,
+        builders.observed("a100", "Node", builders.gpu_node("gpu-1")),
+        builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
+        builders.observed(
+            "cpu", "LLMDeployment", builders.llm_deployment("chat", "team", {"modelRef": "llama", "replicas": 1})
+        ),
+    )
+
+
 async def endpoints_plans(engine: AsyncEngine) -> list[EndpointsPlan]:
     async with engine.connect() as conn:
         found = await conn.execute(
@@ -99,17 +114,7 @@ async def test_a_deployment_running_outside_its_origin_gets_endpoints_plans_that
         clusters = {c.name: c for c in await queries.clusters(conn)}
     assert {c: ClusterNetwork.model_validate(r.network) for c, r in clusters.items()} == NETWORKS
 
-    await run(
-        engine,
-        hub,
-        feed,
-        epoch,
-        builders.observed("a100", "Node", builders.gpu_node("gpu-1")),
-        builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
-        builders.observed(
-            "cpu", "LLMDeployment", builders.llm_deployment("chat", "team", {"modelRef": "llama", "replicas": 1})
-        ),
-    )
+    await place_chat(engine, hub, feed, epoch)
     first = await endpoints_plans(engine)
     origin = next(p for p in first if p.cluster == "cpu")
     assert origin.role == "origin" and origin.serving == [] and origin.port == 8080  # the Service, before any pod
@@ -166,17 +171,7 @@ async def test_an_exposed_clusters_load_balancer_address_becomes_the_origins_end
     feed = Feed(hub.subjects)
     networks = {**NETWORKS, "a100": ClusterNetwork(mode="exposed", pod_cidrs=["10.244.0.0/16"])}
     await run(engine, hub, feed, epoch, *(beat(c, 0, feed, n) for c, n in networks.items()))
-    await run(
-        engine,
-        hub,
-        feed,
-        epoch,
-        builders.observed("a100", "Node", builders.gpu_node("gpu-1")),
-        builders.observed("cpu", "LLMModel", builders.llm_model("llama", "team", GPU_MODEL)),
-        builders.observed(
-            "cpu", "LLMDeployment", builders.llm_deployment("chat", "team", {"modelRef": "llama", "replicas": 1})
-        ),
-    )
+    await place_chat(engine, hub, feed, epoch)
     assert next(p for p in await endpoints_plans(engine) if p.cluster == "a100").mode == "exposed"
 
     # The replica is ready, its Service has no load balancer address yet: its pod address is not reachable from
